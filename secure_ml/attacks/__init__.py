@@ -1,0 +1,3 @@
+from secure_ml.attacks.evasion import fgsm, pgd
+
+__all__ = ["fgsm", "pgd"]

@@ -1,0 +1,59 @@
+"""``secure-ml``: a LightningCLI (fit / validate / test / predict) over SecureClassifier and MNISTDataModule."""
+
+import sys
+from typing import List, Optional
+
+from lightning.pytorch.cli import LightningCLI
+
+from secure_ml.data.datamodule import MNISTDataModule
+from secure_ml.errors import SecureMLError
+from secure_ml.module import SecureClassifier
+
+TRAINER_DEFAULTS = {
+    # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
+    "inference_mode": False,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
+    },
+}
+
+
+class SecureMLCLI(LightningCLI):
+    """LightningCLI with the DP wiring made impossible to bypass.
+
+    * ``auto_configure_optimizers=False``: a top-level ``--optimizer`` would otherwise
+      silently replace ``configure_optimizers`` and skip DP; the optimizer is
+      ``--model.optimizer`` instead.
+    * ``data.poisson_sampling`` is linked to ``model.dp.enabled``: a DP run always gets a
+      Poisson-sampled loader, and the flag cannot be set against it.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.dp.enabled", "data.poisson_sampling")
+
+
+def cli_main(args: Optional[List[str]] = None, run: bool = True) -> SecureMLCLI:
+    """Build (and by default run) the CLI; ``args`` as on the command line."""
+    return SecureMLCLI(
+        SecureClassifier,
+        MNISTDataModule,
+        auto_configure_optimizers=False,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def main(args: Optional[List[str]] = None) -> None:
+    """Console entry point: our errors become one line on stderr and exit status 2."""
+    try:
+        cli_main(args)
+    except SecureMLError as exc:
+        print(f"secure-ml: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""MNIST LightningDataModule: reproducible subsets, label-flip poisoning, sanitization, Poisson sampling."""
+
+from typing import Optional
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from opacus.data_loader import DPDataLoader
+from torch.utils.data import DataLoader, TensorDataset
+
+from secure_ml.data.mnist import load_mnist
+from secure_ml.data.poisoning import PoisonConfig, flip_labels
+from secure_ml.data.sanitization import SanitizationReport, SanitizerConfig, sanitize
+from secure_ml.errors import ConfigError
+
+
+class MNISTDataModule(LightningDataModule):
+    """MNIST subsets held in memory as tensors.
+
+    ``train_size`` digits are drawn (seeded) from torchvision's training split. The first
+    ``val_size`` of them form a clean validation split that is never poisoned and never
+    trained on; the rest are poisoned (``poison``), sanitized (``sanitizer``) and become
+    the training set. Membership: the samples in ``train_dataset`` after sanitization are
+    *members*; ``val_dataset`` and ``test_dataset`` (``test_size`` digits drawn from the
+    test split) are *non-members*.
+
+    Args:
+        data_dir: folder holding (or receiving) torchvision's ``MNIST/raw`` files.
+        download: let torchvision download MNIST into ``data_dir`` when it is missing.
+        train_size: digits drawn from the training split (members + validation).
+        val_size: of those, digits held back as the clean validation split.
+        test_size: digits drawn from the test split.
+        batch_size: batch size; with Poisson sampling, the expected batch size.
+        seed: seed of the subset draw and of the training loader's sampler.
+        poison: label-flip poisoning of the training part.
+        sanitizer: sanitization applied after poisoning.
+        poisson_sampling: sample training batches by Poisson sampling (set by the CLI whenever DP is on).
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "./data",
+        download: bool = True,
+        train_size: int = 8000,
+        val_size: int = 800,
+        test_size: int = 2000,
+        batch_size: int = 64,
+        seed: int = 42,
+        poison: PoisonConfig = PoisonConfig(),
+        sanitizer: SanitizerConfig = SanitizerConfig(),
+        poisson_sampling: bool = False,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        for name, value, low in (("train_size", train_size, 1), ("val_size", val_size, 0), ("test_size", test_size, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if value < low:
+                raise ConfigError(f"--data.{name} must be >= {low}; got {value}")
+        if val_size >= train_size:
+            raise ConfigError(f"--data.val_size ({val_size}) must be smaller than --data.train_size ({train_size})")
+        self.data_dir, self.download = data_dir, download
+        self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
+        self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.poison, self.sanitizer = poison, sanitizer
+        self.poisson_sampling = poisson_sampling
+        self.train_dataset: Optional[TensorDataset] = None
+        self.val_dataset: Optional[TensorDataset] = None
+        self.test_dataset: Optional[TensorDataset] = None
+        self.poisoned_indices: Optional[torch.Tensor] = None  # rows of the pre-sanitization training part
+        self.kept_indices: Optional[torch.Tensor] = None  # rows of the pre-sanitization training part that were kept
+        self.sanitization_report: Optional[SanitizationReport] = None
+
+    def prepare_data(self) -> None:
+        for train in (True, False):
+            load_mnist(self.data_dir, train=train, download=self.download)
+
+    @staticmethod
+    def _draw(pool: int, size: int, flag: str, seed: int) -> torch.Tensor:
+        if size > pool:
+            raise ConfigError(f"--data.{flag} ({size}) is larger than the {pool} digits available in that split")
+        return torch.randperm(pool, generator=torch.Generator().manual_seed(seed))[:size]
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.test_dataset is None:
+            x, y = load_mnist(self.data_dir, train=False, download=False)
+            idx = self._draw(len(y), self.test_size, "test_size", self.seed + 1)
+            self.test_dataset = TensorDataset(x[idx], y[idx])
+        if self.train_dataset is None and stage in (None, "fit", "validate"):
+            self._setup_train()
+
+    def _setup_train(self) -> None:
+        x, y = load_mnist(self.data_dir, train=True, download=False)
+        idx = self._draw(len(y), self.train_size, "train_size", self.seed)
+        val_idx, train_idx = idx[: self.val_size], idx[self.val_size :]
+        self.val_dataset = TensorDataset(x[val_idx], y[val_idx])
+        x_train, y_train = x[train_idx], y[train_idx]
+        poisoned = None
+        if self.poison.rate > 0:
+            gen = torch.Generator().manual_seed(self.poison.seed)
+            y_train, poisoned = flip_labels(y_train, self.poison.rate, 10, self.poison.target_label, gen)
+            target = f"class {self.poison.target_label}" if self.poison.target_label is not None else "random other classes"
+            rank_zero_info(f"secure-ml: poisoned {len(poisoned)}/{len(y_train)} training labels to {target}")
+        self.poisoned_indices = poisoned
+        x_train, y_train, self.kept_indices, report = sanitize(x_train, y_train, self.sanitizer, poisoned)
+        self.sanitization_report = report
+        if self.sanitizer.method != "none":
+            rank_zero_info(f"secure-ml: {report.summary()}")
+        if len(y_train) == 0:
+            raise ConfigError("sanitization removed every training sample; loosen --data.sanitizer")
+        self.train_dataset = TensorDataset(x_train, y_train)
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        loader = DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers)
+        if not self.poisson_sampling:
+            return loader
+        trainer = self.trainer
+        world_size = trainer.world_size if trainer is not None else 1
+        rank = trainer.global_rank if trainer is not None else 0
+        # Each rank draws its own Poisson mask: a rank-seeded generator, never the shared global seed.
+        poisson_gen = torch.Generator().manual_seed(self.seed + 7919 * (rank + 1))
+        return DPDataLoader.from_data_loader(loader, generator=poisson_gen, distributed=world_size > 1)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 256), num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_dataset, batch_size=max(self.batch_size, 256), num_workers=self.num_workers)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

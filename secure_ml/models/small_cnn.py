@@ -1,0 +1,40 @@
+"""The seed notebook's SmallCNN, taking pixel-space inputs in [0, 1]."""
+
+import torch
+from torch import nn
+
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+
+class SmallCNN(nn.Module):
+    """conv(1→16, 3x3, pad 1) → ReLU → maxpool → conv(16→32) → ReLU → maxpool → fc(1568→128) → ReLU → fc(128→10).
+
+    The MNIST normalisation is the first operation of ``forward``, so callers (attacks,
+    the inference service) work in pixel space ``[0, 1]``. The constants are plain
+    floats, not buffers: Opacus's strict validator rejects modules with buffers, and
+    the ReLUs are out-of-place for the same reason (in-place ops break its hooks).
+
+    Args:
+        num_classes: number of output logits.
+        mean: pixel mean subtracted before the first convolution.
+        std: pixel standard deviation divided out before the first convolution.
+    """
+
+    def __init__(self, num_classes: int = 10, mean: float = MNIST_MEAN, std: float = MNIST_STD):
+        super().__init__()
+        self.mean = float(mean)
+        self.std = float(std)
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc1 = nn.Linear(32 * 7 * 7, 128)
+        self.fc2 = nn.Linear(128, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        x = self.pool(torch.relu(self.conv1(x)))
+        x = self.pool(torch.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = torch.relu(self.fc1(x))
+        return self.fc2(x)

@@ -1,0 +1,47 @@
+"""DP-SGD settings with validation that names the flag."""
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from secure_ml.errors import ConfigError
+
+
+@dataclass
+class DPConfig:
+    """Differentially private training (DP-SGD).
+
+    Args:
+        enabled: train with DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise, privacy accounting).
+        backend: ``opacus`` (Opacus hooks and DPOptimizer) or ``reference`` (torch.func per-sample clipper, same maths).
+        noise_multiplier: σ: noise std is σ·max_grad_norm on the summed gradient (ignored when target_epsilon is set).
+        max_grad_norm: C: each sample's gradient, flattened over all parameters, is clipped to this L2 norm.
+        delta: δ of the (ε, δ) guarantee; should be well below 1/N.
+        accountant: privacy accountant: ``prv`` (tight numerical) or ``rdp`` (Rényi DP).
+        target_epsilon: when set, σ is calibrated so that ε reaches this value at the end of training.
+        noise_seed: seed of the noise generator; null draws from torch's global generator (seeded by seed_everything).
+    """
+
+    enabled: bool = False
+    backend: Literal["opacus", "reference"] = "opacus"
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0
+    delta: float = 1e-5
+    accountant: Literal["prv", "rdp"] = "prv"
+    target_epsilon: Optional[float] = None
+    noise_seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("opacus", "reference"):
+            raise ConfigError(f"--model.dp.backend must be 'opacus' or 'reference'; got '{self.backend}'")
+        if self.accountant not in ("prv", "rdp"):
+            raise ConfigError(f"--model.dp.accountant must be 'prv' or 'rdp'; got '{self.accountant}'")
+        if self.noise_multiplier < 0:
+            raise ConfigError(f"--model.dp.noise_multiplier must be >= 0; got {self.noise_multiplier}")
+        if self.max_grad_norm <= 0:
+            raise ConfigError(f"--model.dp.max_grad_norm must be > 0; got {self.max_grad_norm}")
+        if not 0.0 < self.delta < 1.0:
+            raise ConfigError(f"--model.dp.delta must be in (0, 1); got {self.delta}")
+        if self.target_epsilon is not None and self.target_epsilon <= 0:
+            raise ConfigError(f"--model.dp.target_epsilon must be > 0; got {self.target_epsilon}")
+        if self.enabled and self.target_epsilon is None and self.noise_multiplier == 0:
+            raise ConfigError("--model.dp.noise_multiplier 0 gives no privacy (ε = ∞); set it > 0 or disable --model.dp.enabled")

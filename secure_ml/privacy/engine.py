@@ -1,0 +1,153 @@
+"""Wire DP-SGD onto a plain ``nn.Module``: Poisson check, noise calibration, Opacus or reference optimizer, accountant.
+
+Lightning-free: ``SecureClassifier`` calls :func:`make_private` from
+``configure_optimizers`` and keeps the returned :class:`PrivateTraining`.
+"""
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Optional
+
+import torch
+from opacus import PrivacyEngine
+from opacus.accountants import create_accountant
+from opacus.accountants.utils import get_noise_multiplier
+from opacus.data_loader import DPDataLoader
+from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler, UniformWithReplacementSampler
+from opacus.validators import ModuleValidator
+from torch import nn
+from torch.utils.data import DataLoader
+
+from secure_ml.errors import ConfigError
+from secure_ml.privacy.config import DPConfig
+from secure_ml.privacy.reference import ReferenceDPOptimizer
+
+
+def poisson_sample_rate(loader: Any) -> float:
+    """The loader's Poisson sampling rate q; a clear error when it does not sample by Poisson."""
+    sampler = getattr(loader, "batch_sampler", None)
+    if not isinstance(loader, DataLoader) or not (
+        isinstance(loader, DPDataLoader)
+        or isinstance(sampler, (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler))
+    ):
+        raise ConfigError(
+            "DP-SGD needs a Poisson-sampled training loader (shuffled batches void the accountant's guarantee); "
+            "set --data.poisson_sampling true (the secure-ml CLI does this whenever --model.dp.enabled is true)"
+        )
+    return float(sampler.sample_rate)
+
+
+def check_model(net: nn.Module) -> None:
+    """Raise ``ConfigError`` listing why Opacus cannot compute per-sample gradients for ``net``."""
+    errors = ModuleValidator.validate(net, strict=False)
+    if errors:
+        reasons = "; ".join(sorted({str(e) for e in errors}))
+        raise ConfigError(
+            f"--model.net {type(net).__name__} cannot be trained with DP-SGD: {reasons} "
+            "(replace BatchNorm by GroupNorm, avoid in-place ops, or disable --model.dp.enabled)"
+        )
+
+
+@dataclass
+class PrivateTraining:
+    """The DP state of one training run."""
+
+    optimizer: torch.optim.Optimizer
+    accountant: Any
+    noise_multiplier: float
+    sample_rate: float
+    expected_batch_size: float
+    hooks: Optional[Any] = None  # Opacus GradSampleHooks (opacus backend only)
+
+    @property
+    def steps(self) -> int:
+        return sum(n for _, _, n in self.accountant.history)
+
+    def epsilon(self, delta: float) -> Optional[float]:
+        """Accountant's ε at ``delta``; None before the first step (PRV cannot answer then)."""
+        if self.steps == 0:
+            return None
+        return float(self.accountant.get_epsilon(delta=delta))
+
+    @contextmanager
+    def hooks_disabled(self) -> Iterator[None]:
+        """Turn Opacus's per-sample hooks off (for attack gradients), always back on afterwards."""
+        if self.hooks is None:
+            yield
+            return
+        self.hooks.disable_hooks()
+        try:
+            yield
+        finally:
+            self.hooks.enable_hooks()
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "accountant": self.accountant.state_dict(),
+            "mechanism": self.accountant.mechanism(),
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+        }
+
+    def close(self) -> None:
+        if self.hooks is not None:
+            self.hooks.cleanup()
+            self.hooks = None
+
+
+def make_private(
+    net: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    cfg: DPConfig,
+    total_steps: int,
+    state: Optional[Dict[str, Any]] = None,
+    module: Optional[nn.Module] = None,
+) -> PrivateTraining:
+    """Make training of ``net`` private; ``state`` (from :meth:`PrivateTraining.state_dict`) resumes accounting.
+
+    ``module`` is what Opacus hooks: ``net`` itself, or the DDP wrapper around it (Opacus
+    then returns its distributed optimizer that all-reduces the noised gradient).
+    """
+    check_model(net)
+    sample_rate = poisson_sample_rate(loader)
+    n = len(loader.dataset)
+    if state is not None:
+        if state["mechanism"] != cfg.accountant:
+            raise ConfigError(f"the checkpoint was accounted with '{state['mechanism']}'; resume with --model.dp.accountant {state['mechanism']}")
+        if abs(state["sample_rate"] - sample_rate) > 1e-12:
+            raise ConfigError(
+                f"the checkpoint trained with sample rate {state['sample_rate']:.6g} but this run has {sample_rate:.6g}; "
+                "resume with the same --data.batch_size and training set, or the accountant's ε would be wrong"
+            )
+        sigma = float(state["noise_multiplier"])
+    elif cfg.target_epsilon is not None:
+        sigma = float(get_noise_multiplier(
+            target_epsilon=cfg.target_epsilon, target_delta=cfg.delta, sample_rate=sample_rate,
+            steps=max(total_steps, 1), accountant=cfg.accountant,
+        ))
+    else:
+        sigma = cfg.noise_multiplier
+    device = next(net.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(cfg.noise_seed) if cfg.noise_seed is not None else None
+
+    if cfg.backend == "opacus":
+        engine = PrivacyEngine(accountant=cfg.accountant)
+        if state is not None:
+            engine.accountant.load_state_dict(state["accountant"])
+        hooks, dp_optimizer, _ = engine.make_private(
+            module=module if module is not None else net, optimizer=optimizer, data_loader=loader,
+            noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
+            poisson_sampling=False,  # the loader already samples by Poisson (checked above)
+            wrap_model=False, noise_generator=generator,
+        )
+        hooks.forbid_grad_accumulation()  # an attack's stray backward through the hooks would raise, not leak
+        return PrivateTraining(dp_optimizer, engine.accountant, sigma, sample_rate, dp_optimizer.expected_batch_size, hooks)
+
+    accountant = create_accountant(cfg.accountant)
+    if state is not None:
+        accountant.load_state_dict(state["accountant"])
+    expected = int(n * sample_rate)  # Opacus's expected_batch_size, so both backends divide alike
+    ref = ReferenceDPOptimizer(optimizer, sigma, cfg.max_grad_norm, expected, generator)
+    ref.step_hooks.append(lambda opt: accountant.step(noise_multiplier=opt.noise_multiplier, sample_rate=sample_rate))
+    return PrivateTraining(ref, accountant, sigma, sample_rate, expected)
