@@ -46,10 +46,23 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True) -> SecureMLCLI:
     )
 
 
+EXTRA_COMMANDS = {
+    # name: (module, function taking argv and returning an exit status)
+    "serve": ("secure_ml.serving.cli", "serve_main"),
+    "extract": ("secure_ml.serving.cli", "extract_main"),
+}
+
+
 def main(args: Optional[List[str]] = None) -> None:
     """Console entry point: our errors become one line on stderr and exit status 2."""
+    argv = list(sys.argv[1:] if args is None else args)
     try:
-        cli_main(args)
+        if argv and argv[0] in EXTRA_COMMANDS:
+            import importlib
+
+            module, func = EXTRA_COMMANDS[argv[0]]
+            raise SystemExit(getattr(importlib.import_module(module), func)(argv[1:]))
+        cli_main(argv)
     except SecureMLError as exc:
         print(f"secure-ml: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
