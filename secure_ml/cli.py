@@ -62,7 +62,7 @@ def main(args: Optional[List[str]] = None) -> None:
 
             module, func = EXTRA_COMMANDS[argv[0]]
             raise SystemExit(getattr(importlib.import_module(module), func)(argv[1:]))
-        cli_main(argv)
+        cli_main(args)
     except SecureMLError as exc:
         print(f"secure-ml: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,0 +1,140 @@
+"""DP-SGD: the reference clipper against Opacus, hook hygiene around attacks, accounting, no silent non-DP."""
+
+import pytest
+import torch
+from opacus.data_loader import DPDataLoader
+from torch.utils.data import DataLoader, TensorDataset
+
+from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
+from secure_ml.errors import ConfigError
+from secure_ml.models import SmallCNN
+from secure_ml.privacy.config import DPConfig
+from secure_ml.privacy.engine import make_private, poisson_sample_rate
+from secure_ml.privacy.reference import per_sample_gradients
+
+
+def _data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def _poisson_loader(x, y, batch_size=32):
+    return DPDataLoader.from_data_loader(DataLoader(TensorDataset(x, y), batch_size=batch_size), generator=torch.Generator().manual_seed(0))
+
+
+def _twins():
+    torch.manual_seed(1)
+    a = SmallCNN()
+    b = SmallCNN()
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _reference_per_sample(net, x, y, x_adv, ratio):
+    def sample_loss(forward, xi, yi, xai):
+        loss, logits = mixed_loss(forward, xi[None], yi[None], xai[None], ratio)
+        return loss.sum(), logits[0]
+
+    grads, _, _ = per_sample_gradients(net, sample_loss, x, y, x_adv)
+    return list(grads.values())
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_reference_matches_opacus_with_zero_noise(ratio):
+    x_all, y_all = _data()
+    x, y = x_all[:32], y_all[:32]
+    opacus_net, ref_net = _twins()
+    loader = _poisson_loader(x_all, y_all)
+    adv = AdversarialConfig(epsilon=0.05, ratio=ratio)
+
+    per_sample = _reference_per_sample(ref_net, x, y, adversarial_examples(ref_net, x, y, adv), ratio)
+    norms = torch.stack([g.reshape(32, -1).norm(dim=1) for g in per_sample], 1).norm(dim=1)
+    clip = float(norms.median())  # some samples clipped, some not: both branches exercised
+    cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=clip)
+
+    priv = make_private(opacus_net, torch.optim.SGD(opacus_net.parameters(), lr=0.1), loader, cfg, total_steps=10)
+    with priv.hooks_disabled():  # the project's pattern: the attack runs with hooks off
+        x_adv = adversarial_examples(opacus_net, x, y, adv)
+    assert all(getattr(p, "grad_sample", None) is None for p in opacus_net.parameters()), "the attack polluted Opacus's per-sample gradients"
+    loss, _ = mixed_loss(opacus_net, x, y, x_adv, ratio)
+    loss.mean().backward()
+    priv.optimizer.pre_step()  # clip_and_accumulate → add_noise (σ=0) → scale_grad
+    opacus_grads = [p.grad.clone() for p in opacus_net.parameters()]
+
+    ref = make_private(ref_net, torch.optim.SGD(ref_net.parameters(), lr=0.1), loader, DPConfig(backend="reference", noise_multiplier=0.0, max_grad_norm=clip), 10)
+    assert ref.expected_batch_size == priv.expected_batch_size
+    ref.optimizer.set_grad_samples(per_sample)
+    ref.optimizer.pre_step()
+    for p, g in zip(ref_net.parameters(), opacus_grads):
+        assert torch.allclose(p.grad, g, atol=1e-5, rtol=0), (p.grad - g).abs().max()
+
+    for i in range(32):  # each clipped per-sample gradient has flat norm ≤ C
+        one = ref.optimizer.clip_and_accumulate([g[i : i + 1] for g in per_sample])
+        assert torch.sqrt(sum((c**2).sum() for c in one)) <= clip * (1 + 1e-5)
+    priv.close()
+
+
+def test_attack_without_disabled_hooks_would_pollute():
+    """Negative control: the check above can fail."""
+    x_all, y_all = _data()
+    net = SmallCNN()
+    priv = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), _poisson_loader(x_all, y_all), DPConfig(), 10)
+    x, y = x_all[:8], y_all[:8]
+    with torch.enable_grad():
+        net(x.clone().requires_grad_(True)).sum().backward()
+    assert any(getattr(p, "grad_sample", None) is not None for p in net.parameters())
+    priv.close()
+
+
+def test_reference_clips_flat_norm_not_per_tensor():
+    x, y = _data(8)
+    net = SmallCNN()
+    from secure_ml.privacy.reference import ReferenceDPOptimizer
+
+    opt = ReferenceDPOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), 0.0, 1e-3, 8)
+    grads = _reference_per_sample(net, x, y, x, 0.0)
+    summed = opt.clip_and_accumulate(grads)
+    total = torch.sqrt(sum((s**2).sum() for s in summed))
+    assert total <= 8 * 1e-3 * (1 + 1e-5)  # 8 samples of norm ≤ C, whatever the number of tensors (8 here)
+
+
+def test_noise_has_std_sigma_c_and_is_seeded():
+    from secure_ml.privacy.reference import ReferenceDPOptimizer
+
+    net = SmallCNN()
+    zeros = [torch.zeros(0, *p.shape) for p in net.parameters()]  # empty batch: pure noise
+    mk = lambda: ReferenceDPOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), 2.0, 0.5, 1, torch.Generator().manual_seed(3))
+    a = mk().add_noise(mk().clip_and_accumulate(zeros))
+    b = mk().add_noise(mk().clip_and_accumulate(zeros))
+    flat = torch.cat([t.flatten() for t in a])
+    assert torch.equal(flat, torch.cat([t.flatten() for t in b]))
+    assert abs(float(flat.std()) - 1.0) < 0.01  # σ·C = 2.0 × 0.5
+
+
+def test_shuffled_loader_is_refused():
+    x, y = _data(64)
+    with pytest.raises(ConfigError, match="Poisson"):
+        poisson_sample_rate(DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True))
+    assert poisson_sample_rate(_poisson_loader(x, y, 8)) == pytest.approx(1 / 8)
+
+
+def test_batchnorm_model_is_refused_with_flag_name():
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
+    x, y = _data(64)
+    with pytest.raises(ConfigError, match="--model.net"):
+        make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), _poisson_loader(x, y), DPConfig(), 10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        (dict(noise_multiplier=-1.0), "--model.dp.noise_multiplier"),
+        (dict(max_grad_norm=0.0), "--model.dp.max_grad_norm"),
+        (dict(delta=1.5), "--model.dp.delta"),
+        (dict(target_epsilon=-2.0), "--model.dp.target_epsilon"),
+        (dict(enabled=True, noise_multiplier=0.0), "--model.dp.noise_multiplier"),
+    ],
+)
+def test_bad_dp_config_names_the_flag(kwargs, flag):
+    with pytest.raises(ConfigError, match=flag):
+        DPConfig(**kwargs)

@@ -1,0 +1,139 @@
+"""SecureClassifier inside a real Trainer: DP accounting, Poisson sampling, resume, and DP that cannot be lost."""
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+from opacus.accountants import create_accountant
+from opacus.data_loader import DPDataLoader
+from opacus.optimizers import DPOptimizer
+
+from secure_ml.adversarial import AdversarialConfig
+from secure_ml.data import MNISTDataModule, PoisonConfig, SanitizerConfig
+from secure_ml.errors import ConfigError
+from secure_ml.module import DP_STATE_KEY, SecureClassifier
+from secure_ml.privacy.config import DPConfig
+from secure_ml.privacy.reference import ReferenceDPOptimizer
+
+
+def _dm(root, dp=True, **kw):
+    return MNISTDataModule(data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32, poisson_sampling=dp, **kw)
+
+
+def _trainer(tmp_path, epochs=1, **kw):
+    kw.setdefault("logger", False)
+    kw.setdefault("enable_checkpointing", False)
+    return Trainer(max_epochs=epochs, default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False, inference_mode=False, **kw)
+
+
+def _model(backend="opacus", **dp):
+    return SecureClassifier(adversarial=AdversarialConfig(epsilon=0.05, ratio=0.5), dp=DPConfig(enabled=True, backend=backend, noise_seed=0, **dp))
+
+
+def _expected_epsilon(sigma, q, steps, delta, mechanism):
+    acc = create_accountant(mechanism)
+    acc.history = [(sigma, q, steps)]
+    return acc.get_epsilon(delta=delta)
+
+
+@pytest.mark.parametrize("backend, mechanism", [("opacus", "prv"), ("reference", "rdp")])
+def test_dp_fit_logs_accountant_epsilon_with_poisson_sampling(tiny_mnist, tmp_path, backend, mechanism):
+    model = _model(backend, accountant=mechanism)
+    trainer = _trainer(tmp_path, epochs=2)
+    trainer.fit(model, _dm(tiny_mnist))
+    loader = trainer.train_dataloader
+    assert isinstance(loader, DPDataLoader) and loader.sample_rate == pytest.approx(1 / 13)
+    expected_opt = DPOptimizer if backend == "opacus" else ReferenceDPOptimizer
+    assert isinstance(trainer.optimizers[0], expected_opt)
+    steps = model.private.steps
+    assert steps == 2 * len(loader) == trainer.global_step
+    eps = float(trainer.callback_metrics["privacy/epsilon"])
+    assert eps == pytest.approx(_expected_epsilon(1.0, loader.sample_rate, steps, 1e-5, mechanism), rel=1e-6)
+    for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key
+    assert all(getattr(p, "grad_sample", None) is None for p in model.net.parameters())
+
+
+def test_poisson_batches_vary_in_size(tiny_mnist):
+    dm = _dm(tiny_mnist)
+    dm.setup("fit")
+    sizes = [len(b[1]) for b in dm.train_dataloader()]
+    assert len(set(sizes)) > 1 and sum(sizes) != 400  # a shuffled loader would give 12×32 + 16 = 400 exactly, every epoch
+
+
+def test_target_epsilon_calibrates_noise(tiny_mnist, tmp_path):
+    model = _model(target_epsilon=3.0, accountant="rdp")
+    trainer = _trainer(tmp_path, epochs=2)
+    trainer.fit(model, _dm(tiny_mnist))
+    assert model.private.noise_multiplier != 1.0
+    assert float(trainer.callback_metrics["privacy/epsilon"]) == pytest.approx(3.0, abs=0.05)
+
+
+def test_resume_continues_epsilon(tiny_mnist, tmp_path):
+    straight = _model()
+    t = _trainer(tmp_path / "a", epochs=2)
+    t.fit(straight, _dm(tiny_mnist))
+    eps_straight = float(t.callback_metrics["privacy/epsilon"])
+
+    first = _model()
+    t1 = _trainer(tmp_path / "b", epochs=1, enable_checkpointing=True)
+    t1.fit(first, _dm(tiny_mnist))
+    ckpt = tmp_path / "b" / "one.ckpt"
+    t1.save_checkpoint(ckpt)
+    assert DP_STATE_KEY in torch.load(ckpt, weights_only=True)  # accountant state is plain data
+    eps_one = float(t1.callback_metrics["privacy/epsilon"])
+
+    resumed = _model()
+    t2 = _trainer(tmp_path / "b", epochs=2)
+    t2.fit(resumed, _dm(tiny_mnist), ckpt_path=str(ckpt))
+    assert resumed.private.steps == straight.private.steps
+    assert float(t2.callback_metrics["privacy/epsilon"]) == pytest.approx(eps_straight, rel=1e-9)
+    assert eps_straight > eps_one
+
+
+def test_resuming_dp_from_a_non_dp_checkpoint_is_refused(tiny_mnist, tmp_path):
+    plain = SecureClassifier()
+    t = _trainer(tmp_path, epochs=1)
+    t.fit(plain, _dm(tiny_mnist, dp=False))
+    t.save_checkpoint(tmp_path / "plain.ckpt")
+    with pytest.raises(ConfigError, match="accountant"):
+        _trainer(tmp_path, epochs=2).fit(_model(), _dm(tiny_mnist), ckpt_path=str(tmp_path / "plain.ckpt"))
+
+
+def test_dp_cannot_be_lost_to_a_plain_optimizer(tiny_mnist, tmp_path, monkeypatch):
+    model = _model()
+    monkeypatch.setattr(model, "configure_optimizers", lambda: torch.optim.SGD(model.parameters(), lr=0.01))
+    with pytest.raises(ConfigError, match="not be private"):
+        _trainer(tmp_path).fit(model, _dm(tiny_mnist))
+
+
+def test_dp_refuses_shuffled_loader_and_gradient_clipping(tiny_mnist, tmp_path):
+    with pytest.raises(ConfigError, match="Poisson"):
+        _trainer(tmp_path).fit(_model(), _dm(tiny_mnist, dp=False))
+    with pytest.raises(ConfigError, match="gradient_clip_val"):
+        _trainer(tmp_path, gradient_clip_val=1.0).fit(_model(), _dm(tiny_mnist))
+
+
+def test_user_optimizer_is_wrapped_by_dp(tiny_mnist, tmp_path):
+    model = SecureClassifier(optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), dp=DPConfig(enabled=True))
+    trainer = _trainer(tmp_path)
+    trainer.fit(model, _dm(tiny_mnist))
+    opt = trainer.optimizers[0]
+    assert isinstance(opt, DPOptimizer) and isinstance(opt.original_optimizer, torch.optim.Adam)
+
+
+def test_poisoning_metrics_are_logged(tiny_mnist, tmp_path):
+    trainer = _trainer(tmp_path)
+    dm = _dm(tiny_mnist, dp=False, poison=PoisonConfig(rate=0.1, target_label=0), sanitizer=SanitizerConfig(method="knn"))
+    trainer.fit(SecureClassifier(adversarial=AdversarialConfig(epsilon=0.03)), dm)
+    m = trainer.callback_metrics
+    assert float(m["poison/recall"]) > 0.5 and 0 < float(m["poison/precision"]) <= 1 and float(m["poison/f1"]) > 0
+    assert float(m["poison/precision"]) == pytest.approx(dm.sanitization_report.precision)
+
+
+def test_clean_training_learns_synthetic_digits(tiny_mnist, tmp_path):
+    trainer = _trainer(tmp_path, epochs=3)
+    model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.03, ratio=0.5))
+    dm = _dm(tiny_mnist, dp=False)
+    trainer.fit(model, dm)
+    trainer.test(model, dm)
+    assert float(trainer.callback_metrics["test/acc"]) > 0.9
