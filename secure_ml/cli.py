@@ -12,6 +12,8 @@ from secure_ml.module import SecureClassifier
 TRAINER_DEFAULTS = {
     # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
     "inference_mode": False,
+    # The datamodule shards data itself (a per-rank Poisson sampler under DP); Lightning must not replace it.
+    "use_distributed_sampler": False,
     "logger": {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},

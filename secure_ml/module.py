@@ -7,7 +7,8 @@ from typing import Any, Dict, Optional
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from opacus.optimizers import DPOptimizer
+from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
+from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
 from torch import nn
 
 from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
@@ -118,7 +119,12 @@ class SecureClassifier(LightningModule):
             total_steps = int(self.trainer.estimated_stepping_batches)  # also makes Lightning load the train loader
             if self.private is not None:
                 self.private.close()
-            self.private = make_private(self.net, optimizer, self.trainer.train_dataloader, self.dp, total_steps, self._resume_dp_state)
+            loader = self.trainer.train_dataloader
+            distributed = self.trainer.world_size > 1
+            if distributed:
+                self._check_distributed_dp(loader)
+            module = self.trainer.strategy.model if distributed else None  # the DDP wrapper → Opacus's distributed optimizer
+            self.private = make_private(self.net, optimizer, loader, self.dp, total_steps, self._resume_dp_state, module=module)
             optimizer = self.private.optimizer
         if self.scheduler_factory is not None:
             return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
@@ -131,10 +137,23 @@ class SecureClassifier(LightningModule):
         if trainer.accumulate_grad_batches != 1:
             raise ConfigError("--trainer.accumulate_grad_batches > 1 breaks Poisson sampling's privacy accounting; use a larger --data.batch_size")
 
+    def _check_distributed_dp(self, loader) -> None:
+        if self.dp.backend != "opacus":
+            raise ConfigError("--model.dp.backend reference runs in one process; use --model.dp.backend opacus with --trainer.devices > 1")
+        if not isinstance(getattr(loader, "batch_sampler", None), DistributedUniformWithReplacementSampler):
+            raise ConfigError(
+                "DP under several processes needs each rank's own Poisson sampler; set --trainer.use_distributed_sampler false "
+                "(the secure-ml CLI's default) so Lightning does not replace it"
+            )
+        if not isinstance(self.trainer.strategy.model, torch.nn.parallel.DistributedDataParallel):
+            raise ConfigError("DP with several devices is supported with --trainer.strategy ddp (DistributedDataParallel)")
+
     def on_train_start(self) -> None:
         if not self.dp.enabled:
             return
         expected = DPOptimizer if self.dp.backend == "opacus" else ReferenceDPOptimizer
+        if self.trainer.world_size > 1:
+            expected = DistributedDPOptimizer  # all-reduces the clipped, noised gradient (noise added once)
         optimizers = self.trainer.optimizers
         if self.private is None or len(optimizers) != 1 or not isinstance(optimizers[0], expected):
             found = ", ".join(type(o).__name__ for o in optimizers) or "none"

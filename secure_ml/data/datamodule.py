@@ -5,11 +5,11 @@ from typing import Optional
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from opacus.data_loader import DPDataLoader
 from torch.utils.data import DataLoader, TensorDataset
 
 from secure_ml.data.mnist import load_mnist
 from secure_ml.data.poisoning import PoisonConfig, flip_labels
+from secure_ml.data.sampling import train_loader
 from secure_ml.data.sanitization import SanitizationReport, SanitizerConfig, sanitize
 from secure_ml.errors import ConfigError
 
@@ -30,7 +30,7 @@ class MNISTDataModule(LightningDataModule):
         train_size: digits drawn from the training split (members + validation).
         val_size: of those, digits held back as the clean validation split.
         test_size: digits drawn from the test split.
-        batch_size: batch size; with Poisson sampling, the expected batch size.
+        batch_size: global batch size (split across processes); with Poisson sampling, the expected batch size.
         seed: seed of the subset draw and of the training loader's sampler.
         poison: label-flip poisoning of the training part.
         sanitizer: sanitization applied after poisoning.
@@ -110,16 +110,12 @@ class MNISTDataModule(LightningDataModule):
         self.train_dataset = TensorDataset(x_train, y_train)
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        loader = DataLoader(self.train_dataset, batch_size=self.batch_size, shuffle=True, generator=gen, num_workers=self.num_workers)
-        if not self.poisson_sampling:
-            return loader
         trainer = self.trainer
         world_size = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
         # Each rank draws its own Poisson mask: a rank-seeded generator, never the shared global seed.
         poisson_gen = torch.Generator().manual_seed(self.seed + 7919 * (rank + 1))
-        return DPDataLoader.from_data_loader(loader, generator=poisson_gen, distributed=world_size > 1)
+        return train_loader(self.train_dataset, self.batch_size, self.seed, self.poisson_sampling, world_size, rank, self.num_workers, poisson_gen)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 256), num_workers=self.num_workers)

@@ -67,6 +67,8 @@ class PrivateTraining:
         """Accountant's ε at ``delta``; None before the first step (PRV cannot answer then)."""
         if self.steps == 0:
             return None
+        if self.noise_multiplier == 0:
+            return float("inf")  # no noise, no privacy (and PRV would overflow)
         return float(self.accountant.get_epsilon(delta=delta))
 
     @contextmanager

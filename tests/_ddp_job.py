@@ -1,0 +1,93 @@
+"""One DP training run for tests/test_ddp.py, launched as a script so Lightning's DDP can spawn ranks.
+
+    python tests/_ddp_job.py --data DIR --out DIR --devices 2 [--fixed] [--noise 0] [--batch-size 32]
+
+``--fixed`` replaces the Poisson draw by a fixed sequence of *global* batches (rank r
+takes every world_size-th index of each), so 1- and 2-process runs see the same global
+batches and must end with the same parameters. Each rank writes ``rank{r}.pt``.
+"""
+
+import argparse
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, Trainer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
+from torch.utils.data import DataLoader
+
+from secure_ml.adversarial import AdversarialConfig
+from secure_ml.data import MNISTDataModule
+from secure_ml.data.sampling import EmptySafeDistributedPoissonSampler
+from secure_ml.module import SecureClassifier
+from secure_ml.privacy.config import DPConfig
+
+
+def _global_batch(step: int, n: int, size: int):
+    return torch.randperm(n, generator=torch.Generator().manual_seed(1000 + step))[:size].tolist()
+
+
+class FixedSingle(UniformWithReplacementSampler):
+    def __iter__(self):
+        for t in range(self.steps):
+            yield _global_batch(t, self.num_samples, 24)
+
+
+class FixedDistributed(EmptySafeDistributedPoissonSampler):
+    def __iter__(self):
+        for t in range(self.num_batches):
+            yield _global_batch(t, self.total_size, 24)[self.rank :: self.num_replicas]
+
+
+class CountEmpty(Callback):
+    empty = 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.empty += int(len(batch[1]) == 0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--devices", type=int, default=2)
+    ap.add_argument("--fixed", action="store_true")
+    ap.add_argument("--noise", type=float, default=1.0)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--epochs", type=int, default=1)
+    a = ap.parse_args()
+
+    dm = MNISTDataModule(data_dir=a.data, download=False, train_size=500, val_size=100, test_size=100, batch_size=a.batch_size, poisson_sampling=True)
+    if a.fixed:
+        original = dm.train_dataloader
+
+        def fixed_loader():
+            loader = original()
+            q = loader.batch_sampler.sample_rate
+            if a.devices > 1:
+                sampler = FixedDistributed(total_size=len(loader.dataset), sample_rate=q, shuffle=False)
+            else:
+                sampler = FixedSingle(num_samples=len(loader.dataset), sample_rate=q)
+            return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn)
+
+        dm.train_dataloader = fixed_loader
+    dp = DPConfig(enabled=True, noise_seed=0)
+    dp.noise_multiplier = a.noise  # σ = 0 is refused by validation; the equivalence test needs it
+    torch.manual_seed(0)
+    model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.05, ratio=0.5), dp=dp)
+    counter = CountEmpty()
+    trainer = Trainer(
+        accelerator="cpu", devices=a.devices, strategy="ddp" if a.devices > 1 else "auto", max_epochs=a.epochs,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        use_distributed_sampler=False, inference_mode=False, num_sanity_val_steps=0, limit_val_batches=0,
+        callbacks=[counter],
+    )
+    trainer.fit(model, dm)
+    flat = torch.cat([p.detach().flatten() for p in model.net.parameters()])
+    eps = model.private.epsilon(dp.delta) if a.noise > 0 else None
+    torch.save({"params": flat, "epsilon": eps, "steps": model.private.steps, "sample_rate": model.private.sample_rate,
+                "optimizer": type(trainer.optimizers[0]).__name__, "empty": counter.empty, "global_step": trainer.global_step},
+               Path(a.out) / f"rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Lightning DDP + Opacus on CPU (gloo, 2 processes), each run in a subprocess with a timeout."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from opacus.accountants import create_accountant
+
+from tests.conftest import make_mnist_dir
+
+JOB = Path(__file__).with_name("_ddp_job.py")
+REPO = JOB.parents[1]
+
+
+def _run(tmp_path, name, *args):
+    data = make_mnist_dir(tmp_path / "data") if not (tmp_path / "data").exists() else tmp_path / "data"
+    out = tmp_path / name
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(JOB), "--data", str(data), "--out", str(out), *args],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [torch.load(p, weights_only=True) for p in sorted(out.glob("rank*.pt"))]
+
+
+def test_two_processes_equal_one_process_with_zero_noise(tmp_path):
+    two = _run(tmp_path, "two", "--devices", "2", "--fixed", "--noise", "0")
+    one = _run(tmp_path, "one", "--devices", "1", "--fixed", "--noise", "0")
+    assert len(two) == 2 and len(one) == 1
+    assert two[0]["optimizer"] == "DistributedDPOptimizer" and one[0]["optimizer"] == "DPOptimizer"
+    assert torch.equal(two[0]["params"], two[1]["params"])  # identical on every rank
+    assert two[0]["global_step"] == one[0]["global_step"] > 0
+    assert not torch.equal(one[0]["params"], torch.zeros_like(one[0]["params"]))
+    assert torch.allclose(two[0]["params"], one[0]["params"], atol=1e-6, rtol=0), (two[0]["params"] - one[0]["params"]).abs().max()
+
+
+def test_poisson_ddp_survives_empty_batches_and_accounts_globally(tmp_path):
+    ranks = _run(tmp_path, "poisson", "--devices", "2", "--batch-size", "2")
+    assert len(ranks) == 2
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])
+    assert ranks[0]["steps"] == ranks[1]["steps"] == ranks[0]["global_step"] == 200  # no rank skipped a step
+    assert ranks[0]["empty"] + ranks[1]["empty"] > 0  # the case that used to hang did occur
+    acc = create_accountant("prv")
+    acc.history = [(1.0, ranks[0]["sample_rate"], ranks[0]["steps"])]
+    assert ranks[0]["sample_rate"] == pytest.approx(1 / 200)  # the global rate, not the per-rank one
+    assert ranks[0]["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
