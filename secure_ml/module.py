@@ -92,8 +92,9 @@ class SecureClassifier(LightningModule):
         if len(y) == 0:
             return
         acc = (logits.argmax(dim=1) == y).float().mean()
-        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
-        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y))
+        sync = self.trainer.world_size > 1  # per-rank batch means → one mean over ranks
+        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=sync)
+        self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=sync)
 
     def training_step(self, batch, batch_idx):
         if not self.automatic_optimization:
@@ -164,15 +165,16 @@ class SecureClassifier(LightningModule):
         poisson_sample_rate(self.trainer.train_dataloader)
 
     def on_train_epoch_end(self) -> None:
+        sync = self.trainer.world_size > 1  # the values below are identical on every rank; syncing only silences Lightning
         if self.private is not None:
             eps = self.private.epsilon(self.dp.delta)
             if eps is not None:
-                self.log("privacy/epsilon", eps, sync_dist=False, rank_zero_only=True)
-            self.log("privacy/noise_multiplier", self.private.noise_multiplier, rank_zero_only=True)
+                self.log("privacy/epsilon", eps, sync_dist=sync)
+            self.log("privacy/noise_multiplier", self.private.noise_multiplier, sync_dist=sync)
         report = getattr(self.trainer.datamodule, "sanitization_report", None) if self.trainer.datamodule is not None else None
         poisoned = getattr(self.trainer.datamodule, "poisoned_indices", None) if report is not None else None
         if report is not None and poisoned is not None:
-            self.log_dict({"poison/precision": report.precision, "poison/recall": report.recall, "poison/f1": report.f1}, rank_zero_only=True)
+            self.log_dict({"poison/precision": report.precision, "poison/recall": report.recall, "poison/f1": report.f1}, sync_dist=sync)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if self.private is not None:
