@@ -15,7 +15,7 @@ from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed
 from secure_ml.errors import ConfigError
 from secure_ml.models import SmallCNN
 from secure_ml.privacy.config import DPConfig
-from secure_ml.privacy.engine import PrivateTraining, make_private, poisson_sample_rate
+from secure_ml.privacy.engine import PrivateTraining, epsilon_from_state, make_private, poisson_sample_rate
 from secure_ml.privacy.reference import ReferenceDPOptimizer, per_sample_gradients
 
 DP_STATE_KEY = "secure_ml_dp"
@@ -175,6 +175,13 @@ class SecureClassifier(LightningModule):
         poisoned = getattr(self.trainer.datamodule, "poisoned_indices", None) if report is not None else None
         if report is not None and poisoned is not None:
             self.log_dict({"poison/precision": report.precision, "poison/recall": report.recall, "poison/f1": report.f1}, sync_dist=sync)
+
+    def on_test_epoch_end(self) -> None:
+        # The accountant's ε of the checkpoint under test, so the scorecard reports it next to the attacks.
+        state = self.private.state_dict() if self.private is not None else self._resume_dp_state
+        eps = epsilon_from_state(state, self.dp.delta) if state is not None else None
+        if eps is not None:
+            self.log("privacy/epsilon", eps, sync_dist=self.trainer.world_size > 1)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if self.private is not None:

@@ -1,3 +1,16 @@
 from secure_ml.attacks.evasion import fgsm, pgd
+from secure_ml.attacks.membership import MembershipReport, membership_inference, membership_metrics
+from secure_ml.attacks.sponge import SpongeReport, activation_energy, craft_sponges, gaussian_sponges, sponge_report
 
-__all__ = ["fgsm", "pgd"]
+__all__ = [
+    "fgsm",
+    "pgd",
+    "MembershipReport",
+    "membership_inference",
+    "membership_metrics",
+    "SpongeReport",
+    "activation_energy",
+    "craft_sponges",
+    "gaussian_sponges",
+    "sponge_report",
+]

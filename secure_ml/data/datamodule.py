@@ -85,7 +85,8 @@ class MNISTDataModule(LightningDataModule):
             x, y = load_mnist(self.data_dir, train=False, download=False)
             idx = self._draw(len(y), self.test_size, "test_size", self.seed + 1)
             self.test_dataset = TensorDataset(x[idx], y[idx])
-        if self.train_dataset is None and stage in (None, "fit", "validate"):
+        # Training members are needed beyond fit: membership inference at validate/test compares against them.
+        if self.train_dataset is None and stage != "predict":
             self._setup_train()
 
     def _setup_train(self) -> None:

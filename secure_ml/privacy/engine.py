@@ -97,6 +97,17 @@ class PrivateTraining:
             self.hooks = None
 
 
+def epsilon_from_state(state: Dict[str, Any], delta: float) -> Optional[float]:
+    """ε of a saved :meth:`PrivateTraining.state_dict` (for reports on a checkpoint)."""
+    accountant = create_accountant(state["mechanism"])
+    accountant.load_state_dict(state["accountant"])
+    if not accountant.history:
+        return None
+    if state["noise_multiplier"] == 0:
+        return float("inf")
+    return float(accountant.get_epsilon(delta=delta))
+
+
 def make_private(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,

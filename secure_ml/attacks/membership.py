@@ -1,0 +1,202 @@
+"""Black-box membership inference: per-sample scores and threshold-attack metrics.
+
+Scores (higher = "more likely a training member"):
+
+* ``confidence``  — max softmax probability (the seed notebook's attack);
+* ``loss``        — negative per-sample cross-entropy (Yeom et al., 2018);
+* ``entropy``     — negative prediction entropy;
+* ``modified_entropy`` — negative modified entropy of Song & Mittal, "Systematic Evaluation
+  of Privacy Risks of Machine Learning Models" (USENIX Security 2021):
+  ``Mentr(p, y) = −(1 − p_y)·log p_y − Σ_{i≠y} p_i·log(1 − p_i)``.
+
+Each score feeds a threshold attack "member iff score ≥ t"; :func:`membership_metrics`
+sweeps every threshold. The ROC and AUC come from torchmetrics; scores are first mapped
+to their dense ranks in [0, 1] (a monotone, tie-preserving map), because torchmetrics
+applies a sigmoid to predictions outside [0, 1], which would merge nearby scores such as
+losses of 1e-7 and 2e-7 into ties and bias the AUC.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+SCORE_KINDS = ("confidence", "loss", "entropy", "modified_entropy")
+
+
+@dataclass
+class MembershipReport:
+    """Threshold-attack metrics for one score kind.
+
+    ``tpr_at_1pct_fpr`` / ``tpr_at_01pct_fpr``: the largest TPR among ROC points whose FPR is
+    at most 1% / 0.1% (the point FPR = TPR = 0 always qualifies, so they are ≥ 0; with fewer
+    than 1000 non-members only FPR = 0 meets 0.1%). ``advantage`` = max(TPR − FPR) and
+    ``balanced_accuracy`` = max ½(TPR + 1 − FPR) = ½(1 + advantage), both at ``threshold``.
+    """
+
+    auc: float
+    balanced_accuracy: float
+    advantage: float
+    tpr_at_1pct_fpr: float
+    tpr_at_01pct_fpr: float
+    threshold: float
+    n_members: int
+    n_nonmembers: int
+
+    def to_dict(self) -> Dict[str, float]:
+        """Plain dict for loggers."""
+        return asdict(self)
+
+
+def _check_scores(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Flatten to float64 on CPU; ValueError on empty or non-finite scores."""
+    out = []
+    for name, s in (("member_scores", member_scores), ("nonmember_scores", nonmember_scores)):
+        s = torch.as_tensor(s).detach().flatten().to("cpu", torch.float64)
+        if s.numel() == 0:
+            raise ValueError(f"{name} is empty; need at least one score")
+        if not torch.isfinite(s).all():
+            raise ValueError(f"{name} contains NaN or infinite values")
+        out.append(s)
+    return out[0], out[1]
+
+
+def _ranked(m: torch.Tensor, n: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Dense ranks of the pooled scores scaled to [0, 1], binary targets (members = 1), ascending distinct scores."""
+    uniq, inverse = torch.unique(torch.cat([m, n]), return_inverse=True)
+    ranks = inverse.to(torch.float64) / max(len(uniq) - 1, 1)
+    target = torch.cat([torch.ones(len(m), dtype=torch.long), torch.zeros(len(n), dtype=torch.long)])
+    return ranks, target, uniq
+
+
+def roc_curve(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(fpr, tpr, thresholds)`` of "member iff score ≥ t", from (0, 0) at t = +inf down to (1, 1).
+
+    One point per distinct score plus the leading (0, 0); computed by torchmetrics on dense ranks.
+    """
+    ranks, target, uniq = _ranked(*_check_scores(member_scores, nonmember_scores))
+    fpr, tpr, _ = binary_roc(ranks, target)
+    thresholds = torch.cat([torch.tensor([math.inf], dtype=torch.float64), uniq.flip(0)])
+    if len(thresholds) != len(fpr):  # torchmetrics' contract: one point per distinct score + (0, 0)
+        raise RuntimeError(f"unexpected ROC length {len(fpr)} for {len(uniq)} distinct scores")
+    return fpr.to(torch.float64), tpr.to(torch.float64), thresholds
+
+
+def _tpr_at(fpr: torch.Tensor, tpr: torch.Tensor, target: float) -> float:
+    """Largest TPR among ROC points with FPR ≤ ``target`` (with a 1e-9 float tolerance)."""
+    return tpr[fpr <= target + 1e-9].max().item()
+
+
+def membership_metrics(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> MembershipReport:
+    """AUC, best balanced accuracy, advantage and TPR at 1% / 0.1% FPR of a threshold attack on the scores."""
+    m, n = _check_scores(member_scores, nonmember_scores)
+    fpr, tpr, thresholds = roc_curve(m, n)
+    ranks, target, _ = _ranked(m, n)
+    auc = binary_auroc(ranks, target).item()
+    gap = tpr - fpr
+    best = int(torch.argmax(gap))
+    advantage = max(gap[best].item(), 0.0)
+    return MembershipReport(
+        auc=auc,
+        balanced_accuracy=0.5 * (1.0 + advantage),
+        advantage=advantage,
+        tpr_at_1pct_fpr=_tpr_at(fpr, tpr, 0.01),
+        tpr_at_01pct_fpr=_tpr_at(fpr, tpr, 0.001),
+        threshold=thresholds[best].item(),
+        n_members=len(m),
+        n_nonmembers=len(n),
+    )
+
+
+def _log1mexp(a: torch.Tensor) -> torch.Tensor:
+    """Stable ``log(1 − exp(a))`` for ``a ≤ 0`` (Mächler 2012), floored at log(tiny) instead of −inf."""
+    a = a.clamp(max=0.0)
+    out = torch.where(a > -math.log(2.0), torch.log(-torch.expm1(a)), torch.log1p(-torch.exp(a)))
+    return out.clamp(min=math.log(torch.finfo(a.dtype).tiny))
+
+
+def membership_scores(logits: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Every score kind of :data:`SCORE_KINDS` from logits ``(N, C)`` and labels ``(N,)``, float64."""
+    if logits.dim() != 2 or y.shape != logits.shape[:1]:
+        raise ValueError(f"need logits (N, C) and labels (N,); got {tuple(logits.shape)} and {tuple(y.shape)}")
+    logp = F.log_softmax(logits.double(), dim=1)
+    p = logp.exp()
+    y = y.long()
+    logp_y = logp.gather(1, y[:, None]).squeeze(1)
+    p_y = logp_y.exp()
+    entropy = -(p * logp).sum(1)
+    others = torch.ones_like(p, dtype=torch.bool).scatter_(1, y[:, None], False)
+    mentr = -(1.0 - p_y) * logp_y - (p * _log1mexp(logp) * others).sum(1)
+    return {"confidence": p.max(1).values, "loss": logp_y, "entropy": -entropy, "modified_entropy": -mentr}
+
+
+def model_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> Dict[str, torch.Tensor]:
+    """Batched forward passes under ``torch.no_grad()`` on the model's device → per-sample scores on CPU.
+
+    The model's train/eval mode is left as the caller set it (use eval for dropout/batch-norm models).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    p = next(model.parameters(), None)
+    device = p.device if p is not None else x.device
+    parts: Dict[str, list] = {k: [] for k in SCORE_KINDS}
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            xb = x[i : i + batch_size].to(device=device, dtype=p.dtype if p is not None else x.dtype)
+            scores = membership_scores(model(xb).cpu(), y[i : i + batch_size].cpu())  # float64 on CPU (MPS has none)
+            for k in SCORE_KINDS:
+                parts[k].append(scores[k])
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def balance(
+    member_x: torch.Tensor,
+    member_y: torch.Tensor,
+    nonmember_x: torch.Tensor,
+    nonmember_y: torch.Tensor,
+    generator: Optional[torch.Generator] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Subsample the larger of the two sets (without replacement, from ``generator``) to equal counts."""
+    for name, xs, ys in (("member", member_x, member_y), ("nonmember", nonmember_x, nonmember_y)):
+        if len(xs) == 0:
+            raise ValueError(f"{name}_x is empty; need at least one sample")
+        if len(xs) != len(ys):
+            raise ValueError(f"{name}_x has {len(xs)} samples but {name}_y has {len(ys)}")
+    k = min(len(member_x), len(nonmember_x))
+
+    def take(xs: torch.Tensor, ys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        if len(xs) == k:
+            return xs, ys
+        gen_device = generator.device if generator is not None else "cpu"
+        idx = torch.randperm(len(xs), generator=generator, device=gen_device)[:k].sort().values
+        return xs[idx.to(xs.device)], ys[idx.to(ys.device)]
+
+    mx, my = take(member_x, member_y)
+    nx, ny = take(nonmember_x, nonmember_y)
+    return mx, my, nx, ny
+
+
+def membership_inference(
+    model: nn.Module,
+    member_x: torch.Tensor,
+    member_y: torch.Tensor,
+    nonmember_x: torch.Tensor,
+    nonmember_y: torch.Tensor,
+    batch_size: int = 512,
+    generator: Optional[torch.Generator] = None,
+) -> Dict[str, MembershipReport]:
+    """Run every threshold attack of :data:`SCORE_KINDS` on equal-size member / non-member sets.
+
+    The larger set is subsampled with ``generator`` (a fresh ``torch.Generator`` seeded 0 when
+    ``None``, so results are reproducible). Returns one :class:`MembershipReport` per score kind.
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    mx, my, nx, ny = balance(member_x, member_y, nonmember_x, nonmember_y, generator)
+    ms = model_scores(model, mx, my, batch_size)
+    ns = model_scores(model, nx, ny, batch_size)
+    return {k: membership_metrics(ms[k], ns[k]) for k in SCORE_KINDS}

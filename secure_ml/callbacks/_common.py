@@ -1,0 +1,70 @@
+"""Shared plumbing for the evaluation callbacks: which data, which grad context, when to run."""
+
+from contextlib import contextmanager, nullcontext
+from typing import Iterator, Optional, Tuple
+
+import torch
+from lightning.pytorch import LightningModule, Trainer
+
+
+def stage_of(trainer: Trainer) -> str:
+    """``test`` while testing, else ``val`` (validation during fit, or ``validate``)."""
+    return "test" if trainer.testing else "val"
+
+
+def held_out(trainer: Trainer, stage: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The non-member tensors for ``stage``: the datamodule's validation split, or its test split when testing."""
+    dm = trainer.datamodule
+    ds = getattr(dm, "test_dataset" if stage == "test" else "val_dataset", None) if dm is not None else None
+    if ds is None or not hasattr(ds, "tensors"):
+        raise RuntimeError("secure-ml callbacks need a datamodule with tensor val_dataset/test_dataset (MNISTDataModule)")
+    return ds.tensors[0], ds.tensors[1]
+
+
+def members(trainer: Trainer) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The training members (after sanitization)."""
+    ds = getattr(trainer.datamodule, "train_dataset", None) if trainer.datamodule is not None else None
+    if ds is None:
+        raise RuntimeError("membership inference needs the datamodule's train_dataset")
+    return ds.tensors[0], ds.tensors[1]
+
+
+def subsample(x: torch.Tensor, y: torch.Tensor, n: int, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` of a seeded permutation (all of them when ``n`` ≥ len)."""
+    if n >= len(y):
+        return x, y
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:n]
+    return x[idx], y[idx]
+
+
+def should_run(trainer: Trainer, every_n_epochs: int) -> bool:
+    if trainer.sanity_checking:
+        return False
+    return trainer.testing or trainer.current_epoch % every_n_epochs == 0 or trainer.current_epoch == (trainer.max_epochs or 0) - 1
+
+
+@contextmanager
+def attack_context(pl_module: LightningModule) -> Iterator[None]:
+    """Gradients on, even under ``validate``/``test``'s inference mode, with Opacus's hooks off (the model is in eval mode)."""
+    private = getattr(pl_module, "private", None)
+    hooks_off = private.hooks_disabled() if private is not None and private.hooks is not None else nullcontext()
+    with torch.inference_mode(False), torch.enable_grad(), hooks_off:
+        yield
+
+
+def log_all(pl_module: LightningModule, metrics: dict) -> None:
+    """Log scalars once per epoch; identical on every rank (same data, same seed), so syncing only averages equal values."""
+    sync = pl_module.trainer.world_size > 1
+    for key, value in metrics.items():
+        pl_module.log(key, float(value), on_step=False, on_epoch=True, sync_dist=sync)
+
+
+def on_device(pl_module: LightningModule, *tensors: torch.Tensor):
+    return tuple(t.to(pl_module.device) for t in tensors)
+
+
+def optional_int(value: Optional[int], name: str, low: int = 1) -> None:
+    from secure_ml.errors import ConfigError
+
+    if value is not None and value < low:
+        raise ConfigError(f"{name} must be >= {low}; got {value}")

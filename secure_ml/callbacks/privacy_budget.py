@@ -1,0 +1,57 @@
+"""Stop DP training before ε passes a budget."""
+
+import copy
+
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from secure_ml.errors import ConfigError
+
+
+def max_steps_within(accountant, noise_multiplier: float, sample_rate: float, budget: float, delta: float, limit: int) -> int:
+    """Largest number of *further* steps (≤ ``limit``) after which ε stays ≤ ``budget`` (binary search; ε grows with steps)."""
+
+    def eps_after(k: int) -> float:
+        acc = copy.deepcopy(accountant)
+        acc.history = list(acc.history) + ([(noise_multiplier, sample_rate, k)] if k else [])
+        return acc.get_epsilon(delta=delta) if acc.history else 0.0
+
+    if eps_after(0) > budget:
+        return 0
+    lo, hi = 0, limit
+    if eps_after(hi) <= budget:
+        return hi
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if eps_after(mid) <= budget else (lo, mid)
+    return lo
+
+
+class PrivacyBudget(Callback):
+    """Ends training at the last step whose ε (the accountant's, at the model's δ) is still within ``max_epsilon``.
+
+    Args:
+        max_epsilon: the privacy budget ε; training stops before the step that would pass it.
+    """
+
+    def __init__(self, max_epsilon: float):
+        if max_epsilon <= 0:
+            raise ConfigError(f"PrivacyBudget max_epsilon must be > 0; got {max_epsilon}")
+        self.max_epsilon = max_epsilon
+        self._stop_at: int = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        private = getattr(pl_module, "private", None)
+        if private is None:
+            raise ConfigError("PrivacyBudget needs a DP run (--model.dp.enabled true)")
+        left = max_steps_within(private.accountant, private.noise_multiplier, private.sample_rate, self.max_epsilon, pl_module.dp.delta, int(trainer.estimated_stepping_batches))
+        self._stop_at = private.steps + left
+        rank_zero_info(f"secure-ml: privacy budget ε ≤ {self.max_epsilon} allows {left} more steps")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if pl_module.private.steps >= self._stop_at:
+            if not trainer.should_stop:
+                rank_zero_info(f"secure-ml: stopping: one more step would take ε past the budget {self.max_epsilon}")
+            trainer.should_stop = True
+            return -1  # skip the rest of this epoch
+        return None

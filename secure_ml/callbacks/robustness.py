@@ -1,0 +1,82 @@
+"""FGSM / PGD accuracy on held-out digits every epoch."""
+
+from typing import List, Optional
+
+import torch
+from lightning.pytorch import Callback
+
+from secure_ml.attacks import fgsm, pgd
+from secure_ml.callbacks._common import attack_context, held_out, log_all, on_device, optional_int, should_run, stage_of, subsample
+from secure_ml.errors import ConfigError
+
+
+def _accuracy(net, x, y, batch_size) -> float:
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(y), batch_size):
+            correct += (net(x[i : i + batch_size]).argmax(1) == y[i : i + batch_size]).sum().item()
+    return correct / max(len(y), 1)
+
+
+class RobustnessCallback(Callback):
+    """Logs ``adv/clean_acc``, ``adv/fgsm_acc@<eps>`` for each epsilon and ``adv/pgd_acc@<eps>`` (pixel units).
+
+    Args:
+        epsilons: FGSM radii in pixel units (the seed's 0.0308 and the standard 0.1).
+        pgd_epsilon: PGD radius; null skips PGD.
+        pgd_steps: PGD iterations.
+        pgd_step_size: PGD step; null means 2.5·ε/steps.
+        max_samples: held-out digits attacked with FGSM each epoch.
+        pgd_max_samples: held-out digits attacked with PGD (the costlier attack) each epoch.
+        batch_size: attack batch size.
+        every_n_epochs: run every n-th epoch (and always on the last one and in test).
+        seed: seed of the subsample and of PGD's random start.
+    """
+
+    def __init__(
+        self,
+        epsilons: List[float] = [0.0308, 0.1],
+        pgd_epsilon: Optional[float] = 0.1,
+        pgd_steps: int = 10,
+        pgd_step_size: Optional[float] = None,
+        max_samples: int = 256,
+        pgd_max_samples: int = 128,
+        batch_size: int = 256,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+    ):
+        for e in list(epsilons) + ([pgd_epsilon] if pgd_epsilon is not None else []):
+            if not 0 < e <= 1:
+                raise ConfigError(f"RobustnessCallback epsilons must be in (0, 1] (pixel units); got {e}")
+        for name, v in (("max_samples", max_samples), ("pgd_max_samples", pgd_max_samples), ("batch_size", batch_size), ("every_n_epochs", every_n_epochs), ("pgd_steps", pgd_steps)):
+            optional_int(v, f"RobustnessCallback {name}")
+        self.epsilons, self.pgd_epsilon, self.pgd_steps, self.pgd_step_size = list(epsilons), pgd_epsilon, pgd_steps, pgd_step_size
+        self.max_samples, self.pgd_max_samples, self.batch_size = max_samples, pgd_max_samples, batch_size
+        self.every_n_epochs, self.seed = every_n_epochs, seed
+
+    def evaluate(self, pl_module, stage: str) -> dict:
+        net = pl_module.net
+        x, y = held_out(pl_module.trainer, stage)
+        x, y = on_device(pl_module, *subsample(x, y, self.max_samples, self.seed))
+        out = {"adv/clean_acc": _accuracy(net, x, y, self.batch_size)}
+        with attack_context(pl_module):
+            for eps in self.epsilons:
+                adv = torch.cat([fgsm(net, x[i : i + self.batch_size], y[i : i + self.batch_size], eps) for i in range(0, len(y), self.batch_size)])
+                out[f"adv/fgsm_acc@{eps:g}"] = _accuracy(net, adv, y, self.batch_size)
+            if self.pgd_epsilon is not None:
+                xp, yp = x[: self.pgd_max_samples], y[: self.pgd_max_samples]
+                gen = torch.Generator(device=xp.device).manual_seed(self.seed)
+                adv = torch.cat([pgd(net, xp[i : i + self.batch_size], yp[i : i + self.batch_size], self.pgd_epsilon, self.pgd_steps, self.pgd_step_size, True, gen)
+                                 for i in range(0, len(yp), self.batch_size)])
+                out[f"adv/pgd_acc@{self.pgd_epsilon:g}"] = _accuracy(net, adv, yp, self.batch_size)
+        return out
+
+    def _run(self, trainer, pl_module) -> None:
+        if should_run(trainer, self.every_n_epochs):
+            log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._run(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._run(trainer, pl_module)

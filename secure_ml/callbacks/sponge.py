@@ -1,0 +1,109 @@
+"""Sponge defence check every epoch: calibrate the input policy on clean digits, then attack it."""
+
+from typing import Any, Dict, List, Optional
+
+import torch
+from lightning.pytorch import Callback
+
+from secure_ml.attacks.sponge import activation_energy, craft_sponges, gaussian_sponges
+from secure_ml.callbacks._common import attack_context, held_out, log_all, on_device, optional_int, should_run, stage_of, subsample
+from secure_ml.defenses.input_policy import InputPolicy
+from secure_ml.errors import ConfigError
+
+
+class SpongeCallback(Callback):
+    """Logs ``sponge/reject_rate`` (all sponges), ``sponge/reject_rate_gaussian``, ``sponge/reject_rate_crafted``,
+    ``sponge/false_positive_rate`` (clean held-out digits rejected) and ``sponge/energy_ratio`` /
+    ``sponge/density_ratio`` (crafted sponges vs clean digits, activation energy and density).
+
+    The policy's variance and activation-energy limits are calibrated each epoch on clean
+    digits the false-positive rate is *not* measured on: during fit/validate the validation
+    split is halved (calibrate on one half, measure on the other); in test the policy is
+    calibrated on the validation split and measured on the test split. The last calibrated
+    policy is kept in the checkpoint (``policy``), for the inference service.
+
+    Args:
+        n_sponges: sponges of each kind: crafted from noise, crafted from digits, and Gaussian per scale.
+        gaussian_scales: standard deviations of the seed's Gaussian-noise sponges.
+        craft_steps: gradient-ascent steps on the activation energy.
+        craft_lr: per-pixel step of the ascent.
+        calibration_samples: clean digits used to calibrate the policy.
+        false_positive_rate: clean-digit rejection rate the calibration aims at.
+        max_samples: clean digits on which the false-positive rate is measured.
+        every_n_epochs: run every n-th epoch (and always on the last one and in test).
+        seed: seed of the subsamples and of the noise.
+    """
+
+    def __init__(
+        self,
+        n_sponges: int = 32,
+        gaussian_scales: List[float] = [0.5, 1.0, 2.0, 5.0],
+        craft_steps: int = 30,
+        craft_lr: float = 0.01,
+        calibration_samples: int = 400,
+        false_positive_rate: float = 0.005,
+        max_samples: int = 400,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+    ):
+        for name, v in (("n_sponges", n_sponges), ("craft_steps", craft_steps), ("calibration_samples", calibration_samples), ("max_samples", max_samples), ("every_n_epochs", every_n_epochs)):
+            optional_int(v, f"SpongeCallback {name}")
+        if not 0 < false_positive_rate < 1:
+            raise ConfigError(f"SpongeCallback false_positive_rate must be in (0, 1); got {false_positive_rate}")
+        if not gaussian_scales or any(s <= 0 for s in gaussian_scales):
+            raise ConfigError(f"SpongeCallback gaussian_scales must be positive; got {gaussian_scales}")
+        self.n_sponges, self.gaussian_scales, self.craft_steps, self.craft_lr = n_sponges, list(gaussian_scales), craft_steps, craft_lr
+        self.calibration_samples, self.false_positive_rate, self.max_samples = calibration_samples, false_positive_rate, max_samples
+        self.every_n_epochs, self.seed = every_n_epochs, seed
+        self.policy: Optional[InputPolicy] = None
+
+    def _clean_splits(self, trainer, stage: str):
+        if stage == "test":
+            calib = held_out(trainer, "val")
+            measure = held_out(trainer, "test")
+        else:
+            x, y = held_out(trainer, "val")
+            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed))
+            half = len(y) // 2
+            calib, measure = (x[perm[:half]], y[perm[:half]]), (x[perm[half:]], y[perm[half:]])
+        return subsample(*calib, self.calibration_samples, self.seed)[0], subsample(*measure, self.max_samples, self.seed + 1)[0]
+
+    def evaluate(self, pl_module, stage: str) -> dict:
+        net = pl_module.net
+        calib, measure = on_device(pl_module, *self._clean_splits(pl_module.trainer, stage))
+        policy = InputPolicy.calibrate(net, calib, false_positive_rate=self.false_positive_rate)
+        gen = torch.Generator().manual_seed(self.seed)
+        gaussian = gaussian_sponges(self.n_sponges, self.gaussian_scales, gen).to(pl_module.device)
+        starts = torch.cat([torch.rand((self.n_sponges, *measure.shape[1:]), generator=gen).to(pl_module.device), measure[: self.n_sponges]])
+        with attack_context(pl_module):
+            crafted = craft_sponges(net, starts, steps=self.craft_steps, lr=self.craft_lr, clamp=True)
+        rejected_g = sum(not d.allowed for d in policy.check_batch(gaussian, net))
+        rejected_c = sum(not d.allowed for d in policy.check_batch(crafted, net))
+        false_pos = sum(not d.allowed for d in policy.check_batch(measure, net))
+        clean_stats, sponge_stats = activation_energy(net, measure), activation_energy(net, crafted)
+        self.policy = policy
+        return {
+            "sponge/reject_rate": (rejected_g + rejected_c) / (len(gaussian) + len(crafted)),
+            "sponge/reject_rate_gaussian": rejected_g / len(gaussian),
+            "sponge/reject_rate_crafted": rejected_c / len(crafted),
+            "sponge/false_positive_rate": false_pos / len(measure),
+            "sponge/energy_ratio": sponge_stats["l2_energy"].mean().item() / max(clean_stats["l2_energy"].mean().item(), 1e-12),
+            "sponge/density_ratio": sponge_stats["density"].mean().item() / max(clean_stats["density"].mean().item(), 1e-12),
+        }
+
+    def _run(self, trainer, pl_module) -> None:
+        if should_run(trainer, self.every_n_epochs):
+            log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._run(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        self._run(trainer, pl_module)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"policy": self.policy.to_dict() if self.policy is not None else None}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        if state_dict.get("policy") is not None:
+            self.policy = InputPolicy.from_dict(state_dict["policy"])

@@ -1,0 +1,57 @@
+"""Security gates: thresholds on scorecard metrics, e.g. ``{"mia/auc": "<= 0.55", "adv/fgsm_acc@0.1": ">= 0.8"}``."""
+
+import math
+import operator
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Mapping
+
+from secure_ml.errors import ConfigError
+
+_OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
+_RULE = re.compile(r"^\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+|inf)\s*$")
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    op: str
+    threshold: float
+
+    def passes(self, value: float) -> bool:
+        return not math.isnan(value) and _OPS[self.op](value, self.threshold)
+
+    def __str__(self) -> str:
+        return f"{self.metric} {self.op} {self.threshold:g}"
+
+
+def parse_gates(rules: Mapping[str, str]) -> List[Gate]:
+    """``{metric: "<op> <number>"}`` → gates; a clear error naming the bad rule."""
+    gates = []
+    for metric, rule in rules.items():
+        m = _RULE.match(str(rule))
+        if not m:
+            raise ConfigError(f"Scorecard gate for '{metric}' must look like '<= 0.55' (ops: <=, >=, <, >, ==); got '{rule}'")
+        gates.append(Gate(metric, m.group(1), float(m.group(2))))
+    return gates
+
+
+def check_gates(gates: List[Gate], metrics: Mapping[str, float]) -> List[str]:
+    """Human-readable failures (empty when every gate passes); a metric that was not measured fails its gate."""
+    failures = []
+    for g in gates:
+        if g.metric not in metrics:
+            failures.append(f"{g}: '{g.metric}' was not measured (is its callback configured?)")
+        elif not g.passes(float(metrics[g.metric])):
+            failures.append(f"{g}: measured {float(metrics[g.metric]):.4g}")
+    return failures
+
+
+def as_floats(metrics: Mapping) -> Dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        try:
+            out[k] = float(v)
+        except (TypeError, ValueError):
+            continue
+    return out
