@@ -4,7 +4,7 @@ from contextlib import contextmanager, nullcontext
 from typing import Iterator, Optional, Tuple
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch import Callback, LightningModule, Trainer
 
 
 def stage_of(trainer: Trainer) -> str:
@@ -68,3 +68,27 @@ def optional_int(value: Optional[int], name: str, low: int = 1) -> None:
 
     if value is not None and value < low:
         raise ConfigError(f"{name} must be >= {low}; got {value}")
+
+
+class EpochMetricCallback(Callback):
+    """Base: computes ``_evaluate(pl_module, stage)`` at the end of every validation/test epoch and logs it."""
+
+    every_n_epochs: int = 1
+
+    def _evaluate(self, pl_module: LightningModule, stage: str) -> dict:
+        raise NotImplementedError
+
+    def evaluate(self, pl_module: LightningModule, stage: str) -> dict:
+        """The metrics on ``stage``'s held-out data, with gradients available (also under inference mode) and Opacus hooks off."""
+        with attack_context(pl_module):
+            return self._evaluate(pl_module, stage)
+
+    def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if should_run(trainer, self.every_n_epochs):
+            log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._run(trainer, pl_module)
+
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._run(trainer, pl_module)

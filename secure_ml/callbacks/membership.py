@@ -3,15 +3,14 @@
 from typing import Optional
 
 import torch
-from lightning.pytorch import Callback
 
 from secure_ml.attacks.membership import SCORE_KINDS, balance, membership_metrics, model_scores
-from secure_ml.callbacks._common import held_out, log_all, members, on_device, optional_int, should_run, stage_of, subsample
+from secure_ml.callbacks._common import EpochMetricCallback, held_out, members, on_device, optional_int, subsample
 from secure_ml.errors import ConfigError
 from secure_ml.privacy.audit import empirical_epsilon_lower_bound
 
 
-class MembershipInferenceCallback(Callback):
+class MembershipInferenceCallback(EpochMetricCallback):
     """Threshold attacks on training members vs held-out non-members (equal counts).
 
     Logs ``mia/auc`` (the seed's max-confidence attack), ``mia/loss_auc``,
@@ -38,7 +37,7 @@ class MembershipInferenceCallback(Callback):
             raise ConfigError(f"MembershipInferenceCallback confidence must be in (0, 1); got {confidence}")
         self.max_samples, self.delta, self.confidence, self.every_n_epochs, self.seed = max_samples, delta, confidence, every_n_epochs, seed
 
-    def evaluate(self, pl_module, stage: str) -> dict:
+    def _evaluate(self, pl_module, stage: str) -> dict:
         trainer = pl_module.trainer
         mx, my = members(trainer)
         nx, ny = held_out(trainer, stage)
@@ -58,13 +57,3 @@ class MembershipInferenceCallback(Callback):
         out.update({"mia/tpr@1%fpr": best.tpr_at_1pct_fpr, "mia/tpr@0.1%fpr": best.tpr_at_01pct_fpr, "mia/advantage": best.advantage})
         out["privacy/epsilon_lower_bound"] = audit.epsilon_lb
         return out
-
-    def _run(self, trainer, pl_module) -> None:
-        if should_run(trainer, self.every_n_epochs):
-            log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._run(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._run(trainer, pl_module)

@@ -45,13 +45,13 @@ class PrivacyBudget(Callback):
         if private is None:
             raise ConfigError("PrivacyBudget needs a DP run (--model.dp.enabled true)")
         left = max_steps_within(private.accountant, private.noise_multiplier, private.sample_rate, self.max_epsilon, pl_module.dp.delta, int(trainer.estimated_stepping_batches))
+        if left == 0:
+            raise ConfigError(f"PrivacyBudget max_epsilon {self.max_epsilon} is already spent (ε before training: {private.epsilon(pl_module.dp.delta)}); raise it or start a fresh run")
         self._stop_at = private.steps + left
         rank_zero_info(f"secure-ml: privacy budget ε ≤ {self.max_epsilon} allows {left} more steps")
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if pl_module.private.steps >= self._stop_at:
-            if not trainer.should_stop:
-                rank_zero_info(f"secure-ml: stopping: one more step would take ε past the budget {self.max_epsilon}")
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # Checked after each step: Lightning ends the epoch loop before the next batch once should_stop is set.
+        if pl_module.private.steps >= self._stop_at and not trainer.should_stop:
+            rank_zero_info(f"secure-ml: stopping: one more step would take ε past the budget {self.max_epsilon}")
             trainer.should_stop = True
-            return -1  # skip the rest of this epoch
-        return None

@@ -3,10 +3,9 @@
 from typing import List, Optional
 
 import torch
-from lightning.pytorch import Callback
 
 from secure_ml.attacks import fgsm, pgd
-from secure_ml.callbacks._common import attack_context, held_out, log_all, on_device, optional_int, should_run, stage_of, subsample
+from secure_ml.callbacks._common import EpochMetricCallback, held_out, on_device, optional_int, subsample
 from secure_ml.errors import ConfigError
 
 
@@ -18,7 +17,7 @@ def _accuracy(net, x, y, batch_size) -> float:
     return correct / max(len(y), 1)
 
 
-class RobustnessCallback(Callback):
+class RobustnessCallback(EpochMetricCallback):
     """Logs ``adv/clean_acc``, ``adv/fgsm_acc@<eps>`` for each epsilon and ``adv/pgd_acc@<eps>`` (pixel units).
 
     Args:
@@ -54,29 +53,18 @@ class RobustnessCallback(Callback):
         self.max_samples, self.pgd_max_samples, self.batch_size = max_samples, pgd_max_samples, batch_size
         self.every_n_epochs, self.seed = every_n_epochs, seed
 
-    def evaluate(self, pl_module, stage: str) -> dict:
+    def _evaluate(self, pl_module, stage: str) -> dict:
         net = pl_module.net
         x, y = held_out(pl_module.trainer, stage)
         x, y = on_device(pl_module, *subsample(x, y, self.max_samples, self.seed))
         out = {"adv/clean_acc": _accuracy(net, x, y, self.batch_size)}
-        with attack_context(pl_module):
-            for eps in self.epsilons:
-                adv = torch.cat([fgsm(net, x[i : i + self.batch_size], y[i : i + self.batch_size], eps) for i in range(0, len(y), self.batch_size)])
-                out[f"adv/fgsm_acc@{eps:g}"] = _accuracy(net, adv, y, self.batch_size)
-            if self.pgd_epsilon is not None:
-                xp, yp = x[: self.pgd_max_samples], y[: self.pgd_max_samples]
-                gen = torch.Generator(device=xp.device).manual_seed(self.seed)
-                adv = torch.cat([pgd(net, xp[i : i + self.batch_size], yp[i : i + self.batch_size], self.pgd_epsilon, self.pgd_steps, self.pgd_step_size, True, gen)
-                                 for i in range(0, len(yp), self.batch_size)])
-                out[f"adv/pgd_acc@{self.pgd_epsilon:g}"] = _accuracy(net, adv, yp, self.batch_size)
+        for eps in self.epsilons:
+            adv = torch.cat([fgsm(net, x[i : i + self.batch_size], y[i : i + self.batch_size], eps) for i in range(0, len(y), self.batch_size)])
+            out[f"adv/fgsm_acc@{eps:g}"] = _accuracy(net, adv, y, self.batch_size)
+        if self.pgd_epsilon is not None:
+            xp, yp = x[: self.pgd_max_samples], y[: self.pgd_max_samples]
+            gen = torch.Generator(device=xp.device).manual_seed(self.seed)
+            adv = torch.cat([pgd(net, xp[i : i + self.batch_size], yp[i : i + self.batch_size], self.pgd_epsilon, self.pgd_steps, self.pgd_step_size, True, gen)
+                             for i in range(0, len(yp), self.batch_size)])
+            out[f"adv/pgd_acc@{self.pgd_epsilon:g}"] = _accuracy(net, adv, yp, self.batch_size)
         return out
-
-    def _run(self, trainer, pl_module) -> None:
-        if should_run(trainer, self.every_n_epochs):
-            log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._run(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._run(trainer, pl_module)

@@ -3,15 +3,14 @@
 from typing import Any, Dict, List, Optional
 
 import torch
-from lightning.pytorch import Callback
 
 from secure_ml.attacks.sponge import activation_energy, craft_sponges, gaussian_sponges
-from secure_ml.callbacks._common import attack_context, held_out, log_all, on_device, optional_int, should_run, stage_of, subsample
+from secure_ml.callbacks._common import EpochMetricCallback, held_out, on_device, optional_int, subsample
 from secure_ml.defenses.input_policy import InputPolicy
 from secure_ml.errors import ConfigError
 
 
-class SpongeCallback(Callback):
+class SpongeCallback(EpochMetricCallback):
     """Logs ``sponge/reject_rate`` (all sponges), ``sponge/reject_rate_gaussian``, ``sponge/reject_rate_crafted``,
     ``sponge/false_positive_rate`` (clean held-out digits rejected) and ``sponge/energy_ratio`` /
     ``sponge/density_ratio`` (crafted sponges vs clean digits, activation energy and density).
@@ -68,15 +67,14 @@ class SpongeCallback(Callback):
             calib, measure = (x[perm[:half]], y[perm[:half]]), (x[perm[half:]], y[perm[half:]])
         return subsample(*calib, self.calibration_samples, self.seed)[0], subsample(*measure, self.max_samples, self.seed + 1)[0]
 
-    def evaluate(self, pl_module, stage: str) -> dict:
+    def _evaluate(self, pl_module, stage: str) -> dict:
         net = pl_module.net
         calib, measure = on_device(pl_module, *self._clean_splits(pl_module.trainer, stage))
         policy = InputPolicy.calibrate(net, calib, false_positive_rate=self.false_positive_rate)
         gen = torch.Generator().manual_seed(self.seed)
         gaussian = gaussian_sponges(self.n_sponges, self.gaussian_scales, gen).to(pl_module.device)
         starts = torch.cat([torch.rand((self.n_sponges, *measure.shape[1:]), generator=gen).to(pl_module.device), measure[: self.n_sponges]])
-        with attack_context(pl_module):
-            crafted = craft_sponges(net, starts, steps=self.craft_steps, lr=self.craft_lr, clamp=True)
+        crafted = craft_sponges(net, starts, steps=self.craft_steps, lr=self.craft_lr, clamp=True)
         rejected_g = sum(not d.allowed for d in policy.check_batch(gaussian, net))
         rejected_c = sum(not d.allowed for d in policy.check_batch(crafted, net))
         false_pos = sum(not d.allowed for d in policy.check_batch(measure, net))
@@ -90,16 +88,6 @@ class SpongeCallback(Callback):
             "sponge/energy_ratio": sponge_stats["l2_energy"].mean().item() / max(clean_stats["l2_energy"].mean().item(), 1e-12),
             "sponge/density_ratio": sponge_stats["density"].mean().item() / max(clean_stats["density"].mean().item(), 1e-12),
         }
-
-    def _run(self, trainer, pl_module) -> None:
-        if should_run(trainer, self.every_n_epochs):
-            log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._run(trainer, pl_module)
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._run(trainer, pl_module)
 
     def state_dict(self) -> Dict[str, Any]:
         return {"policy": self.policy.to_dict() if self.policy is not None else None}
