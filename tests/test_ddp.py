@@ -47,3 +47,11 @@ def test_poisson_ddp_survives_empty_batches_and_accounts_globally(tmp_path):
     acc.history = [(1.0, ranks[0]["sample_rate"], ranks[0]["steps"])]
     assert ranks[0]["sample_rate"] == pytest.approx(1 / 200)  # the global rate, not the per-rank one
     assert ranks[0]["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+
+
+def test_scorecard_callbacks_under_ddp_agree_across_ranks(tmp_path):
+    ranks = _run(tmp_path, "scorecard", "--devices", "2", "--scorecard")
+    assert len(ranks) == 2
+    for key in ("adv/fgsm_acc@0.1", "adv/pgd_acc@0.1", "mia/auc", "privacy/epsilon_lower_bound", "sponge/reject_rate", "val/acc"):
+        assert key in ranks[0]["metrics"], key
+        assert ranks[0]["metrics"][key] == pytest.approx(ranks[1]["metrics"][key]), key
