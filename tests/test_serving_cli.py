@@ -1,0 +1,192 @@
+"""Checkpoint loading (safe unpickling), config validation and the `secure-ml serve` command line."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from secure_ml.cli import main as secure_ml_main
+from secure_ml.errors import ConfigError
+from secure_ml.models import SmallCNN
+from secure_ml.serving.config import config_from_dict, load_serve_config
+from secure_ml.serving.model_loading import UnsafeCheckpointError, load_checkpoint, load_model
+from secure_ml.serving.policy import build_policy_with_source
+from tests.test_serving_support import KEY_A, REAL_DATA, REPO, digit_body, trained_checkpoint, write_checkpoint
+
+
+class Payload:
+    """Unpickling this runs ``os.system(touch marker)``: the classic malicious checkpoint."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def evil_ckpt(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = write_checkpoint(tmp_path / "evil.ckpt", extra_payload=Payload(marker))
+    return path, marker
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        secure_ml_main(argv)
+    err = capsys.readouterr().err
+    return exc.value.code, err
+
+
+def test_malicious_checkpoint_refused_without_running_it(evil_ckpt):
+    path, marker = evil_ckpt
+    with pytest.raises(UnsafeCheckpointError, match="refused to load checkpoint.*nothing in the file was executed") as exc:
+        load_model(str(path))
+    assert "posix.system" in str(exc.value) or "system" in str(exc.value)
+    assert "weights_only=False" not in str(exc.value)  # no advice to disable the safe loader
+    assert not marker.exists()
+
+
+def test_malicious_checkpoint_cli_subprocess(evil_ckpt):
+    path, marker = evil_ckpt
+    env = {**os.environ, "SECURE_ML_API_KEYS": KEY_A}
+    proc = subprocess.run([sys.executable, "-m", "secure_ml.cli", "serve", "--ckpt_path", str(path), "--port", "0"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("secure-ml: error: refused to load checkpoint"), proc.stderr
+    assert "Traceback" not in proc.stderr and not marker.exists()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: d / "missing.ckpt", "does not exist"),
+    (lambda d: (torch.save({"epoch": 1}, d / "x.ckpt"), d / "x.ckpt")[1], "has no 'state_dict'"),
+    (lambda d: ((d / "g.ckpt").write_bytes(b"garbage"), d / "g.ckpt")[1], "refused to load checkpoint"),
+    (lambda d: (torch.save({"state_dict": {"net.fc2.weight": torch.zeros(10, 128)}}, d / "p.ckpt"), d / "p.ckpt")[1],
+     "does not fit SmallCNN"),
+    (lambda d: (torch.save({"state_dict": {"net.w": "str"}}, d / "s.ckpt"), d / "s.ckpt")[1], "must map parameter names to tensors"),
+])
+def test_bad_checkpoints_one_line_error(tmp_path, capsys, monkeypatch, make, message):
+    monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
+    code, err = run_cli(["serve", "--ckpt_path", str(make(tmp_path)), "--port", "0"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_nan_weights_refused(tmp_path):
+    model = SmallCNN()
+    with torch.no_grad():
+        model.fc1.weight[0, 0] = float("nan")
+    with pytest.raises(ConfigError, match="NaN"):
+        load_model(str(write_checkpoint(tmp_path / "nan.ckpt", model)))
+
+
+@pytest.mark.parametrize("yaml_text,message", [
+    ("rate_limit:\n  burst: -1\n", "rate_limit.burst: must be > 0"),
+    ("rate_limit:\n  brust: 3\n", "unknown option rate_limit.brust"),
+    ("extraction:\n  action: nuke\n", "extraction.action"),
+    ("inference:\n  timeout_s: fast\n", "inference.timeout_s: expected float"),
+    ("output:\n  precision: 12\n", "output.precision"),
+    ("auth:\n  enabled: yes please\n", "auth.enabled: expected bool"),
+    ("server: [1, 2]\n", "server: expected a mapping"),
+    ("guards: true\n  bad: [\n", "not valid YAML"),
+])
+def test_bad_config_one_line_error(tmp_path, capsys, monkeypatch, yaml_text, message):
+    monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(yaml_text)
+    code, err = run_cli(["serve", "--ckpt_path", str(trained_checkpoint()), "--config", str(cfg)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_bad_flags_one_line_error(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
+    for argv, message in ([["serve"], "--ckpt_path"], [["serve", "--ckpt_path", "x", "--port", "abc"], "invalid int"],
+                          [["serve", "--ckpt_path", str(trained_checkpoint()), "--port", "70000"], "server.port"],
+                          [["serve", "--ckpt_path", "x", "--config", str(tmp_path / "nope.yaml")], "--config"]):
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_no_keys_is_a_config_error(monkeypatch):
+    monkeypatch.delenv("SECURE_ML_API_KEYS", raising=False)
+    with pytest.raises(ConfigError, match="SECURE_ML_API_KEYS"):
+        load_serve_config(None)
+
+
+def test_shipped_serve_yaml_matches_defaults(monkeypatch):
+    monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
+    from secure_ml.serving.config import ServeConfig
+
+    assert load_serve_config(str(REPO / "configs" / "serve.yaml")) == ServeConfig()
+
+
+def test_real_fit_checkpoint_loads(tmp_path, monkeypatch):
+    """A checkpoint written by a real (tiny) `secure-ml fit` run, DP accountant state included."""
+    from secure_ml.cli import cli_main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["secure-ml"])
+    cli_main(["fit", "--config", str(REPO / "configs/capstone.yaml"), "--config", str(REPO / "configs/smoke.yaml"),
+              "--data.data_dir", str(REAL_DATA), "--trainer.default_root_dir", str(tmp_path), "--data.train_size", "300",
+              "--data.val_size", "100", "--data.test_size", "100"])
+    ckpt = next(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+    model, stored = load_checkpoint(str(ckpt))
+    assert isinstance(model, SmallCNN) and not model.training
+    assert model(torch.zeros(1, 1, 28, 28)).shape == (1, 10)
+    assert stored is not None  # the capstone's SpongeCallback stores its calibrated policy in the checkpoint
+    policy, source = build_policy_with_source(config_from_dict({"auth": {"api_keys": [KEY_A]}}).policy, model, stored)
+    assert source.startswith("calibrated during training") and policy.max_variance is not None
+
+
+def test_checkpoint_policy_is_served(tmp_path):
+    """A policy stored by the SpongeCallback is enforced unless policy.from_checkpoint is false."""
+    from tests.test_serving_support import base_config, running
+
+    stored = {"shape": [1, 28, 28], "min_value": 0.0, "max_value": 1.0, "max_variance": 0.01, "max_energy": None, "max_density": None}
+    ckpt = write_checkpoint(tmp_path / "p.ckpt", callbacks={"SpongeCallback": {"policy": stored}})
+    digit = {"image": [[float(i % 7 == 0 and j % 5 == 0) for j in range(28)] for i in range(28)]}  # variance ~0.03
+    for from_ckpt, expected in ((True, 422), (False, 200)):
+        with running(base_config(tmp_path, policy={"from_checkpoint": from_ckpt}), ckpt=ckpt) as srv:
+            r = httpx.post(srv.url + "/predict", json=digit, headers={"X-API-Key": KEY_A})
+        assert r.status_code == expected and (expected == 200 or r.json()["reason"] == "variance")
+
+
+def test_serve_subprocess_end_to_end(tmp_path):
+    env = {**os.environ, "SECURE_ML_API_KEYS": KEY_A}
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(f"audit:\n  path: {tmp_path / 'audit.jsonl'}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "secure_ml.cli", "serve", "--ckpt_path", str(trained_checkpoint()),
+                             "--config", str(cfg), "--port", "0"], stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    try:
+        line = proc.stderr.readline()  # "secure-ml serve: listening on http://127.0.0.1:PORT ..."
+        port = int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server never became healthy"
+            time.sleep(0.1)
+        r = httpx.post(url + "/predict", json=digit_body(torch.zeros(28, 28)), headers={"X-API-Key": KEY_A})
+        assert r.status_code == 200 and "label" in r.json()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+    assert len((tmp_path / "audit.jsonl").read_text().splitlines()) >= 2
+
+
+def test_serving_never_imports_lightning_or_secure_classifier():
+    code = ("import sys, secure_ml.serving.app, secure_ml.serving.cli, secure_ml.serving.policy, secure_ml.serving.server, "
+            "secure_ml.serving.simulator; bad = [m for m in sys.modules if m.startswith(('lightning.pytorch', 'pytorch_lightning')) "
+            "or m == 'secure_ml.module']; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,124 @@
+"""PRADA extraction detection: unit behaviour, actions over HTTP, and the attack simulator vs a benign replay."""
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from secure_ml.serving.auth import client_id
+from secure_ml.serving.config import ExtractionConfig
+from secure_ml.serving.extraction import ExtractionDetector, shapiro_w
+from secure_ml.serving.simulator import SimulatorConfig, check_loopback, format_report, run_simulation
+from secure_ml.errors import ConfigError
+from tests.test_serving_support import (ADMIN, KEY_A, KEY_B, REAL_DATA, FakeClock, audit_lines, base_config, running,
+                                        trained_checkpoint)
+
+ZEROS = {"image": [[0.0] * 28 for _ in range(28)]}
+
+
+def test_replaying_one_image_alarms_after_n():
+    det = ExtractionDetector(ExtractionConfig(min_distances=20, window=20))
+    x = np.zeros(784, dtype=np.float32)
+    verdicts = [det.observe("c", x, 0, 0.9) for _ in range(25)]
+    assert not any(v.alarm for v in verdicts[:20])  # the first query has no distance; 19 < N
+    assert verdicts[20].signals == ["prada"] and verdicts[20].w == 0.0 and verdicts[20].new_signals == ["prada"]
+    assert verdicts[21].alarm and verdicts[21].new_signals == []  # onset reported once
+    assert det.snapshot()["c"]["first_alert_query"] == 21
+
+
+def test_natural_digits_do_not_alarm_but_jacobian_steps_do():
+    from secure_ml.data.mnist import load_mnist
+
+    x, _ = load_mnist(str(REAL_DATA), train=False, download=False)
+    det = ExtractionDetector(ExtractionConfig())
+    rng = np.random.default_rng(0)
+    digits = x[1000:1400].numpy().reshape(400, -1)
+    fake_labels = rng.integers(0, 10, 400)  # class grouping only; the labels need not be right for this check
+    assert not any(det.observe("benign", d, int(c), 0.99).alarm for d, c in zip(digits, fake_labels))
+    # fixed-size sign steps around a few seeds: distances pile up at lam*sqrt(d)
+    seeds = digits[:20]
+    steps = [np.clip(s + 0.1 * np.sign(rng.standard_normal(784)), 0, 1) for s in seeds for _ in range(10)]
+    assert any(det.observe("attacker", q, int(i % 10), 0.9).alarm for i, q in enumerate(list(seeds) + steps))
+
+
+def test_memory_is_bounded():
+    cfg = ExtractionConfig(max_queries_per_client=50, max_clients=3, window=100, min_distances=100)
+    det = ExtractionDetector(cfg)
+    rng = np.random.default_rng(0)
+    for i in range(400):
+        det.observe(f"c{i % 5}", rng.random(784, dtype=np.float32), i % 10, 0.9)
+    snap = det.snapshot()
+    assert len(snap) == 3
+    assert all(v["stored"] <= 50 for v in snap.values())
+    assert all(len(s.distances) <= 100 for s in det._clients.values())
+
+
+def test_block_expires_and_other_signals():
+    clock = FakeClock()
+    det = ExtractionDetector(ExtractionConfig(block_seconds=10, rate_max_queries=3, rate_window_s=1.0,
+                                              novelty_window=4, novelty_max_fraction=0.5, min_distances=100), clock=clock)
+    det.block("c")
+    assert det.is_blocked("c") and not det.is_blocked("d")
+    clock.advance(10)
+    assert not det.is_blocked("c")
+    x = np.zeros(784, dtype=np.float32)
+    signals = [det.observe("r", x + i / 100, 0, 0.99).signals for i in range(4)]
+    assert signals[3] == ["rate"] and signals[2] == []
+    clock.advance(5)
+    signals = [det.observe("n", x + i / 100, 0, 0.2).signals for i in range(4)]
+    assert "novelty" in signals[3] and "novelty" not in signals[2]
+    assert shapiro_w([1.0] * 10) == 0.0
+
+
+def test_flag_logs_one_alert_and_keeps_answering(tmp_path):
+    cfg = base_config(tmp_path, extraction={"action": "flag", "min_distances": 20, "window": 20})
+    with running(cfg) as srv:
+        codes = [httpx.post(srv.url + "/predict", json=ZEROS, headers={"X-API-Key": KEY_A}).status_code for _ in range(25)]
+        metrics = httpx.get(srv.url + "/metrics", headers={"X-API-Key": ADMIN}).text
+    assert codes == [200] * 25
+    alerts = [json.loads(line) for line in (tmp_path / "audit.alerts.jsonl").read_text().splitlines()]
+    assert len(alerts) == 1 and alerts[0]["client"] == client_id(KEY_A) and alerts[0]["query_index"] == 21
+    assert [line.get("alert") for line in audit_lines(tmp_path / "audit.jsonl")][19:22] == [None, "prada", "prada"]
+    assert f'secure_ml_extraction_first_alert_query{{client="{client_id(KEY_A)}"}} 21' in metrics
+
+
+def test_throttle_shrinks_only_that_clients_rate(tmp_path):
+    cfg = base_config(tmp_path, extraction={"action": "throttle", "min_distances": 20, "window": 20, "throttle_factor": 0.01})
+    with running(cfg, clock=FakeClock()) as srv:
+        for _ in range(21):
+            httpx.post(srv.url + "/predict", json=ZEROS, headers={"X-API-Key": KEY_A})
+        limiter = srv.service.limiter
+        assert limiter.limits_for(client_id(KEY_A)) == (10.0, pytest.approx(100.0))
+        assert limiter.limits_for(client_id(KEY_B)) == (1000.0, 10000.0)
+
+
+def test_block_answers_403(tmp_path):
+    cfg = base_config(tmp_path, extraction={"action": "block", "min_distances": 20, "window": 20})
+    with running(cfg) as srv:
+        codes = [httpx.post(srv.url + "/predict", json=ZEROS, headers={"X-API-Key": KEY_A}) for _ in range(23)]
+        other = httpx.post(srv.url + "/predict", json=ZEROS, headers={"X-API-Key": KEY_B}).status_code
+    assert [r.status_code for r in codes] == [200] * 20 + [403] * 3
+    assert [r.json()["reason"] for r in codes[20:]] == ["extraction_suspected", "blocked", "blocked"]
+    assert "label" not in codes[20].json() and other == 200
+
+
+def test_simulator_detected_benign_replay_quiet(tmp_path):
+    """Jacobian extraction over HTTP is blocked within a few hundred queries; 600 held-out digits are not flagged."""
+    with running(base_config(tmp_path)) as srv:  # the shipped detector defaults: N=100, delta=0.9, block
+        report = run_simulation(SimulatorConfig(
+            url=srv.url, api_key=KEY_A, benign_api_key=KEY_B, admin_key=ADMIN, queries=400, seeds=30, epochs=3,
+            benign_queries=600, qps=0, data_dir=str(REAL_DATA), ckpt_path=str(trained_checkpoint()), time_limit=100))
+    print(format_report(report))
+    assert report["detected"] and report["detection_seen_via"] == "403"
+    assert report["queries_to_detection"] <= 300
+    assert report["benign"]["queries"] == 600 and report["benign"]["false_positive_rate"] == 0.0
+    assert report["benign"]["first_alert_query"] is None
+    assert 0.0 <= report["copy_agreement_at_detection"] <= 1.0 and report["agreement_digits"] == 600
+
+
+def test_simulator_refuses_non_loopback():
+    with pytest.raises(ConfigError, match="loopback"):
+        check_loopback("http://example.com:8000")
+    check_loopback("http://127.0.0.1:1")
+    check_loopback("http://[::1]:1")

@@ -1,0 +1,208 @@
+"""The service's guards over real HTTP on 127.0.0.1: auth, rate limit, body limit, input checks, timeout, output."""
+
+import json
+import time
+
+import httpx
+import pytest
+import torch
+
+from secure_ml.serving.auth import KeyRing, client_id
+from secure_ml.serving.rate_limit import MemoryBucketStorage, RateLimiter
+from tests.test_serving_support import ADMIN, KEY_A, KEY_B, REAL_DATA, FakeClock, base_config, digit_body, running
+
+ZEROS = {"image": [[0.0] * 28 for _ in range(28)]}
+
+
+def post(srv, body=ZEROS, key=KEY_A, **kw):
+    headers = {"X-API-Key": key} if key is not None else {}
+    if isinstance(body, (bytes, str)):
+        return httpx.post(srv.url + "/predict", content=body, headers={**headers, "Content-Type": "application/json"}, **kw)
+    return httpx.post(srv.url + "/predict", json=body, headers=headers, **kw)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    with running(base_config(tmp_path_factory.mktemp("guards"))) as s:
+        yield s
+
+
+# ---- auth --------------------------------------------------------------------------------------
+def test_health_needs_no_key(srv):
+    r = httpx.get(srv.url + "/health")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+@pytest.mark.parametrize("key,reason", [(None, "missing_api_key"), ("wrong-key-0000000000", "invalid_api_key"),
+                                        (KEY_A[:-1], "invalid_api_key"), (ADMIN, "invalid_api_key"), ("", "invalid_api_key")])
+def test_predict_401(srv, key, reason):
+    r = post(srv, key=key)
+    assert r.status_code == 401
+    assert r.json()["reason"] == reason and r.json()["error"] == "unauthorized"
+
+
+def test_metrics_needs_admin_key(srv):
+    assert httpx.get(srv.url + "/metrics").status_code == 401
+    assert httpx.get(srv.url + "/metrics", headers={"X-API-Key": KEY_A}).status_code == 401
+    r = httpx.get(srv.url + "/metrics", headers={"X-API-Key": ADMIN})
+    assert r.status_code == 200 and "secure_ml_requests_total" in r.text
+
+
+def test_valid_key_predicts(srv):
+    r = post(srv)
+    assert r.status_code == 200 and set(r.json()) == {"label", "probabilities"}
+    assert len(r.json()["probabilities"]) == 10
+
+
+def test_keys_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("SECURE_ML_API_KEYS", " env-key-aaaaaaaaaaaa , env-key-bbbbbbbbbbbb")
+    cfg = base_config(tmp_path)
+    cfg["auth"] = {"api_keys": []}
+    with running(cfg) as s:
+        assert post(s, key="env-key-bbbbbbbbbbbb").status_code == 200
+        assert post(s, key=KEY_A).status_code == 401
+
+
+def test_keyring_compares_against_every_key(monkeypatch):
+    import hmac
+
+    calls = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append(1) or real(a, b))
+    ring = KeyRing(["k1" * 10, "k2" * 10, "k3" * 10])
+    assert ring.match("k1" * 10) == client_id("k1" * 10)
+    assert len(calls) == 3  # a match on the first key still walks all three
+    calls.clear()
+    assert ring.match("nope") is None and len(calls) == 3
+    assert client_id("k1" * 10) != "k1" * 10 and len(client_id("k1" * 10)) == 16
+
+
+# ---- rate limit --------------------------------------------------------------------------------
+def test_burst_then_429_then_retry_after(tmp_path):
+    clock = FakeClock()
+    burst, k = 3, 2
+    with running(base_config(tmp_path, rate_limit={"burst": burst, "max_qps": 1.0}), clock=clock) as s:
+        statuses = [post(s) for _ in range(burst + k)]
+        assert [r.status_code for r in statuses] == [200] * burst + [429] * k
+        retry = statuses[-1].headers["Retry-After"]
+        assert retry.isdigit() and int(retry) >= 1
+        assert statuses[-1].json()["reason"] == "rate_limited"
+        # another client is unaffected by A's empty bucket
+        assert [post(s, key=KEY_B).status_code for _ in range(burst)] == [200] * burst
+        assert post(s).status_code == 429
+        clock.advance(int(retry))
+        assert post(s).status_code == 200
+
+
+def test_rate_limit_real_clock(tmp_path):
+    with running(base_config(tmp_path, rate_limit={"burst": 2, "max_qps": 2.0})) as s:
+        codes = [post(s).status_code for _ in range(3)]
+        assert codes[:2] == [200, 200] and codes[2] == 429
+        time.sleep(1.05)
+        assert post(s).status_code == 200
+
+
+def test_token_bucket_arithmetic():
+    clock = FakeClock()
+    limiter = RateLimiter(MemoryBucketStorage(clock=clock, max_keys=2), max_qps=4.0, burst=2)
+    assert [limiter.check("a")[0] for _ in range(3)] == [True, True, False]
+    assert limiter.check("a") == (False, 1)  # 1 token needs 0.25 s -> Retry-After rounds up to 1
+    clock.advance(0.25)
+    assert limiter.check("a")[0] and not limiter.check("a")[0]
+    clock.advance(100)  # refill caps at burst
+    assert [limiter.check("a")[0] for _ in range(3)] == [True, True, False]
+    limiter.check("b"), limiter.check("c")
+    assert len(limiter.storage._buckets) == 2  # LRU bound
+    limiter.throttle("a", 0.1)
+    assert limiter.limits_for("a") == (1.0, pytest.approx(0.4))
+
+
+# ---- input validation (422) ---------------------------------------------------------------------
+def _img(fill=0.0):
+    return [[fill] * 28 for _ in range(28)]
+
+
+def _with(value, row=3, col=4):
+    img = _img()
+    img[row][col] = value
+    return {"image": img}
+
+
+CHECKER = {"image": [[float((i + j) % 2) for j in range(28)] for i in range(28)]}
+BAD = {
+    "shape": [{"image": _img()[:27]}, {"image": [row + [0.0] for row in _img()]}, {"image": 0.5},
+              {"image": [[[0.0]] * 28] * 28}, {"image": [0.0] * 28}, {"image": []}],
+    "dtype": [_with("0.5"), _with(True), _with(None), _with({"v": 1}), {"image": "abc"}, {"image": [["a"] * 28] * 28}],
+    "non_finite": [b'{"image": NaN}', b'{"image": [[NaN]]}', json.dumps(_with(0.0)).replace("0.0", "Infinity", 1).encode(),
+                   json.dumps(_with(0.0)).replace("0.0", "-Infinity", 1).encode(),
+                   json.dumps(_with(0.0)).replace("0.0", "1e999", 1).encode()],
+    "range": [_with(1.5), _with(-0.1), _with(10 ** 400), _with(1e300)],
+    "variance": [CHECKER],
+    "json": [b"{", b"not json", b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000],
+    "schema": [b"[]", b"3", {"img": _img()}, {"image": _img(), "extra": 1}],
+}
+
+
+@pytest.mark.parametrize("reason,body", [(r, b) for r, bodies in BAD.items() for b in bodies])
+def test_422_reasons(srv, reason, body):
+    r = post(srv, body)
+    assert r.status_code == 422, r.text
+    assert r.json()["reason"] == reason and r.json()["error"] == "invalid_input"
+
+
+def test_422_energy_sponge(tmp_path):
+    """A calibrated policy (energy/density on clean training digits) refuses a crafted L0 sponge."""
+    from secure_ml.attacks.sponge import craft_sponges
+    from secure_ml.data.mnist import load_mnist
+    from secure_ml.serving.model_loading import load_model
+    from tests.test_serving_support import trained_checkpoint
+
+    cfg = base_config(tmp_path, policy={"calibrate": True, "calibration_data_dir": str(REAL_DATA), "calibration_samples": 1000})
+    with running(cfg) as s:
+        policy = s.service.engine.policy
+        assert policy.max_energy is not None or policy.max_density is not None
+        model = load_model(str(trained_checkpoint()))
+        x, _ = load_mnist(str(REAL_DATA), train=False, download=False)
+        sponge = craft_sponges(model, x[:1], steps=30, lr=0.02, objective="l0")  # pixels stay in [0, 1]
+        r = post(s, digit_body(sponge[0]))
+        assert r.status_code == 422 and r.json()["reason"] == "energy", r.text
+        assert post(s, digit_body(x[1])).status_code == 200
+
+
+# ---- timeouts and overload ----------------------------------------------------------------------
+class Slow(torch.nn.Module):
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+        self.fc2 = torch.nn.Linear(1, 10)
+
+    def forward(self, x):
+        time.sleep(self.seconds)
+        return torch.zeros(len(x), 10)
+
+
+def test_504_when_inference_exceeds_timeout(tmp_path):
+    with running(base_config(tmp_path, inference={"timeout_s": 0.2}), model=Slow(1.0), policy=None) as s:
+        t0 = time.monotonic()
+        r = post(s)
+        assert r.status_code == 504 and r.json()["reason"] == "timeout"
+        assert time.monotonic() - t0 < 0.9
+        assert httpx.get(s.url + "/health").status_code == 200
+
+
+def test_503_when_queue_full(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with running(base_config(tmp_path, inference={"timeout_s": 5, "max_pending": 1}), model=Slow(0.6), policy=None) as s:
+        with ThreadPoolExecutor(3) as pool:
+            codes = sorted(f.result().status_code for f in [pool.submit(post, s) for _ in range(3)])
+        assert 200 in codes and 503 in codes
+
+
+# ---- output obfuscation -------------------------------------------------------------------------
+def test_probabilities_rounded_or_omitted(tmp_path):
+    with running(base_config(tmp_path, output={"precision": 1})) as s:
+        probs = post(s).json()["probabilities"]
+        assert all(round(p, 1) == p for p in probs)
+    with running(base_config(tmp_path, output={"probabilities": False})) as s:
+        assert set(post(s).json()) == {"label"}

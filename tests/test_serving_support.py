@@ -1,0 +1,139 @@
+"""Helpers shared by the serving tests (no tests here): checkpoints, a quickly trained model, a server factory."""
+
+import contextlib
+import functools
+import json
+import os
+import socket
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from secure_ml.models import SmallCNN
+from secure_ml.serving.app import build_service
+from secure_ml.serving.config import config_from_dict
+from secure_ml.serving.model_loading import load_checkpoint
+from secure_ml.serving.policy import build_policy
+from secure_ml.serving.server import ServerThread
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data"
+KEY_A = "client-a-key-0123456789"
+KEY_B = "client-b-key-9876543210"
+ADMIN = "admin-key-abcdefghijkl"
+
+
+class FakeClock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, dt: float) -> None:
+        self.t += dt
+
+
+def write_checkpoint(path: Path, model: Optional[torch.nn.Module] = None, **extra) -> Path:
+    """A checkpoint shaped like `secure-ml fit`'s: ``state_dict`` with ``net.`` keys."""
+    torch.manual_seed(0)
+    model = model or SmallCNN()
+    torch.save({"state_dict": {"net." + k: v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"net": "SmallCNN"}, **extra}, path)
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def trained_checkpoint() -> Path:
+    """SmallCNN trained ~1 s on 2,000 real training digits (≈90% test accuracy), cached for the session."""
+    from secure_ml.data.mnist import load_mnist
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, y = load_mnist(str(REAL_DATA), train=True, download=False)
+        g = torch.Generator().manual_seed(0)
+        torch.manual_seed(0)
+        model = SmallCNN()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(2):
+            perm = torch.randperm(2000, generator=g)
+            for i in range(0, 2000, 64):
+                idx = perm[i:i + 64]
+                loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+    finally:
+        torch.set_num_threads(threads)
+    path = Path(tempfile.mkdtemp(prefix="secure-ml-serving-")) / "trained.ckpt"
+    return write_checkpoint(path, model.eval())
+
+
+def base_config(tmp_path: Path, **sections) -> dict:
+    cfg = {
+        "model": {"torch_threads": 1},
+        "auth": {"api_keys": [KEY_A, KEY_B], "admin_keys": [ADMIN]},
+        "rate_limit": {"burst": 1000, "max_qps": 10000},
+        "audit": {"path": str(tmp_path / "audit.jsonl")},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            cfg.setdefault(name, {}).update(values)
+        else:
+            cfg[name] = values
+    return cfg
+
+
+@contextlib.contextmanager
+def running(cfg_dict: dict, ckpt: Optional[Path] = None, model=None, clock=None, policy="config"):
+    """Start the service on 127.0.0.1:<free port> in a thread; yields the ServerThread (``.url``, ``.service``)."""
+    threads = torch.get_num_threads()
+    cfg = config_from_dict(cfg_dict)
+    stored = None
+    if model is None:
+        model, stored = load_checkpoint(str(ckpt or trained_checkpoint()), "auto")
+    if policy == "config":
+        policy = build_policy(cfg.policy, model, stored)
+    service = build_service(cfg, model, policy, clock=clock)
+    srv = ServerThread(service).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        torch.set_num_threads(threads)
+
+
+def digit_body(image) -> dict:
+    return {"image": np.asarray(image, dtype=float).reshape(28, 28).tolist()}
+
+
+def audit_lines(path) -> list:
+    text = Path(path).read_text() if os.path.exists(path) else ""
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def raw_http(port: int, data: bytes, timeout: float = 5.0, read_limit: int = 1 << 16) -> bytes:
+    """Send raw bytes to 127.0.0.1:port, read until the server closes or ``timeout``; bounded."""
+    out = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            while len(out) < read_limit:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                out += chunk
+        except (socket.timeout, ConnectionResetError):
+            pass
+    return out
+
+
+def status_of(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else -1
