@@ -33,6 +33,17 @@ def test_every_training_config_parses(config, capsys):
     assert cli.datamodule.poisson_sampling == cli.model.dp.enabled  # the link: DP always gets Poisson sampling
 
 
+@pytest.mark.parametrize("config", [c for c in CONFIGS if not _is_training_config(c)], ids=lambda p: p.name)
+def test_every_serving_config_parses(config):
+    from secure_ml.serving.config import load_serve_config
+
+    assert load_serve_config(str(config)).guards in (True, False)
+
+
+def test_every_config_is_covered():
+    assert {c.name for c in CONFIGS} >= {"capstone.yaml", "smoke.yaml", "serve.yaml", "gates.yaml"}
+
+
 def test_capstone_has_the_seed_numbers():
     cfg = yaml.safe_load(BASE.read_text())
     assert cfg["data"]["train_size"] == 8000 and cfg["data"]["test_size"] == 2000 and cfg["data"]["batch_size"] == 64
