@@ -165,6 +165,8 @@ class SecureClassifier(LightningModule):
         poisson_sample_rate(self.trainer.train_dataloader)
 
     def on_train_epoch_end(self) -> None:
+        if not self.automatic_optimization and self.scheduler_factory is not None:
+            self.lr_schedulers().step()  # manual optimization (reference DP backend): Lightning leaves schedulers to us
         sync = self.trainer.world_size > 1  # the values below are identical on every rank; syncing only silences Lightning
         if self.private is not None:
             eps = self.private.epsilon(self.dp.delta)

@@ -137,3 +137,12 @@ def test_clean_training_learns_synthetic_digits(tiny_mnist, tmp_path):
     trainer.fit(model, dm)
     trainer.test(model, dm)
     assert float(trainer.callback_metrics["test/acc"]) > 0.9
+
+
+@pytest.mark.parametrize("backend", ["opacus", "reference"])
+def test_scheduler_steps_on_the_dp_optimizer(tiny_mnist, tmp_path, backend):
+    model = SecureClassifier(scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+                             dp=DPConfig(enabled=True, backend=backend, noise_seed=0))
+    trainer = _trainer(tmp_path, epochs=2)
+    trainer.fit(model, _dm(tiny_mnist))
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.25)
