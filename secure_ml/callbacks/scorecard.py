@@ -119,7 +119,7 @@ class Scorecard(Callback):
         fig = dashboard_figure(self.history, final)
         fig.savefig(out / "dashboard.png", dpi=120)
         plt.close(fig)
-        print(scorecard_table(final))
+        print("\n" + scorecard_table(final))
         print(f"secure-ml: wrote {out / 'metrics.json'} and {out / 'dashboard.png'}")
 
     def state_dict(self) -> Dict[str, Any]:

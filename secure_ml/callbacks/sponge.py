@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from secure_ml.attacks.sponge import activation_energy, craft_sponges, gaussian_sponges
+from secure_ml.attacks.sponge import craft_sponges, gaussian_sponges, sponge_report
 from secure_ml.callbacks._common import EpochMetricCallback, held_out, on_device, optional_int, subsample
 from secure_ml.defenses.input_policy import InputPolicy
 from secure_ml.errors import ConfigError
@@ -12,8 +12,9 @@ from secure_ml.errors import ConfigError
 
 class SpongeCallback(EpochMetricCallback):
     """Logs ``sponge/reject_rate`` (all sponges), ``sponge/reject_rate_gaussian``, ``sponge/reject_rate_crafted``,
-    ``sponge/false_positive_rate`` (clean held-out digits rejected) and ``sponge/energy_ratio`` /
-    ``sponge/density_ratio`` (crafted sponges vs clean digits, activation energy and density).
+    ``sponge/false_positive_rate`` (clean held-out digits rejected), and for crafted sponges vs as
+    many clean digits ``sponge/energy_ratio``, ``sponge/density_ratio`` (activation energy and
+    density) and ``sponge/latency_ratio`` (median forward time of the batch).
 
     The policy's variance and activation-energy limits are calibrated each epoch on clean
     digits the false-positive rate is *not* measured on: during fit/validate the validation
@@ -29,6 +30,7 @@ class SpongeCallback(EpochMetricCallback):
         calibration_samples: clean digits used to calibrate the policy.
         false_positive_rate: clean-digit rejection rate the calibration aims at.
         max_samples: clean digits on which the false-positive rate is measured.
+        latency_repeats: timed forwards of a clean and a crafted batch (median) for ``sponge/latency_ratio``.
         every_n_epochs: run every n-th epoch (and always on the last one and in test).
         seed: seed of the subsamples and of the noise.
     """
@@ -42,10 +44,11 @@ class SpongeCallback(EpochMetricCallback):
         calibration_samples: int = 400,
         false_positive_rate: float = 0.005,
         max_samples: int = 400,
+        latency_repeats: int = 5,
         every_n_epochs: int = 1,
         seed: int = 0,
     ):
-        for name, v in (("n_sponges", n_sponges), ("craft_steps", craft_steps), ("calibration_samples", calibration_samples), ("max_samples", max_samples), ("every_n_epochs", every_n_epochs)):
+        for name, v in (("latency_repeats", latency_repeats), ("n_sponges", n_sponges), ("craft_steps", craft_steps), ("calibration_samples", calibration_samples), ("max_samples", max_samples), ("every_n_epochs", every_n_epochs)):
             optional_int(v, f"SpongeCallback {name}")
         if not 0 < false_positive_rate < 1:
             raise ConfigError(f"SpongeCallback false_positive_rate must be in (0, 1); got {false_positive_rate}")
@@ -53,7 +56,7 @@ class SpongeCallback(EpochMetricCallback):
             raise ConfigError(f"SpongeCallback gaussian_scales must be positive; got {gaussian_scales}")
         self.n_sponges, self.gaussian_scales, self.craft_steps, self.craft_lr = n_sponges, list(gaussian_scales), craft_steps, craft_lr
         self.calibration_samples, self.false_positive_rate, self.max_samples = calibration_samples, false_positive_rate, max_samples
-        self.every_n_epochs, self.seed = every_n_epochs, seed
+        self.every_n_epochs, self.seed, self.latency_repeats = every_n_epochs, seed, latency_repeats
         self.policy: Optional[InputPolicy] = None
 
     def _clean_splits(self, trainer, stage: str):
@@ -78,15 +81,17 @@ class SpongeCallback(EpochMetricCallback):
         rejected_g = sum(not d.allowed for d in policy.check_batch(gaussian, net))
         rejected_c = sum(not d.allowed for d in policy.check_batch(crafted, net))
         false_pos = sum(not d.allowed for d in policy.check_batch(measure, net))
-        clean_stats, sponge_stats = activation_energy(net, measure), activation_energy(net, crafted)
+        k = min(len(measure), len(crafted))  # equal batches, so the latencies compare
+        report = sponge_report(net, measure[:k], crafted[:k], repeats=self.latency_repeats)
         self.policy = policy
         return {
             "sponge/reject_rate": (rejected_g + rejected_c) / (len(gaussian) + len(crafted)),
             "sponge/reject_rate_gaussian": rejected_g / len(gaussian),
             "sponge/reject_rate_crafted": rejected_c / len(crafted),
             "sponge/false_positive_rate": false_pos / len(measure),
-            "sponge/energy_ratio": sponge_stats["l2_energy"].mean().item() / max(clean_stats["l2_energy"].mean().item(), 1e-12),
-            "sponge/density_ratio": sponge_stats["density"].mean().item() / max(clean_stats["density"].mean().item(), 1e-12),
+            "sponge/energy_ratio": report.energy_ratio,
+            "sponge/density_ratio": report.density_ratio,
+            "sponge/latency_ratio": report.latency_ratio,
         }
 
     def state_dict(self) -> Dict[str, Any]:

@@ -6,6 +6,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 BAR_KEYS = [
     ("clean acc", ("test/acc", "val/acc")),
@@ -30,6 +31,7 @@ def _curves(ax, history, keys, title, ylabel, ylim=None) -> None:
             ax.plot(xs, ys, marker="o", label=key)
     ax.set_title(title)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
     if ylim:
         ax.set_ylim(*ylim)
@@ -52,9 +54,10 @@ def dashboard_figure(history: List[Dict[str, float]], final: Optional[Mapping[st
         twin = ax.twinx()
         for key, style in zip(eps_keys, ("-s", "--^")):
             xs, ys = _series(history, key)
-            twin.plot(xs, ys, style, color="tab:red" if key == "privacy/epsilon" else "tab:purple", label=key)
-        twin.set_ylabel("ε")
-        twin.legend(fontsize=8, loc="lower right")
+            twin.plot(xs, ys, style, color="black" if key == "privacy/epsilon" else "dimgray", label=key)
+        twin.set_ylabel("ε (accountant; empirical lower bound)")
+        twin.set_ylim(bottom=0)
+        twin.legend(fontsize=8, loc="center right")
     ax = axes[1, 1]
     bars = [(label, next((final[k] for k in ks if k in final), None)) for label, ks in BAR_KEYS]
     bars = [(label, v) for label, v in bars if v is not None]
