@@ -1,5 +1,6 @@
 """SecureClassifier: a LightningModule around a plain ``nn.Module`` with adversarial training and DP-SGD."""
 
+import math
 from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Any, Dict, Optional
@@ -117,7 +118,10 @@ class SecureClassifier(LightningModule):
         optimizer = factory(self.net.parameters())
         if self.dp.enabled:
             self._check_trainer_for_dp()
-            total_steps = int(self.trainer.estimated_stepping_batches)  # also makes Lightning load the train loader
+            estimated = self.trainer.estimated_stepping_batches  # also makes Lightning load the train loader
+            total_steps = int(estimated) if math.isfinite(estimated) else 0  # 0: unbounded (max_epochs -1)
+            if self.trainer.train_dataloader is None:  # unbounded runs return before loading it
+                self.trainer.fit_loop.setup_data()
             if self.private is not None:
                 self.private.close()
             loader = self.trainer.train_dataloader

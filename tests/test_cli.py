@@ -78,8 +78,11 @@ def test_fit_then_test_in_process(tiny_mnist, tmp_path, monkeypatch):
         assert key in tags, key
     main(["test", *common, "--ckpt_path", str(ckpt)])
     assert "test/acc" in _scalars(tmp_path / "lightning_logs" / "version_1")
+    with pytest.raises(SystemExit) as exc:  # evaluating on another member/non-member split is refused
+        main(["test", *common, "--data.val_size", "50", "--ckpt_path", str(ckpt)])
+    assert exc.value.code == 2
     main(["predict", *common, "--ckpt_path", str(ckpt)])
-    rows = (tmp_path / "lightning_logs" / "version_2" / "predictions.csv").read_text().splitlines()
+    rows = (tmp_path / "lightning_logs" / "version_3" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("index,label,p0") and len(rows) == 1 + 100
 
 

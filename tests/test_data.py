@@ -125,5 +125,7 @@ def test_sizes_validated(tiny_mnist):
         _dm(tiny_mnist, train_size=10_000).setup("fit")
     with pytest.raises(ConfigError, match="--data.val_size"):
         _dm(tiny_mnist, train_size=100, val_size=100)
+    with pytest.raises(ConfigError, match="--data.val_size"):
+        _dm(tiny_mnist, val_size=1)
     with pytest.raises(ConfigError, match="--data.batch_size"):
         _dm(tiny_mnist, batch_size=0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from opacus.accountants import create_accountant
-from opacus.data_loader import DPDataLoader
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.optimizers import DPOptimizer
 
 from secure_ml.adversarial import AdversarialConfig
@@ -12,6 +12,7 @@ from secure_ml.data import MNISTDataModule, PoisonConfig, SanitizerConfig
 from secure_ml.errors import ConfigError
 from secure_ml.module import DP_STATE_KEY, SecureClassifier
 from secure_ml.privacy.config import DPConfig
+from secure_ml.privacy.engine import make_private, poisson_sample_rate
 from secure_ml.privacy.reference import ReferenceDPOptimizer
 
 
@@ -41,13 +42,13 @@ def test_dp_fit_logs_accountant_epsilon_with_poisson_sampling(tiny_mnist, tmp_pa
     trainer = _trainer(tmp_path, epochs=2)
     trainer.fit(model, _dm(tiny_mnist))
     loader = trainer.train_dataloader
-    assert isinstance(loader, DPDataLoader) and loader.sample_rate == pytest.approx(1 / 13)
+    assert isinstance(loader.batch_sampler, UniformWithReplacementSampler) and poisson_sample_rate(loader) == 1 / 13
     expected_opt = DPOptimizer if backend == "opacus" else ReferenceDPOptimizer
     assert isinstance(trainer.optimizers[0], expected_opt)
     steps = model.private.steps
     assert steps == 2 * len(loader) == trainer.global_step
     eps = float(trainer.callback_metrics["privacy/epsilon"])
-    assert eps == pytest.approx(_expected_epsilon(1.0, loader.sample_rate, steps, 1e-5, mechanism), rel=1e-6)
+    assert eps == pytest.approx(_expected_epsilon(1.0, 1 / 13, steps, 1e-5, mechanism), rel=1e-6)
     for key in ("train/loss", "train/acc", "val/loss", "val/acc"):
         assert torch.isfinite(trainer.callback_metrics[key]), key
     assert all(getattr(p, "grad_sample", None) is None for p in model.net.parameters())
@@ -146,3 +147,40 @@ def test_scheduler_steps_on_the_dp_optimizer(tiny_mnist, tmp_path, backend):
     trainer = _trainer(tmp_path, epochs=2)
     trainer.fit(model, _dm(tiny_mnist))
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.25)
+
+
+def test_sample_rate_is_consistent_when_1_over_q_rounds_down():
+    """N = 6283, batch 64: K = 99 batches, and int(1 / (1/99)) = 98 in floating point — Opacus's default."""
+    from torch.utils.data import TensorDataset
+
+    from secure_ml.data.sampling import train_loader
+    from secure_ml.models import SmallCNN
+
+    ds = TensorDataset(torch.rand(6283, 1, 28, 28), torch.randint(0, 10, (6283,)))
+    loader = train_loader(ds, 64, seed=0, poisson=True, poisson_generator=torch.Generator().manual_seed(0))
+    assert int(1 / (1 / 99)) == 98 and len(loader) == 99 and sum(1 for _ in loader) == 99
+    assert poisson_sample_rate(loader) == 1 / 99
+    expected = {}
+    for backend in ("opacus", "reference"):
+        net = SmallCNN()
+        priv = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), loader, DPConfig(backend=backend), total_steps=99)
+        expected[backend] = priv.expected_batch_size
+        assert priv.sample_rate == 1 / 99
+        priv.close()
+    assert expected["opacus"] == expected["reference"] == 63
+
+
+def test_unreachable_target_epsilon_and_large_delta_are_config_errors(tiny_mnist, tmp_path):
+    with pytest.raises(ConfigError, match="--model.dp.target_epsilon"):
+        _trainer(tmp_path).fit(_model(target_epsilon=0.01, accountant="rdp"), _dm(tiny_mnist))
+    with pytest.raises(ConfigError, match="--model.dp.delta"):
+        _trainer(tmp_path).fit(_model(delta=0.01), _dm(tiny_mnist))  # N = 400: 1/N = 0.0025
+
+
+def test_unbounded_training_stops_at_the_privacy_budget(tiny_mnist, tmp_path):
+    from secure_ml.callbacks import PrivacyBudget
+
+    model = _model()
+    trainer = _trainer(tmp_path, epochs=-1, callbacks=[PrivacyBudget(max_epsilon=3.0)], limit_val_batches=0)
+    trainer.fit(model, _dm(tiny_mnist))
+    assert 0 < model.private.steps and model.private.epsilon(1e-5) <= 3.0

@@ -1,6 +1,7 @@
 """Stop DP training before ε passes a budget."""
 
 import copy
+import math
 
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
@@ -9,7 +10,7 @@ from secure_ml.errors import ConfigError
 
 
 def max_steps_within(accountant, noise_multiplier: float, sample_rate: float, budget: float, delta: float, limit: int) -> int:
-    """Largest number of *further* steps (≤ ``limit``) after which ε stays ≤ ``budget`` (binary search; ε grows with steps)."""
+    """Largest number of *further* steps (≤ ``limit``; ``limit`` ≤ 0 means unbounded) after which ε stays ≤ ``budget`` (binary search; ε grows with steps)."""
 
     def eps_after(k: int) -> float:
         acc = copy.deepcopy(accountant)
@@ -18,6 +19,10 @@ def max_steps_within(accountant, noise_multiplier: float, sample_rate: float, bu
 
     if eps_after(0) > budget:
         return 0
+    if limit <= 0:  # unbounded training (max_epochs -1): find an upper end by doubling
+        limit = 1
+        while eps_after(limit) <= budget and limit < 10**9:
+            limit *= 2
     lo, hi = 0, limit
     if eps_after(hi) <= budget:
         return hi
@@ -44,7 +49,9 @@ class PrivacyBudget(Callback):
         private = getattr(pl_module, "private", None)
         if private is None:
             raise ConfigError("PrivacyBudget needs a DP run (--model.dp.enabled true)")
-        left = max_steps_within(private.accountant, private.noise_multiplier, private.sample_rate, self.max_epsilon, pl_module.dp.delta, int(trainer.estimated_stepping_batches))
+        estimated = trainer.estimated_stepping_batches
+        limit = int(estimated) if math.isfinite(estimated) else 0
+        left = max_steps_within(private.accountant, private.noise_multiplier, private.sample_rate, self.max_epsilon, pl_module.dp.delta, limit)
         if left == 0:
             raise ConfigError(f"PrivacyBudget max_epsilon {self.max_epsilon} is already spent (ε before training: {private.epsilon(pl_module.dp.delta)}); raise it or start a fresh run")
         self._stop_at = private.steps + left

@@ -1,5 +1,7 @@
 """MNIST LightningDataModule: reproducible subsets, label-flip poisoning, sanitization, Poisson sampling."""
 
+import hashlib
+import secrets
 from typing import Optional
 
 import torch
@@ -31,7 +33,8 @@ class MNISTDataModule(LightningDataModule):
         val_size: of those, digits held back as the clean validation split.
         test_size: digits drawn from the test split.
         batch_size: global batch size (split across processes); with Poisson sampling, the expected batch size.
-        seed: seed of the subset draw and of the training loader's sampler.
+        seed: seed of the subset draw and of the shuffled (non-DP) training order.
+        sampling_seed: seed of the Poisson masks under DP; null (default) draws a fresh secret seed per run. The masks are part of the DP mechanism: a seed published in config.yaml would let anyone replay which digits each step used.
         poison: label-flip poisoning of the training part.
         sanitizer: sanitization applied after poisoning.
         poisson_sampling: sample training batches by Poisson sampling (set by the CLI whenever DP is on).
@@ -47,13 +50,15 @@ class MNISTDataModule(LightningDataModule):
         test_size: int = 2000,
         batch_size: int = 64,
         seed: int = 42,
+        sampling_seed: Optional[int] = None,
         poison: PoisonConfig = PoisonConfig(),
         sanitizer: SanitizerConfig = SanitizerConfig(),
         poisson_sampling: bool = False,
         num_workers: int = 0,
     ):
         super().__init__()
-        for name, value, low in (("train_size", train_size, 1), ("val_size", val_size, 0), ("test_size", test_size, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        # The validation split is the clean non-member set the scorecard needs (the sponge check halves it).
+        for name, value, low in (("train_size", train_size, 1), ("val_size", val_size, 2), ("test_size", test_size, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
             if value < low:
                 raise ConfigError(f"--data.{name} must be >= {low}; got {value}")
         if val_size >= train_size:
@@ -61,6 +66,7 @@ class MNISTDataModule(LightningDataModule):
         self.data_dir, self.download = data_dir, download
         self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
         self.batch_size, self.seed, self.num_workers = batch_size, seed, num_workers
+        self.sampling_seed = sampling_seed
         self.poison, self.sanitizer = poison, sanitizer
         self.poisson_sampling = poisson_sampling
         self.train_dataset: Optional[TensorDataset] = None
@@ -69,6 +75,9 @@ class MNISTDataModule(LightningDataModule):
         self.poisoned_indices: Optional[torch.Tensor] = None  # rows of the pre-sanitization training part
         self.kept_indices: Optional[torch.Tensor] = None  # rows of the pre-sanitization training part that were kept
         self.sanitization_report: Optional[SanitizationReport] = None
+        self.fingerprint: Optional[str] = None  # hash of the member / non-member split (see state_dict)
+        self._expected_fingerprint: Optional[str] = None
+        self._test_idx: Optional[torch.Tensor] = None
 
     def prepare_data(self) -> None:
         for train in (True, False):
@@ -84,6 +93,7 @@ class MNISTDataModule(LightningDataModule):
         if self.test_dataset is None:
             x, y = load_mnist(self.data_dir, train=False, download=False)
             idx = self._draw(len(y), self.test_size, "test_size", self.seed + 1)
+            self._test_idx = idx
             self.test_dataset = TensorDataset(x[idx], y[idx])
         # Training members are needed beyond fit: membership inference at validate/test compares against them.
         if self.train_dataset is None and stage != "predict":
@@ -109,13 +119,42 @@ class MNISTDataModule(LightningDataModule):
         if len(y_train) == 0:
             raise ConfigError("sanitization removed every training sample; loosen --data.sanitizer")
         self.train_dataset = TensorDataset(x_train, y_train)
+        digest = hashlib.sha256()
+        for t in (val_idx, train_idx[self.kept_indices], y_train, self._test_idx):
+            digest.update(t.numpy().tobytes())
+        self.fingerprint = digest.hexdigest()[:16]
+        if self._expected_fingerprint is not None:
+            self._check_fingerprint(self._expected_fingerprint)
+
+    # The split into members / non-members travels in the checkpoint: evaluating a checkpoint on a
+    # different split would call trained digits "non-members" and silently break membership inference.
+    def state_dict(self) -> dict:
+        return {"fingerprint": self.fingerprint} if self.fingerprint is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        expected = state_dict.get("fingerprint")
+        if expected is None:
+            return
+        if self.fingerprint is None:  # not set up yet: checked at the end of setup
+            self._expected_fingerprint = expected
+            return
+        self._check_fingerprint(expected)
+
+    def _check_fingerprint(self, expected: str) -> None:
+        if expected != self.fingerprint:
+            raise ConfigError(
+                "the checkpoint was trained on a different data split (its member/non-member fingerprint differs): "
+                "pass the same --data.* options as in fit, e.g. --config lightning_logs/version_N/config.yaml"
+            )
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         world_size = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        # Each rank draws its own Poisson mask: a rank-seeded generator, never the shared global seed.
-        poisson_gen = torch.Generator().manual_seed(self.seed + 7919 * (rank + 1))
+        # Each rank draws its own Poisson mask: a rank-specific generator, never the shared global seed,
+        # and by default a secret one (see sampling_seed).
+        base = self.sampling_seed if self.sampling_seed is not None else secrets.randbits(62)
+        poisson_gen = torch.Generator().manual_seed(base + 7919 * (rank + 1))
         return train_loader(self.train_dataset, self.batch_size, self.seed, self.poisson_sampling, world_size, rank, self.num_workers, poisson_gen)
 
     def val_dataloader(self) -> DataLoader:

@@ -8,8 +8,8 @@ Lightning-free. Under several processes ``batch_size`` is the *global* batch siz
 from typing import Optional
 
 import torch
-from opacus.data_loader import DPDataLoader, dtype_safe, shape_safe, wrap_collate_with_empty
-from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
+from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
+from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler, UniformWithReplacementSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
 
@@ -51,13 +51,18 @@ def train_loader(
             return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), num_workers=num_workers)
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         return DataLoader(dataset, batch_size=max(1, batch_size // world_size), sampler=sampler, num_workers=num_workers)
-    sample_rate = 1 / len(DataLoader(dataset, batch_size=batch_size))
-    if world_size == 1:
-        return DPDataLoader(dataset, sample_rate=sample_rate, generator=poisson_generator, num_workers=num_workers)
-    sampler = EmptySafeDistributedPoissonSampler(total_size=len(dataset), sample_rate=sample_rate, shuffle_seed=seed, generator=poisson_generator)
+    # K batches per epoch at rate q = 1/K exactly. Opacus's samplers would run int(1/q) batches, which
+    # for many K is K-1 (1/(1/99) = 98.99…): the accountant's q (1/len(loader)) would then disagree
+    # with the sampler's and with the reference backend's. Passing steps=K keeps all three equal.
+    steps = len(DataLoader(dataset, batch_size=batch_size))
+    sample_rate = 1.0 / steps
     first = dataset[0]
     collate = wrap_collate_with_empty(
         collate_fn=default_collate, batch_first=True, rand_on_empty=False,
         sample_empty_shapes=[(0, *shape_safe(t)) for t in first], dtypes=[dtype_safe(t) for t in first],
     )
+    if world_size == 1:
+        sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate, steps=steps, generator=poisson_generator)
+    else:
+        sampler = EmptySafeDistributedPoissonSampler(total_size=len(dataset), sample_rate=sample_rate, shuffle_seed=seed, steps=steps, generator=poisson_generator)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

@@ -18,7 +18,7 @@ class DPConfig:
         delta: δ of the (ε, δ) guarantee; should be well below 1/N.
         accountant: privacy accountant: ``prv`` (tight numerical) or ``rdp`` (Rényi DP).
         target_epsilon: when set, σ is calibrated so that ε reaches this value at the end of training.
-        noise_seed: seed of the noise generator; null draws from torch's global generator (seeded by seed_everything).
+        noise_seed: seed of the noise generator, for reproducible tests only; null (default) seeds it from a fresh secret (``secrets``), never from seed_everything's public seed.
     """
 
     enabled: bool = False

@@ -4,6 +4,7 @@ Lightning-free: ``SecureClassifier`` calls :func:`make_private` from
 ``configure_optimizers`` and keeps the returned :class:`PrivateTraining`.
 """
 
+import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, Optional
@@ -125,6 +126,10 @@ def make_private(
     check_model(net)
     sample_rate = poisson_sample_rate(loader)
     n = len(loader.dataset)
+    if abs(sample_rate - 1.0 / len(loader)) > 1e-12:
+        raise ConfigError(f"the Poisson sampler's rate {sample_rate:.6g} differs from 1/len(loader) = {1 / len(loader):.6g}, which Opacus accounts with; build the loader with steps = 1/q")
+    if cfg.delta >= 1.0 / n:
+        raise ConfigError(f"--model.dp.delta {cfg.delta:g} must be well below 1/N = {1 / n:.3g} (N = {n} training samples); a larger δ allows leaking a whole record")
     if state is not None:
         if state["mechanism"] != cfg.accountant:
             raise ConfigError(f"the checkpoint was accounted with '{state['mechanism']}'; resume with --model.dp.accountant {state['mechanism']}")
@@ -135,14 +140,22 @@ def make_private(
             )
         sigma = float(state["noise_multiplier"])
     elif cfg.target_epsilon is not None:
-        sigma = float(get_noise_multiplier(
-            target_epsilon=cfg.target_epsilon, target_delta=cfg.delta, sample_rate=sample_rate,
-            steps=max(total_steps, 1), accountant=cfg.accountant,
-        ))
+        if total_steps <= 0:
+            raise ConfigError("--model.dp.target_epsilon needs a finite training length: set --trainer.max_epochs or --trainer.max_steps")
+        try:
+            sigma = float(get_noise_multiplier(
+                target_epsilon=cfg.target_epsilon, target_delta=cfg.delta, sample_rate=sample_rate,
+                steps=total_steps, accountant=cfg.accountant,
+            ))
+        except ValueError as exc:
+            raise ConfigError(f"--model.dp.target_epsilon {cfg.target_epsilon} cannot be reached with δ = {cfg.delta:g}, q = {sample_rate:.4g} and {total_steps} steps ({exc})") from None
     else:
         sigma = cfg.noise_multiplier
     device = next(net.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(cfg.noise_seed) if cfg.noise_seed is not None else None
+    # The noise must be unpredictable: a generator seeded from the published seed_everything value could be
+    # replayed. (torch's generators are not CSPRNGs; Opacus's secure_mode needs torchcsprng.)
+    seed = cfg.noise_seed if cfg.noise_seed is not None else secrets.randbits(62)
+    generator = torch.Generator(device=device).manual_seed(seed)
 
     if cfg.backend == "opacus":
         engine = PrivacyEngine(accountant=cfg.accountant)
