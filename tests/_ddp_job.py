@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--scorecard", action="store_true", help="add the security callbacks")
     a = ap.parse_args()
 
-    dm = MNISTDataModule(data_dir=a.data, download=False, train_size=500, val_size=100, test_size=100, batch_size=a.batch_size, poisson_sampling=True)
+    dm = MNISTDataModule(data_dir=a.data, download=False, train_size=500, val_size=100, test_size=100, batch_size=a.batch_size, poisson_sampling=True, sampling_seed=0)
     if a.fixed:
         original = dm.train_dataloader
 

@@ -31,7 +31,7 @@ def _callbacks(**scorecard):
 
 
 def _dm(root, dp=False):
-    return MNISTDataModule(data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32, poisson_sampling=dp)
+    return MNISTDataModule(data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32, poisson_sampling=dp, sampling_seed=0)
 
 
 def _trainer(tmp_path, callbacks, epochs=1, inference_mode=False, logger=False):
@@ -41,7 +41,7 @@ def _trainer(tmp_path, callbacks, epochs=1, inference_mode=False, logger=False):
 
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "opacus"])
 def test_callbacks_log_every_name_in_fit_validate_and_test(tiny_mnist, tmp_path, dp):
-    model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.03), dp=DPConfig(enabled=dp))
+    model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.03), dp=DPConfig(enabled=dp, noise_seed=0))
     dm = _dm(tiny_mnist, dp)
     trainer = _trainer(tmp_path, _callbacks())
     trainer.fit(model, dm)

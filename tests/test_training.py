@@ -17,7 +17,7 @@ from secure_ml.privacy.reference import ReferenceDPOptimizer
 
 
 def _dm(root, dp=True, **kw):
-    return MNISTDataModule(data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32, poisson_sampling=dp, **kw)
+    return MNISTDataModule(data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32, poisson_sampling=dp, sampling_seed=0, **kw)
 
 
 def _trainer(tmp_path, epochs=1, **kw):
@@ -115,7 +115,7 @@ def test_dp_refuses_shuffled_loader_and_gradient_clipping(tiny_mnist, tmp_path):
 
 
 def test_user_optimizer_is_wrapped_by_dp(tiny_mnist, tmp_path):
-    model = SecureClassifier(optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), dp=DPConfig(enabled=True))
+    model = SecureClassifier(optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), dp=DPConfig(enabled=True, noise_seed=0))
     trainer = _trainer(tmp_path)
     trainer.fit(model, _dm(tiny_mnist))
     opt = trainer.optimizers[0]
