@@ -41,7 +41,7 @@ class SpongeCallback(EpochMetricCallback):
         gaussian_scales: List[float] = [0.5, 1.0, 2.0, 5.0],
         craft_steps: int = 30,
         craft_lr: float = 0.01,
-        calibration_samples: int = 400,
+        calibration_samples: int = 800,
         false_positive_rate: float = 0.005,
         max_samples: int = 400,
         latency_repeats: int = 5,
