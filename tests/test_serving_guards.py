@@ -206,3 +206,14 @@ def test_probabilities_rounded_or_omitted(tmp_path):
         assert all(round(p, 1) == p for p in probs)
     with running(base_config(tmp_path, output={"probabilities": False})) as s:
         assert set(post(s).json()) == {"label"}
+
+
+def test_key_guessing_is_rate_limited_without_slowing_valid_clients(tmp_path):
+    cfg = base_config(tmp_path)
+    cfg["auth"] = {**cfg.get("auth", {}), "failed_qps": 0.01, "failed_burst": 3}
+    with running(cfg) as s:
+        codes = [post(s, key=f"guess-{i:016d}").status_code for i in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        r = post(s, key=None)
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1 and r.json()["reason"] == "auth_rate_limited"
+        assert post(s).status_code == 200  # a valid key is never in that bucket

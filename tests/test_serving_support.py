@@ -76,7 +76,7 @@ def trained_checkpoint() -> Path:
 def base_config(tmp_path: Path, **sections) -> dict:
     cfg = {
         "model": {"torch_threads": 1},
-        "auth": {"api_keys": [KEY_A, KEY_B], "admin_keys": [ADMIN]},
+        "auth": {"api_keys": [KEY_A, KEY_B], "admin_keys": [ADMIN], "failed_qps": 10000.0, "failed_burst": 1000},
         "rate_limit": {"burst": 1000, "max_qps": 10000},
         "audit": {"path": str(tmp_path / "audit.jsonl")},
     }

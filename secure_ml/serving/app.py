@@ -43,10 +43,11 @@ from secure_ml.serving.extraction import ExtractionDetector
 from secure_ml.serving.inference import InferenceEngine
 from secure_ml.serving.metrics import Metrics
 from secure_ml.serving.payload import PayloadError, parse_image
-from secure_ml.serving.rate_limit import RateLimiter, storage_from_uri
+from secure_ml.serving.rate_limit import MemoryBucketStorage, RateLimiter, storage_from_uri
 
 logger = logging.getLogger("secure_ml.serving")
 ANONYMOUS = "anonymous"
+UNAUTHENTICATED = "unauthenticated"  # the shared bucket of requests with a missing or wrong key
 
 
 class PredictRequest(BaseModel):
@@ -91,6 +92,10 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
     auth = Authenticator(*cfg.auth.resolved_keys()) if cfg.guard_on("auth") else None
     limiter = (RateLimiter(storage_from_uri(cfg.rate_limit.storage, clock, cfg.rate_limit.max_clients),
                            cfg.rate_limit.max_qps, cfg.rate_limit.burst) if cfg.guard_on("rate_limit") else None)
+    # One shared bucket for refused keys: key guessing and bad-key floods are slowed (429) without touching
+    # any valid client's bucket.
+    failed_auth = (RateLimiter(MemoryBucketStorage(clock=clock, max_keys=1), cfg.auth.failed_qps, cfg.auth.failed_burst)
+                   if auth is not None else None)
     num_classes = int(list(model.parameters())[-1].shape[0])
     detector = ExtractionDetector(cfg.extraction, num_classes, clock) if cfg.guard_on("extraction") else None
     audit = AuditLog(cfg.audit.path, cfg.audit.alert_path, cfg.audit.fsync) if cfg.guard_on("audit") else None
@@ -115,11 +120,17 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
         if auth is None:
             return ANONYMOUS
         presented = request.headers.get(API_KEY_HEADER)
+        client = None if presented is None else (auth.admin(presented) if admin else auth.client(presented))
+        if client is None:
+            allowed, retry_after = failed_auth.check(UNAUTHENTICATED)
+            if not allowed:
+                ctx.reject("auth_rate_limited")
+                raise ServiceError(429, "rate_limited", "auth_rate_limited", "too many requests with a missing or wrong API key",
+                                   headers={"Retry-After": str(retry_after)})
         if presented is None:
             ctx.reject("missing_api_key")
             raise ServiceError(401, "unauthorized", "missing_api_key", "send an API key in the X-API-Key header",
                                headers={"WWW-Authenticate": "ApiKey"})
-        client = auth.admin(presented) if admin else auth.client(presented)
         if client is None:
             ctx.reject("invalid_api_key")
             raise ServiceError(401, "unauthorized", "invalid_api_key", "the API key is not valid" + (" for /metrics" if admin else ""),

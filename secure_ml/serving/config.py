@@ -46,6 +46,8 @@ class AuthConfig:
     api_keys: List[str] = field(default_factory=list)
     admin_keys: List[str] = field(default_factory=list)  # may read /metrics
     min_key_length: int = 16
+    failed_qps: float = 20.0  # refused-key requests (all clients together) refilled per second, against key guessing
+    failed_burst: int = 50  # bucket of refused-key requests; beyond it 429 instead of 401
 
     def resolved_keys(self) -> Tuple[List[str], List[str]]:
         """Config keys plus the environment's, de-duplicated, order kept."""
@@ -140,7 +142,7 @@ class ServeConfig:
 
 # ---- loading and validation ------------------------------------------------------------------
 POSITIVE = {
-    "server.timeout_keep_alive_s", "body.max_body_bytes", "body.body_timeout_s", "auth.min_key_length",
+    "server.timeout_keep_alive_s", "body.max_body_bytes", "body.body_timeout_s", "auth.min_key_length", "auth.failed_qps", "auth.failed_burst",
     "rate_limit.max_qps", "rate_limit.burst", "rate_limit.max_clients", "policy.calibration_samples",
     "inference.timeout_s", "inference.workers", "inference.max_pending", "extraction.min_distances",
     "extraction.window", "extraction.max_queries_per_client", "extraction.max_clients",
