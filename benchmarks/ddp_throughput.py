@@ -44,7 +44,8 @@ def worker(a) -> None:
             self.end = time.perf_counter()
 
     dm = MNISTDataModule(data_dir=a.data_dir, download=False, train_size=8000, val_size=800, test_size=100, batch_size=64, poisson_sampling=True)
-    model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.0308), dp=DPConfig(enabled=True))
+    # hooks in both runs: ghost clipping (the 1-process default here) is not available under DDP
+    model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.0308), dp=DPConfig(enabled=True, grad_sample_mode="hooks"))
     clock = Clock()
     trainer = Trainer(accelerator=a.accelerator, devices=a.devices, strategy="ddp" if a.devices > 1 else "auto", max_epochs=a.epochs,
                       logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -16,7 +16,7 @@ from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed
 from secure_ml.errors import ConfigError
 from secure_ml.models import SmallCNN
 from secure_ml.privacy.config import DPConfig
-from secure_ml.privacy.engine import PrivateTraining, epsilon_from_state, make_private, poisson_sample_rate
+from secure_ml.privacy.engine import PrivateTraining, epsilon_from_state, make_private, poisson_sample_rate, resolve_grad_sample_mode
 from secure_ml.privacy.reference import ReferenceDPOptimizer, per_sample_gradients
 
 DP_STATE_KEY = "secure_ml_dp"
@@ -97,9 +97,26 @@ class SecureClassifier(LightningModule):
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=sync)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=sync)
 
+    def _ghost_dp_step(self, batch) -> None:
+        """Opacus ghost clipping: per-sample norms without materialising per-sample gradients (one forward)."""
+        x, y = batch
+        x_adv = self._adversarial_batch(x, y)  # ratio is 0 or 1 here: one input per sample
+        opt = self.optimizers()
+        opt.zero_grad()
+        if len(y):
+            logits = self.net(x_adv if x_adv is not None else x)
+            loss = self.private.criterion(logits, y)
+            loss.backward()  # Opacus runs both passes: norms, then the backward of the clipped loss
+        else:
+            for p in self.net.parameters():  # an empty Poisson batch: a noise-only step, like the other backends
+                p.grad = torch.zeros_like(p)
+        opt.step()
+        if len(y):
+            self._log_step("train", loss.detach(), logits, y)
+
     def training_step(self, batch, batch_idx):
         if not self.automatic_optimization:
-            return self._reference_dp_step(batch)
+            return self._ghost_dp_step(batch) if self.private.ghost else self._reference_dp_step(batch)
         return self._common_step(batch, "train")
 
     def validation_step(self, batch, batch_idx):
@@ -129,8 +146,12 @@ class SecureClassifier(LightningModule):
             if distributed:
                 self._check_distributed_dp(loader)
             module = self.trainer.strategy.model if distributed else None  # the DDP wrapper → Opacus's distributed optimizer
-            self.private = make_private(self.net, optimizer, loader, self.dp, total_steps, self._resume_dp_state, module=module)
+            single_forward = not self.adversarial.active or self.adversarial.ratio == 1.0
+            mode = resolve_grad_sample_mode(self.dp, single_forward, distributed)
+            self.private = make_private(self.net, optimizer, loader, self.dp, total_steps, self._resume_dp_state, module=module, grad_sample_mode=mode)
             optimizer = self.private.optimizer
+            # Ghost clipping and the reference clipper need the batch itself, not a scalar loss: manual optimization.
+            self.automatic_optimization = not (self.private.ghost or self.dp.backend == "reference")
         if self.scheduler_factory is not None:
             return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
         return optimizer

@@ -138,3 +138,39 @@ def test_batchnorm_model_is_refused_with_flag_name():
 def test_bad_dp_config_names_the_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):
         DPConfig(**kwargs)
+
+
+def test_ghost_clipping_matches_reference_with_zero_noise():
+    x_all, y_all = _data()
+    x, y = x_all[:32], y_all[:32]
+    ghost_net, ref_net = _twins()
+    loader = _poisson_loader(x_all, y_all)
+    adv = AdversarialConfig(epsilon=0.05, ratio=1.0)
+    per_sample = _reference_per_sample(ref_net, x, y, adversarial_examples(ref_net, x, y, adv), 1.0)
+    clip = float(torch.stack([g.reshape(32, -1).norm(dim=1) for g in per_sample], 1).norm(dim=1).median())
+    priv = make_private(ghost_net, torch.optim.SGD(ghost_net.parameters(), lr=0.1), loader, DPConfig(noise_multiplier=0.0, max_grad_norm=clip), 10,
+                        grad_sample_mode="ghost")
+    assert priv.ghost
+    with priv.hooks_disabled():
+        x_adv = adversarial_examples(ghost_net, x, y, adv)
+    priv.criterion(ghost_net(x_adv), y).backward()
+    priv.optimizer.pre_step()
+    ref = make_private(ref_net, torch.optim.SGD(ref_net.parameters(), lr=0.1), loader, DPConfig(backend="reference", noise_multiplier=0.0, max_grad_norm=clip), 10)
+    ref.optimizer.set_grad_samples(per_sample)
+    ref.optimizer.pre_step()
+    for p, q in zip(ghost_net.parameters(), ref_net.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=0), (p.grad - q.grad).abs().max()
+    priv.close()
+
+
+def test_ghost_mode_is_resolved_or_refused():
+    from secure_ml.privacy.engine import resolve_grad_sample_mode
+
+    assert resolve_grad_sample_mode(DPConfig(), single_forward=True, distributed=False) == "ghost"
+    assert resolve_grad_sample_mode(DPConfig(), single_forward=False, distributed=False) == "hooks"
+    assert resolve_grad_sample_mode(DPConfig(), single_forward=True, distributed=True) == "hooks"
+    assert resolve_grad_sample_mode(DPConfig(grad_sample_mode="hooks"), single_forward=True, distributed=False) == "hooks"
+    with pytest.raises(ConfigError, match="--model.adversarial.ratio"):
+        resolve_grad_sample_mode(DPConfig(grad_sample_mode="ghost"), single_forward=False, distributed=False)
+    with pytest.raises(ConfigError, match="--model.dp.grad_sample_mode"):
+        DPConfig(grad_sample_mode="ghost", backend="reference")

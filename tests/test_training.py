@@ -184,3 +184,19 @@ def test_unbounded_training_stops_at_the_privacy_budget(tiny_mnist, tmp_path):
     trainer = _trainer(tmp_path, epochs=-1, callbacks=[PrivacyBudget(max_epsilon=3.0)], limit_val_batches=0)
     trainer.fit(model, _dm(tiny_mnist))
     assert 0 < model.private.steps and model.private.epsilon(1e-5) <= 3.0
+
+
+def test_ghost_clipping_trains_with_exact_accounting_and_empty_batches(tiny_mnist, tmp_path):
+    from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
+
+    model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.05, ratio=1.0), dp=DPConfig(enabled=True, noise_seed=0))
+    trainer = _trainer(tmp_path, epochs=1)
+    dm = MNISTDataModule(data_dir=str(tiny_mnist), download=False, train_size=500, val_size=100, test_size=100, batch_size=2,
+                         poisson_sampling=True, sampling_seed=0)  # expected batch 2: some batches are empty
+    trainer.fit(model, dm)
+    assert model.private.ghost and isinstance(trainer.optimizers[0], DPOptimizerFastGradientClipping)
+    assert model.private.steps == trainer.global_step == 200
+    eps = float(trainer.callback_metrics["privacy/epsilon"])
+    assert eps == pytest.approx(_expected_epsilon(1.0, 1 / 200, 200, 1e-5, "prv"), rel=1e-6)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"]) and torch.isfinite(trainer.callback_metrics["val/acc"])
+    assert all(torch.isfinite(p).all() for p in model.net.parameters())

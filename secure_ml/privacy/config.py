@@ -18,6 +18,7 @@ class DPConfig:
         delta: δ of the (ε, δ) guarantee; should be well below 1/N.
         accountant: privacy accountant: ``prv`` (tight numerical) or ``rdp`` (Rényi DP).
         target_epsilon: when set, σ is calibrated so that ε reaches this value at the end of training.
+        grad_sample_mode: how Opacus clips: ``hooks`` (materialised per-sample gradients), ``ghost`` (ghost clipping: per-sample norms without the gradients, two backward passes; one forward per sample, one process), or ``auto`` (ghost where it applies, else hooks).
         noise_seed: seed of the noise generator, for reproducible tests only; null (default) seeds it from a fresh secret (``secrets``), never from seed_everything's public seed.
     """
 
@@ -28,6 +29,7 @@ class DPConfig:
     delta: float = 1e-5
     accountant: Literal["prv", "rdp"] = "prv"
     target_epsilon: Optional[float] = None
+    grad_sample_mode: Literal["auto", "hooks", "ghost"] = "auto"
     noise_seed: Optional[int] = None
 
     def __post_init__(self) -> None:
@@ -35,6 +37,10 @@ class DPConfig:
             raise ConfigError(f"--model.dp.backend must be 'opacus' or 'reference'; got '{self.backend}'")
         if self.accountant not in ("prv", "rdp"):
             raise ConfigError(f"--model.dp.accountant must be 'prv' or 'rdp'; got '{self.accountant}'")
+        if self.grad_sample_mode not in ("auto", "hooks", "ghost"):
+            raise ConfigError(f"--model.dp.grad_sample_mode must be 'auto', 'hooks' or 'ghost'; got '{self.grad_sample_mode}'")
+        if self.grad_sample_mode == "ghost" and self.backend != "opacus":
+            raise ConfigError("--model.dp.grad_sample_mode ghost is an Opacus mode; use it with --model.dp.backend opacus")
         if self.noise_multiplier < 0:
             raise ConfigError(f"--model.dp.noise_multiplier must be >= 0; got {self.noise_multiplier}")
         if self.max_grad_norm <= 0:

@@ -59,6 +59,11 @@ class PrivateTraining:
     sample_rate: float
     expected_batch_size: float
     hooks: Optional[Any] = None  # Opacus GradSampleHooks (opacus backend only)
+    criterion: Optional[Any] = None  # ghost clipping: Opacus's loss wrapper whose backward() runs both passes
+
+    @property
+    def ghost(self) -> bool:
+        return self.criterion is not None
 
     @property
     def steps(self) -> int:
@@ -109,6 +114,21 @@ def epsilon_from_state(state: Dict[str, Any], delta: float) -> Optional[float]:
     return float(accountant.get_epsilon(delta=delta))
 
 
+def resolve_grad_sample_mode(cfg: DPConfig, single_forward: bool, distributed: bool) -> str:
+    """``hooks`` or ``ghost`` for this run; ghost clipping needs one forward per sample and one process."""
+    if cfg.backend != "opacus":
+        return "hooks"
+    if cfg.grad_sample_mode == "ghost":
+        if not single_forward:
+            raise ConfigError("--model.dp.grad_sample_mode ghost needs one forward per sample: --model.adversarial.ratio 0 or 1 (or use hooks)")
+        if distributed:
+            raise ConfigError("--model.dp.grad_sample_mode ghost runs in one process; use hooks (or auto) with --trainer.devices > 1")
+        return "ghost"
+    if cfg.grad_sample_mode == "auto":
+        return "ghost" if single_forward and not distributed else "hooks"
+    return "hooks"
+
+
 def make_private(
     net: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -117,6 +137,7 @@ def make_private(
     total_steps: int,
     state: Optional[Dict[str, Any]] = None,
     module: Optional[nn.Module] = None,
+    grad_sample_mode: str = "hooks",
 ) -> PrivateTraining:
     """Make training of ``net`` private; ``state`` (from :meth:`PrivateTraining.state_dict`) resumes accounting.
 
@@ -161,12 +182,16 @@ def make_private(
         engine = PrivacyEngine(accountant=cfg.accountant)
         if state is not None:
             engine.accountant.load_state_dict(state["accountant"])
-        hooks, dp_optimizer, _ = engine.make_private(
+        common = dict(
             module=module if module is not None else net, optimizer=optimizer, data_loader=loader,
             noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=False,  # the loader already samples by Poisson (checked above)
             wrap_model=False, noise_generator=generator,
         )
+        if grad_sample_mode == "ghost":
+            hooks, dp_optimizer, criterion, _ = engine.make_private(**common, grad_sample_mode="ghost", criterion=nn.CrossEntropyLoss())
+            return PrivateTraining(dp_optimizer, engine.accountant, sigma, sample_rate, dp_optimizer.expected_batch_size, hooks, criterion)
+        hooks, dp_optimizer, _ = engine.make_private(**common)
         hooks.forbid_grad_accumulation()  # an attack's stray backward through the hooks would raise, not leak
         return PrivateTraining(dp_optimizer, engine.accountant, sigma, sample_rate, dp_optimizer.expected_batch_size, hooks)
 
