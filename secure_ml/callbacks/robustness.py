@@ -39,7 +39,7 @@ class RobustnessCallback(EpochMetricCallback):
         pgd_steps: int = 10,
         pgd_step_size: Optional[float] = None,
         max_samples: int = 256,
-        pgd_max_samples: int = 128,
+        pgd_max_samples: int = 96,
         batch_size: int = 256,
         every_n_epochs: int = 1,
         seed: int = 0,

@@ -37,14 +37,14 @@ class SpongeCallback(EpochMetricCallback):
 
     def __init__(
         self,
-        n_sponges: int = 32,
+        n_sponges: int = 24,
         gaussian_scales: List[float] = [0.5, 1.0, 2.0, 5.0],
-        craft_steps: int = 30,
+        craft_steps: int = 20,
         craft_lr: float = 0.01,
         calibration_samples: int = 800,
         false_positive_rate: float = 0.005,
         max_samples: int = 400,
-        latency_repeats: int = 5,
+        latency_repeats: int = 3,
         every_n_epochs: int = 1,
         seed: int = 0,
     ):
