@@ -44,9 +44,19 @@ def run(dm, with_callbacks: bool) -> float:
     cap = yaml.safe_load((REPO / "configs" / "capstone.yaml").read_text())["model"]
     model = SecureClassifier(adversarial=AdversarialConfig(**cap["adversarial"]), dp=DPConfig(**cap["dp"]))
     clock = EpochClock()
-    security = [RobustnessCallback(), MembershipInferenceCallback(), SpongeCallback(), Scorecard(log_figure=False)] if with_callbacks else []
-    trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      inference_mode=False, num_sanity_val_steps=0, callbacks=security + [clock])
+    security = (
+        [RobustnessCallback(), MembershipInferenceCallback(), SpongeCallback(), Scorecard(log_figure=False)] if with_callbacks else []
+    )
+    trainer = Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=False,
+        num_sanity_val_steps=0,
+        callbacks=security + [clock],
+    )
     trainer.fit(model, dm)
     return clock.seconds
 
@@ -57,8 +67,17 @@ def main() -> None:
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
     a = ap.parse_args()
     data = yaml.safe_load((REPO / "configs" / "capstone.yaml").read_text())["data"]
-    dm = MNISTDataModule(data_dir=a.data_dir, download=False, train_size=data["train_size"], val_size=data["val_size"], test_size=data["test_size"],
-                         batch_size=data["batch_size"], poison=PoisonConfig(**data["poison"]), sanitizer=SanitizerConfig(**data["sanitizer"]), poisson_sampling=True)
+    dm = MNISTDataModule(
+        data_dir=a.data_dir,
+        download=False,
+        train_size=data["train_size"],
+        val_size=data["val_size"],
+        test_size=data["test_size"],
+        batch_size=data["batch_size"],
+        poison=PoisonConfig(**data["poison"]),
+        sanitizer=SanitizerConfig(**data["sanitizer"]),
+        poisson_sampling=True,
+    )
     run(dm, True)  # warm-up: first-call costs (allocator, Opacus, torch.func) land in neither column
     times = {False: [], True: []}
     for _ in range(a.repeats):

@@ -43,17 +43,33 @@ def worker(a) -> None:
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.end = time.perf_counter()
 
-    dm = MNISTDataModule(data_dir=a.data_dir, download=False, train_size=8000, val_size=800, test_size=100, batch_size=64, poisson_sampling=True)
+    dm = MNISTDataModule(
+        data_dir=a.data_dir, download=False, train_size=8000, val_size=800, test_size=100, batch_size=64, poisson_sampling=True
+    )
     # hooks in both runs: ghost clipping (the 1-process default here) is not available under DDP
     model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.0308), dp=DPConfig(enabled=True, grad_sample_mode="hooks"))
     clock = Clock()
-    trainer = Trainer(accelerator=a.accelerator, devices=a.devices, strategy="ddp" if a.devices > 1 else "auto", max_epochs=a.epochs,
-                      logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      use_distributed_sampler=False, inference_mode=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock])
+    trainer = Trainer(
+        accelerator=a.accelerator,
+        devices=a.devices,
+        strategy="ddp" if a.devices > 1 else "auto",
+        max_epochs=a.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        inference_mode=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[clock],
+    )
     trainer.fit(model, dm)
     samples = trainer.strategy.reduce(torch.tensor(float(clock.samples)), reduce_op="sum")
     if trainer.global_rank == 0:
-        Path(a.out).write_text(json.dumps({"devices": a.devices, "seconds": clock.end - clock.start, "samples": float(samples), "steps": trainer.global_step}))
+        Path(a.out).write_text(
+            json.dumps({"devices": a.devices, "seconds": clock.end - clock.start, "samples": float(samples), "steps": trainer.global_step})
+        )
 
 
 def main() -> None:
@@ -74,7 +90,21 @@ def main() -> None:
             out = Path(tmp) / "result.json"
             threads = str(max(1, (os.cpu_count() or 1) // n))
             env = {**os.environ, "OMP_NUM_THREADS": threads, "PYTHONPATH": str(REPO)}
-            cmd = [sys.executable, __file__, "--worker", "--devices", str(n), "--epochs", str(a.epochs), "--accelerator", a.accelerator, "--data-dir", a.data_dir, "--out", str(out)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--worker",
+                "--devices",
+                str(n),
+                "--epochs",
+                str(a.epochs),
+                "--accelerator",
+                a.accelerator,
+                "--data-dir",
+                a.data_dir,
+                "--out",
+                str(out),
+            ]
             subprocess.run(cmd, check=True, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
             r = json.loads(out.read_text())
         r["threads_per_rank"] = int(threads)
@@ -83,7 +113,9 @@ def main() -> None:
     base = rows[0]["samples_per_s"]
     print(f"{'processes':>9} {'threads/rank':>12} {'steps':>6} {'samples':>8} {'seconds':>8} {'samples/s':>10} {'ratio':>6}")
     for r in rows:
-        print(f"{r['devices']:>9} {r['threads_per_rank']:>12} {r['steps']:>6} {r['samples']:>8.0f} {r['seconds']:>8.2f} {r['samples_per_s']:>10.1f} {r['samples_per_s'] / base:>6.2f}")
+        print(
+            f"{r['devices']:>9} {r['threads_per_rank']:>12} {r['steps']:>6} {r['samples']:>8.0f} {r['seconds']:>8.2f} {r['samples_per_s']:>10.1f} {r['samples_per_s'] / base:>6.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,13 @@ def start_server(ckpt: str, cfg: dict, keys, tmp: Path):
     cfg_path = tmp / f"serve-{len(list(tmp.iterdir()))}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "SECURE_ML_API_KEYS": ",".join(keys)}
-    proc = subprocess.Popen([sys.executable, "-m", "secure_ml.serving.cli", "serve", "--ckpt_path", ckpt, "--config", str(cfg_path),
-                             "--port", "0"], stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "secure_ml.serving.cli", "serve", "--ckpt_path", ckpt, "--config", str(cfg_path), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     line = proc.stderr.readline()
     match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
     if not match:
@@ -101,7 +106,7 @@ def run_phase(name, ckpt, cfg, n_clients, seconds, bodies, tmp, warmup_s=1.0):
         # disjoint, shuffled digits per client: replaying one image is (rightly) what PRADA flags
         order = random.Random(0).sample(bodies, len(bodies))
         size = len(order) // len(keys)
-        orders = [order[i * size:(i + 1) * size] for i in range(len(keys))]
+        orders = [order[i * size : (i + 1) * size] for i in range(len(keys))]
         warm_key, warm_order, keys, orders = keys[-1], orders[-1], keys[:-1], orders[:-1]
         warm = []
         client_loop(port, warm_key, warm_order, time.monotonic() + warmup_s, warm)
@@ -125,11 +130,22 @@ def run_phase(name, ckpt, cfg, n_clients, seconds, bodies, tmp, warmup_s=1.0):
     for s, _ in flat:
         statuses[s] = statuses.get(s, 0) + 1
     per_client_ok = [sum(1 for s, _ in r if s == 200) for r in results]
-    return {"phase": name, "seconds": round(elapsed, 2), "requests": len(flat), "rps": len(flat) / elapsed,
-            "ok_rps": len(ok) / elapsed, "p50_ms": 1000 * percentile([lat for _, lat in flat], 0.5),
-            "p99_ms": 1000 * percentile([lat for _, lat in flat], 0.99), "ok_p50_ms": 1000 * percentile(ok, 0.5),
-            "ok_p99_ms": 1000 * percentile(ok, 0.99), "statuses": statuses, "per_client_ok": per_client_ok,
-            "rss_before_mib": rss_before / 1024, "rss_after_mib": rss_after / 1024, "rss_growth_mib": (rss_after - rss_before) / 1024}
+    return {
+        "phase": name,
+        "seconds": round(elapsed, 2),
+        "requests": len(flat),
+        "rps": len(flat) / elapsed,
+        "ok_rps": len(ok) / elapsed,
+        "p50_ms": 1000 * percentile([lat for _, lat in flat], 0.5),
+        "p99_ms": 1000 * percentile([lat for _, lat in flat], 0.99),
+        "ok_p50_ms": 1000 * percentile(ok, 0.5),
+        "ok_p99_ms": 1000 * percentile(ok, 0.99),
+        "statuses": statuses,
+        "per_client_ok": per_client_ok,
+        "rss_before_mib": rss_before / 1024,
+        "rss_after_mib": rss_after / 1024,
+        "rss_growth_mib": (rss_after - rss_before) / 1024,
+    }
 
 
 def quick_model(load_mnist):
@@ -146,7 +162,7 @@ def quick_model(load_mnist):
     for _ in range(2):
         perm = torch.randperm(2000, generator=g)
         for i in range(0, 2000, 64):
-            loss = torch.nn.functional.cross_entropy(model(x[perm[i:i + 64]]), y[perm[i:i + 64]])
+            loss = torch.nn.functional.cross_entropy(model(x[perm[i : i + 64]]), y[perm[i : i + 64]])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -155,8 +171,12 @@ def quick_model(load_mnist):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ckpt_path", default=None, help="default: a SmallCNN trained for ~2 s on 2,000 digits (seeded). An untrained "
-                   "net predicts nearly one class, which skews PRADA's per-class distances into false alarms")
+    p.add_argument(
+        "--ckpt_path",
+        default=None,
+        help="default: a SmallCNN trained for ~2 s on 2,000 digits (seeded). An untrained "
+        "net predicts nearly one class, which skews PRADA's per-class distances into false alarms",
+    )
     p.add_argument("--duration", type=float, default=20.0, help="total driving time, split over the three phases")
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--rl-clients", type=int, default=2, help="clients in the rate-limit phase (each must offer > --max-qps)")
@@ -184,26 +204,41 @@ def main(argv=None):
         ("guards on", {**base, "rate_limit": no_bind}),
         ("rate limit", {**base, "rate_limit": {"burst": args.burst, "max_qps": args.max_qps}}),
     ]
-    results = [run_phase(name, ckpt, cfg, args.rl_clients if name == "rate limit" else args.clients, seconds, bodies, tmp)
-               for name, cfg in phases]
+    results = [
+        run_phase(name, ckpt, cfg, args.rl_clients if name == "rate limit" else args.clients, seconds, bodies, tmp) for name, cfg in phases
+    ]
     off, on, rl = results
     accuracy = [(n - args.burst) / rl["seconds"] / args.max_qps for n in rl["per_client_ok"]]
-    summary = {"clients": args.clients, "phase_seconds": round(seconds, 2), "phases": results,
-               "guard_cost_throughput_ratio": off["ok_rps"] / on["ok_rps"] if on["ok_rps"] else None,
-               "guard_cost_p50_ratio": on["ok_p50_ms"] / off["ok_p50_ms"], "guard_cost_p99_ratio": on["ok_p99_ms"] / off["ok_p99_ms"],
-               "rate_limit_configured_qps": args.max_qps, "rate_limit_burst": args.burst,
-               "rate_limit_observed_qps_per_client": [round((n - args.burst) / rl["seconds"], 1) for n in rl["per_client_ok"]],
-               "rate_limit_accuracy": [round(a, 3) for a in accuracy]}
-    print(f"secure-ml serve load benchmark: {args.clients} clients ({args.rl_clients} in the rate-limit phase), "
-          f"{seconds:.1f} s per phase, loopback, {os.cpu_count()} CPUs")
+    summary = {
+        "clients": args.clients,
+        "phase_seconds": round(seconds, 2),
+        "phases": results,
+        "guard_cost_throughput_ratio": off["ok_rps"] / on["ok_rps"] if on["ok_rps"] else None,
+        "guard_cost_p50_ratio": on["ok_p50_ms"] / off["ok_p50_ms"],
+        "guard_cost_p99_ratio": on["ok_p99_ms"] / off["ok_p99_ms"],
+        "rate_limit_configured_qps": args.max_qps,
+        "rate_limit_burst": args.burst,
+        "rate_limit_observed_qps_per_client": [round((n - args.burst) / rl["seconds"], 1) for n in rl["per_client_ok"]],
+        "rate_limit_accuracy": [round(a, 3) for a in accuracy],
+    }
+    print(
+        f"secure-ml serve load benchmark: {args.clients} clients ({args.rl_clients} in the rate-limit phase), "
+        f"{seconds:.1f} s per phase, loopback, {os.cpu_count()} CPUs"
+    )
     print(f"{'phase':<11} {'req/s':>8} {'200/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'growth':>7}  statuses")
     for r in results:
-        print(f"{r['phase']:<11} {r['rps']:>8.1f} {r['ok_rps']:>8.1f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
-              f"{r['rss_after_mib']:>8.1f} {r['rss_growth_mib']:>+7.1f}  {r['statuses']}")
-    print(f"guard cost: throughput off/on = {summary['guard_cost_throughput_ratio']:.2f}x, "
-          f"p50 on/off = {summary['guard_cost_p50_ratio']:.2f}x, p99 on/off = {summary['guard_cost_p99_ratio']:.2f}x")
-    print(f"rate limit: configured {args.max_qps:g} QPS (burst {args.burst}) per client; observed allowed "
-          f"{summary['rate_limit_observed_qps_per_client']} QPS -> accuracy {summary['rate_limit_accuracy']}")
+        print(
+            f"{r['phase']:<11} {r['rps']:>8.1f} {r['ok_rps']:>8.1f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+            f"{r['rss_after_mib']:>8.1f} {r['rss_growth_mib']:>+7.1f}  {r['statuses']}"
+        )
+    print(
+        f"guard cost: throughput off/on = {summary['guard_cost_throughput_ratio']:.2f}x, "
+        f"p50 on/off = {summary['guard_cost_p50_ratio']:.2f}x, p99 on/off = {summary['guard_cost_p99_ratio']:.2f}x"
+    )
+    print(
+        f"rate limit: configured {args.max_qps:g} QPS (burst {args.burst}) per client; observed allowed "
+        f"{summary['rate_limit_observed_qps_per_client']} QPS -> accuracy {summary['rate_limit_accuracy']}"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary

@@ -66,12 +66,12 @@ class SeedConfig:
 
 def dp_sgd_step(model, data, target, config):
     """The seed notebook's DP step, verbatim: a per-sample Python loop and per-tensor clipping."""
-    criterion = nn.CrossEntropyLoss(reduction='none')
+    criterion = nn.CrossEntropyLoss(reduction="none")
     per_sample_grads = []
     for i in range(data.size(0)):
         model.zero_grad()
-        output = model(data[i:i+1])
-        loss = criterion(output, target[i:i+1]).mean()
+        output = model(data[i : i + 1])
+        loss = criterion(output, target[i : i + 1]).mean()
         loss.backward()
         per_sample_grads.append([p.grad.detach().clone() for p in model.parameters()])
     agg_grads = []
@@ -79,7 +79,7 @@ def dp_sgd_step(model, data, target, config):
         stacked = torch.stack([g[param_i] for g in per_sample_grads], dim=0)
         norms = torch.norm(stacked.view(stacked.size(0), -1), dim=1)
         factors = torch.clamp(config.clip_norm / (norms + 1e-6), max=1.0)
-        stacked = stacked * factors.view(-1, *([1] * (stacked.dim()-1)))
+        stacked = stacked * factors.view(-1, *([1] * (stacked.dim() - 1)))
         agg = stacked.mean(dim=0)
         noise = torch.randn_like(agg) * (config.noise_multiplier * config.clip_norm / data.size(0))
         agg_grads.append(agg + noise)
@@ -128,8 +128,14 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
         dp3.optimizer.zero_grad()
 
     net6, opt6 = fresh()
-    dp6 = make_private(net6, opt6, poisson_loader(), DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0), total_steps=1000,
-                       grad_sample_mode="ghost")
+    dp6 = make_private(
+        net6,
+        opt6,
+        poisson_loader(),
+        DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0),
+        total_steps=1000,
+        grad_sample_mode="ghost",
+    )
 
     def ghost_fgsm():  # SecureClassifier._ghost_dp_step: the project's default Opacus mode when ratio is 0 or 1
         with dp6.hooks_disabled():
@@ -139,7 +145,9 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
         dp6.optimizer.step()
 
     net4, opt4 = fresh()
-    dp4 = make_private(net4, opt4, poisson_loader(), DPConfig(enabled=True, backend="reference", noise_multiplier=1.0, max_grad_norm=1.0), total_steps=1000)
+    dp4 = make_private(
+        net4, opt4, poisson_loader(), DPConfig(enabled=True, backend="reference", noise_multiplier=1.0, max_grad_norm=1.0), total_steps=1000
+    )
 
     def sample_loss(forward, xi, yi, xai):  # as in SecureClassifier._reference_dp_step
         loss, logits = mixed_loss(forward, xi[None], yi[None], xai[None], RATIO)
@@ -185,7 +193,7 @@ def measure(variants: Dict[str, Callable[[], None]], steps: int, warmup: int, de
     for r in range(steps):
         if r >= 3 and time.perf_counter() - start > budget_s:
             break
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             variants[name]()
             sync()
@@ -211,12 +219,17 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=50, help="timed rounds (one step of each variant per round)")
     ap.add_argument("--warmup", type=int, default=5, help="untimed rounds first")
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"), help="holds MNIST/raw (default: ../shared/data from the repo root)")
+    ap.add_argument(
+        "--data-dir", default=str(REPO.parent / "shared" / "data"), help="holds MNIST/raw (default: ../shared/data from the repo root)"
+    )
     ap.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     ap.add_argument("--json", metavar="PATH", help="also write the numbers here")
     ap.add_argument("--max-seconds", type=float, default=90.0, help="stop the timed rounds early after this long")
-    ap.add_argument("--malloc-heap", action="store_true",
-                    help="diagnostic: tell glibc to keep blocks up to 1 GiB in the heap (no mmap page faults per step)")
+    ap.add_argument(
+        "--malloc-heap",
+        action="store_true",
+        help="diagnostic: tell glibc to keep blocks up to 1 GiB in the heap (no mmap page faults per step)",
+    )
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         ap.error("--steps and --batch-size must be >= 1, --warmup >= 0")
@@ -238,8 +251,10 @@ def main(argv=None) -> int:
     base = ms["plain+fgsm"]
 
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    print(f"device={device} torch={torch.__version__} threads={threads} batch={args.batch_size} "
-          f"warmup={args.warmup} steps={len(times['plain'])}/{args.steps} malloc_heap={malloc_heap} ({time.perf_counter() - t_start:.1f}s)")
+    print(
+        f"device={device} torch={torch.__version__} threads={threads} batch={args.batch_size} "
+        f"warmup={args.warmup} steps={len(times['plain'])}/{args.steps} malloc_heap={malloc_heap} ({time.perf_counter() - t_start:.1f}s)"
+    )
     print(f"{'variant':<18} {'ms/step':>9} {'min':>8} {'x plain+fgsm':>13}")
     for name, t in times.items():
         print(f"{name:<18} {ms[name]:9.2f} {min(t):8.2f} {ms[name] / base:12.2f}x")
@@ -259,12 +274,24 @@ def main(argv=None) -> int:
         print(f"{'PASS' if ok else 'FAIL'}  {label}  (ratio {ratio:.2f})")
 
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "device": str(device), "torch": torch.__version__, "threads": threads, "batch_size": args.batch_size,
-            "warmup": args.warmup, "steps": len(times["plain"]), "malloc_heap": malloc_heap, "median_ms": ms, "all_ms": times,
-            "ratio_to_plain_fgsm": {k: v / base for k, v in ms.items()},
-            "targets": [{"target": label, "ratio": ratio, "pass": ok} for label, ratio, ok in targets],
-        }, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "device": str(device),
+                    "torch": torch.__version__,
+                    "threads": threads,
+                    "batch_size": args.batch_size,
+                    "warmup": args.warmup,
+                    "steps": len(times["plain"]),
+                    "malloc_heap": malloc_heap,
+                    "median_ms": ms,
+                    "all_ms": times,
+                    "ratio_to_plain_fgsm": {k: v / base for k, v in ms.items()},
+                    "targets": [{"target": label, "ratio": ratio, "pass": ok} for label, ratio, ok in targets],
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

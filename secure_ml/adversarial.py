@@ -48,7 +48,9 @@ class AdversarialConfig:
         return self.epsilon > 0 and self.ratio > 0
 
 
-def adversarial_examples(net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AdversarialConfig, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def adversarial_examples(
+    net: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: AdversarialConfig, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """Detached adversarial examples for ``cfg`` (the caller disables any Opacus hooks)."""
     if cfg.attack == "fgsm":
         return fgsm(net, x, y, cfg.epsilon)

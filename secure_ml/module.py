@@ -148,7 +148,9 @@ class SecureClassifier(LightningModule):
             module = self.trainer.strategy.model if distributed else None  # the DDP wrapper → Opacus's distributed optimizer
             single_forward = not self.adversarial.active or self.adversarial.ratio == 1.0
             mode = resolve_grad_sample_mode(self.dp, single_forward, distributed)
-            self.private = make_private(self.net, optimizer, loader, self.dp, total_steps, self._resume_dp_state, module=module, grad_sample_mode=mode)
+            self.private = make_private(
+                self.net, optimizer, loader, self.dp, total_steps, self._resume_dp_state, module=module, grad_sample_mode=mode
+            )
             optimizer = self.private.optimizer
             # Ghost clipping and the reference clipper need the batch itself, not a scalar loss: manual optimization.
             self.automatic_optimization = not (self.private.ghost or self.dp.backend == "reference")
@@ -159,9 +161,13 @@ class SecureClassifier(LightningModule):
     def _check_trainer_for_dp(self) -> None:
         trainer = self.trainer
         if trainer.gradient_clip_val:
-            raise ConfigError("--trainer.gradient_clip_val clips the raw, non-private gradient; with DP the clipping is --model.dp.max_grad_norm. Remove it")
+            raise ConfigError(
+                "--trainer.gradient_clip_val clips the raw, non-private gradient; with DP the clipping is --model.dp.max_grad_norm. Remove it"
+            )
         if trainer.accumulate_grad_batches != 1:
-            raise ConfigError("--trainer.accumulate_grad_batches > 1 breaks Poisson sampling's privacy accounting; use a larger --data.batch_size")
+            raise ConfigError(
+                "--trainer.accumulate_grad_batches > 1 breaks Poisson sampling's privacy accounting; use a larger --data.batch_size"
+            )
 
     def _check_distributed_dp(self, loader) -> None:
         if self.dp.backend != "opacus":
@@ -226,4 +232,3 @@ class SecureClassifier(LightningModule):
     def teardown(self, stage: str) -> None:
         if self.private is not None and stage == "fit":
             self.private.close()
-

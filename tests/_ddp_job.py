@@ -57,7 +57,16 @@ def main() -> None:
     ap.add_argument("--scorecard", action="store_true", help="add the security callbacks")
     a = ap.parse_args()
 
-    dm = MNISTDataModule(data_dir=a.data, download=False, train_size=500, val_size=100, test_size=100, batch_size=a.batch_size, poisson_sampling=True, sampling_seed=0)
+    dm = MNISTDataModule(
+        data_dir=a.data,
+        download=False,
+        train_size=500,
+        val_size=100,
+        test_size=100,
+        batch_size=a.batch_size,
+        poisson_sampling=True,
+        sampling_seed=0,
+    )
     if a.fixed:
         original = dm.train_dataloader
 
@@ -80,21 +89,43 @@ def main() -> None:
     if a.scorecard:
         from secure_ml.callbacks import MembershipInferenceCallback, RobustnessCallback, Scorecard, SpongeCallback
 
-        security = [RobustnessCallback(max_samples=32, pgd_max_samples=16, pgd_steps=2), MembershipInferenceCallback(max_samples=64),
-                    SpongeCallback(n_sponges=4, craft_steps=3, calibration_samples=40, max_samples=40), Scorecard(log_figure=False)]
+        security = [
+            RobustnessCallback(max_samples=32, pgd_max_samples=16, pgd_steps=2),
+            MembershipInferenceCallback(max_samples=64),
+            SpongeCallback(n_sponges=4, craft_steps=3, calibration_samples=40, max_samples=40),
+            Scorecard(log_figure=False),
+        ]
     trainer = Trainer(
-        accelerator="cpu", devices=a.devices, strategy="ddp" if a.devices > 1 else "auto", max_epochs=a.epochs,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        use_distributed_sampler=False, inference_mode=False, num_sanity_val_steps=0, limit_val_batches=1.0 if a.scorecard else 0,
+        accelerator="cpu",
+        devices=a.devices,
+        strategy="ddp" if a.devices > 1 else "auto",
+        max_epochs=a.epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        inference_mode=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if a.scorecard else 0,
         callbacks=[counter, *security],
     )
     trainer.fit(model, dm)
     flat = torch.cat([p.detach().flatten() for p in model.net.parameters()])
     eps = model.private.epsilon(dp.delta) if a.noise > 0 else None
-    torch.save({"params": flat, "epsilon": eps, "steps": model.private.steps, "sample_rate": model.private.sample_rate,
-                "optimizer": type(trainer.optimizers[0]).__name__, "empty": counter.empty, "global_step": trainer.global_step,
-                "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()}},
-               Path(a.out) / f"rank{trainer.global_rank}.pt")
+    torch.save(
+        {
+            "params": flat,
+            "epsilon": eps,
+            "steps": model.private.steps,
+            "sample_rate": model.private.sample_rate,
+            "optimizer": type(trainer.optimizers[0]).__name__,
+            "empty": counter.empty,
+            "global_step": trainer.global_step,
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        },
+        Path(a.out) / f"rank{trainer.global_rank}.pt",
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The per-epoch security callbacks inside real fit / validate / test runs, the report files and the gates."""
 
+import itertools
 import json
 from pathlib import Path
 
@@ -20,23 +21,50 @@ from secure_ml.privacy.config import DPConfig
 from secure_ml.report.gates import check_gates, parse_gates
 
 REPO = Path(__file__).resolve().parents[1]
-NAMES = ["adv/fgsm_acc@0.0308", "adv/fgsm_acc@0.1", "adv/pgd_acc@0.1", "mia/auc", "mia/loss_auc", "mia/tpr@1%fpr", "mia/tpr@0.1%fpr",
-         "mia/advantage", "privacy/epsilon_lower_bound", "sponge/reject_rate", "sponge/reject_rate_gaussian", "sponge/reject_rate_crafted",
-         "sponge/false_positive_rate", "sponge/energy_ratio"]
+NAMES = [
+    "adv/fgsm_acc@0.0308",
+    "adv/fgsm_acc@0.1",
+    "adv/pgd_acc@0.1",
+    "mia/auc",
+    "mia/loss_auc",
+    "mia/tpr@1%fpr",
+    "mia/tpr@0.1%fpr",
+    "mia/advantage",
+    "privacy/epsilon_lower_bound",
+    "sponge/reject_rate",
+    "sponge/reject_rate_gaussian",
+    "sponge/reject_rate_crafted",
+    "sponge/false_positive_rate",
+    "sponge/energy_ratio",
+]
 
 
 def _callbacks(**scorecard):
-    return [RobustnessCallback(max_samples=64, pgd_max_samples=32, pgd_steps=3), MembershipInferenceCallback(max_samples=100),
-            SpongeCallback(n_sponges=8, craft_steps=10, calibration_samples=50, max_samples=50), Scorecard(**scorecard)]
+    return [
+        RobustnessCallback(max_samples=64, pgd_max_samples=32, pgd_steps=3),
+        MembershipInferenceCallback(max_samples=100),
+        SpongeCallback(n_sponges=8, craft_steps=10, calibration_samples=50, max_samples=50),
+        Scorecard(**scorecard),
+    ]
 
 
 def _dm(root, dp=False):
-    return MNISTDataModule(data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32, poisson_sampling=dp, sampling_seed=0)
+    return MNISTDataModule(
+        data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32, poisson_sampling=dp, sampling_seed=0
+    )
 
 
 def _trainer(tmp_path, callbacks, epochs=1, inference_mode=False, logger=False):
-    return Trainer(max_epochs=epochs, default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False,
-                   enable_checkpointing=False, logger=logger, callbacks=callbacks, inference_mode=inference_mode)
+    return Trainer(
+        max_epochs=epochs,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        logger=logger,
+        callbacks=callbacks,
+        inference_mode=inference_mode,
+    )
 
 
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "opacus"])
@@ -69,7 +97,7 @@ def test_fgsm_accuracy_falls_as_epsilon_grows(tiny_mnist, tmp_path):
     out = cb.evaluate(model, "val")
     accs = [out["adv/clean_acc"], out["adv/fgsm_acc@0.02"], out["adv/fgsm_acc@0.1"], out["adv/fgsm_acc@0.3"]]
     assert accs[0] > 0.9
-    assert all(a >= b for a, b in zip(accs, accs[1:])) and accs[-1] < accs[0] - 0.3
+    assert all(a >= b for a, b in itertools.pairwise(accs)) and accs[-1] < accs[0] - 0.3
     assert out["adv/pgd_acc@0.3"] <= out["adv/fgsm_acc@0.3"]
 
 
@@ -136,9 +164,24 @@ def _delta_with_gates(tmp_path, gates) -> Path:
 
 def test_secure_ml_test_writes_report_and_gates_fail_the_exit(tiny_mnist, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    common = ["--config", str(REPO / "configs" / "capstone.yaml"), "--config", str(REPO / "configs" / "smoke.yaml"),
-              "--data.data_dir", str(tiny_mnist), "--data.download", "false", "--data.train_size", "500", "--data.val_size", "100",
-              "--data.test_size", "100", "--data.batch_size", "32"]
+    common = [
+        "--config",
+        str(REPO / "configs" / "capstone.yaml"),
+        "--config",
+        str(REPO / "configs" / "smoke.yaml"),
+        "--data.data_dir",
+        str(tiny_mnist),
+        "--data.download",
+        "false",
+        "--data.train_size",
+        "500",
+        "--data.val_size",
+        "100",
+        "--data.test_size",
+        "100",
+        "--data.batch_size",
+        "32",
+    ]
     main(["fit", *common])
     ckpt = str(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
     main(["test", *common, "--config", str(_delta_with_gates(tmp_path, {"mia/auc": "<= 1.0"})), "--ckpt_path", ckpt])

@@ -66,8 +66,24 @@ def _scalars(log_dir: Path):
 
 def test_fit_then_test_in_process(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = ["--config", str(BASE), "--config", str(SMOKE), "--data.data_dir", str(tiny_mnist), "--data.download", "false",
-              "--data.train_size", "500", "--data.val_size", "100", "--data.test_size", "100", "--data.batch_size", "32"]
+    common = [
+        "--config",
+        str(BASE),
+        "--config",
+        str(SMOKE),
+        "--data.data_dir",
+        str(tiny_mnist),
+        "--data.download",
+        "false",
+        "--data.train_size",
+        "500",
+        "--data.val_size",
+        "100",
+        "--data.test_size",
+        "100",
+        "--data.batch_size",
+        "32",
+    ]
     main(["fit", *common])
     run = tmp_path / "lightning_logs" / "version_0"
     assert (run / "config.yaml").exists()
@@ -104,8 +120,25 @@ def _run_cli(*args, cwd):
     ids=["poison-rate", "negative-eps", "train-size", "sanitizer", "top-level-optimizer", "poisson-off", "batchnorm"],
 )
 def test_bad_input_is_one_clear_error(tiny_mnist, tmp_path, extra, needle):
-    proc = _run_cli("fit", "--config", str(BASE), "--config", str(SMOKE), "--data.data_dir", str(tiny_mnist),
-                    "--data.download", "false", "--data.train_size", "500", "--data.val_size", "100", "--data.test_size", "100", *extra, cwd=tmp_path)
+    proc = _run_cli(
+        "fit",
+        "--config",
+        str(BASE),
+        "--config",
+        str(SMOKE),
+        "--data.data_dir",
+        str(tiny_mnist),
+        "--data.download",
+        "false",
+        "--data.train_size",
+        "500",
+        "--data.val_size",
+        "100",
+        "--data.test_size",
+        "100",
+        *extra,
+        cwd=tmp_path,
+    )
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr

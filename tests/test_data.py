@@ -16,7 +16,7 @@ def _dm(root, **kw):
 def test_load_mnist_reads_idx_as_pixels(tiny_mnist):
     x, y = load_mnist(str(tiny_mnist), train=True, download=False)
     assert x.shape == (600, 1, 28, 28) and x.dtype == torch.float32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     assert y.dtype == torch.int64 and set(y.unique().tolist()) <= set(range(10))
 
 
@@ -87,7 +87,7 @@ def _clusters(n_per=50, seed=0):
 def test_knn_sanitizer_finds_flips_isolation_forest_cannot():
     images, labels = _clusters(n_per=100)
     poisoned_labels, idx = flip_labels(labels, 0.05, target_label=0, generator=torch.Generator().manual_seed(3))
-    x, y, kept, rep = sanitize(images, poisoned_labels, SanitizerConfig(method="knn"), idx)
+    _x, y, kept, rep = sanitize(images, poisoned_labels, SanitizerConfig(method="knn"), idx)
     assert rep.precision == 1.0 and rep.recall >= 0.95
     assert rep.removed == len(rep.flagged) and len(y) == 1000 - rep.removed
     assert (y != labels[kept]).sum() == round(len(idx) * (1 - rep.recall))  # only missed flips remain
@@ -98,7 +98,7 @@ def test_knn_sanitizer_finds_flips_isolation_forest_cannot():
 def test_knn_relabel_restores_true_labels():
     images, labels = _clusters(n_per=100)
     poisoned_labels, idx = flip_labels(labels, 0.05, target_label=None, generator=torch.Generator().manual_seed(4))
-    x, y, kept, rep = sanitize(images, poisoned_labels, SanitizerConfig(method="knn", action="relabel"), idx)
+    _x, y, _kept, rep = sanitize(images, poisoned_labels, SanitizerConfig(method="knn", action="relabel"), idx)
     assert len(y) == len(labels) and rep.removed == 0 and rep.relabelled >= 48
     assert (y != labels).sum() <= 2
 

@@ -20,8 +20,14 @@ def _run(tmp_path, name, *args):
     out = tmp_path / name
     out.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(JOB), "--data", str(data), "--out", str(out), *args],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(JOB), "--data", str(data), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return [torch.load(p, weights_only=True) for p in sorted(out.glob("rank*.pt"))]
 

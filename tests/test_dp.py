@@ -55,13 +55,21 @@ def test_reference_matches_opacus_with_zero_noise(ratio):
     priv = make_private(opacus_net, torch.optim.SGD(opacus_net.parameters(), lr=0.1), loader, cfg, total_steps=10)
     with priv.hooks_disabled():  # the project's pattern: the attack runs with hooks off
         x_adv = adversarial_examples(opacus_net, x, y, adv)
-    assert all(getattr(p, "grad_sample", None) is None for p in opacus_net.parameters()), "the attack polluted Opacus's per-sample gradients"
+    assert all(getattr(p, "grad_sample", None) is None for p in opacus_net.parameters()), (
+        "the attack polluted Opacus's per-sample gradients"
+    )
     loss, _ = mixed_loss(opacus_net, x, y, x_adv, ratio)
     loss.mean().backward()
     priv.optimizer.pre_step()  # clip_and_accumulate → add_noise (σ=0) → scale_grad
     opacus_grads = [p.grad.clone() for p in opacus_net.parameters()]
 
-    ref = make_private(ref_net, torch.optim.SGD(ref_net.parameters(), lr=0.1), loader, DPConfig(backend="reference", noise_multiplier=0.0, max_grad_norm=clip), 10)
+    ref = make_private(
+        ref_net,
+        torch.optim.SGD(ref_net.parameters(), lr=0.1),
+        loader,
+        DPConfig(backend="reference", noise_multiplier=0.0, max_grad_norm=clip),
+        10,
+    )
     assert ref.expected_batch_size == priv.expected_batch_size
     ref.optimizer.set_grad_samples(per_sample)
     ref.optimizer.pre_step()
@@ -79,7 +87,7 @@ def test_attack_without_disabled_hooks_would_pollute():
     x_all, y_all = _data()
     net = SmallCNN()
     priv = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), _poisson_loader(x_all, y_all), DPConfig(), 10)
-    x, y = x_all[:8], y_all[:8]
+    x, _y = x_all[:8], y_all[:8]
     with torch.enable_grad():
         net(x.clone().requires_grad_(True)).sum().backward()
     assert any(getattr(p, "grad_sample", None) is not None for p in net.parameters())
@@ -103,7 +111,10 @@ def test_noise_has_std_sigma_c_and_is_seeded():
 
     net = SmallCNN()
     zeros = [torch.zeros(0, *p.shape) for p in net.parameters()]  # empty batch: pure noise
-    mk = lambda: ReferenceDPOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), 2.0, 0.5, 1, torch.Generator().manual_seed(3))
+
+    def mk():
+        return ReferenceDPOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), 2.0, 0.5, 1, torch.Generator().manual_seed(3))
+
     a = mk().add_noise(mk().clip_and_accumulate(zeros))
     b = mk().add_noise(mk().clip_and_accumulate(zeros))
     flat = torch.cat([t.flatten() for t in a])
@@ -148,14 +159,26 @@ def test_ghost_clipping_matches_reference_with_zero_noise():
     adv = AdversarialConfig(epsilon=0.05, ratio=1.0)
     per_sample = _reference_per_sample(ref_net, x, y, adversarial_examples(ref_net, x, y, adv), 1.0)
     clip = float(torch.stack([g.reshape(32, -1).norm(dim=1) for g in per_sample], 1).norm(dim=1).median())
-    priv = make_private(ghost_net, torch.optim.SGD(ghost_net.parameters(), lr=0.1), loader, DPConfig(noise_multiplier=0.0, max_grad_norm=clip), 10,
-                        grad_sample_mode="ghost")
+    priv = make_private(
+        ghost_net,
+        torch.optim.SGD(ghost_net.parameters(), lr=0.1),
+        loader,
+        DPConfig(noise_multiplier=0.0, max_grad_norm=clip),
+        10,
+        grad_sample_mode="ghost",
+    )
     assert priv.ghost
     with priv.hooks_disabled():
         x_adv = adversarial_examples(ghost_net, x, y, adv)
     priv.criterion(ghost_net(x_adv), y).backward()
     priv.optimizer.pre_step()
-    ref = make_private(ref_net, torch.optim.SGD(ref_net.parameters(), lr=0.1), loader, DPConfig(backend="reference", noise_multiplier=0.0, max_grad_norm=clip), 10)
+    ref = make_private(
+        ref_net,
+        torch.optim.SGD(ref_net.parameters(), lr=0.1),
+        loader,
+        DPConfig(backend="reference", noise_multiplier=0.0, max_grad_norm=clip),
+        10,
+    )
     ref.optimizer.set_grad_samples(per_sample)
     ref.optimizer.pre_step()
     for p, q in zip(ghost_net.parameters(), ref_net.parameters()):

@@ -66,8 +66,10 @@ def test_each_bad_input_kind_has_its_reason(setup):
     cases = {
         "shape": [torch.zeros(3, 28, 28), torch.zeros(1, 1, 28, 28), torch.zeros(784), torch.zeros(1, 32, 32)],
         "dtype": [(good * 255).to(torch.uint8), good > 0.5, good.long(), good.tolist()],
-        "non_finite": [good.clone().index_put_((torch.tensor([0]), torch.tensor([3]), torch.tensor([4])), torch.tensor(float("nan"))),
-                       torch.where(good > 0.5, torch.tensor(float("inf")), good)],
+        "non_finite": [
+            good.clone().index_put_((torch.tensor([0]), torch.tensor([3]), torch.tensor([4])), torch.tensor(float("nan"))),
+            torch.where(good > 0.5, torch.tensor(float("inf")), good),
+        ],
         "range": [good * 5.2, good - 0.1, (good - 0.1307) / 0.3081],  # the last: a normalised digit
         "variance": [(torch.arange(784).reshape(1, 28, 28) % 2).float()],  # 0/1 checkerboard: variance 0.25
     }
@@ -166,4 +168,3 @@ def test_calibrate_keeps_given_limits_and_rejects_dirty_data(setup):
         InputPolicy.calibrate(model, torch.cat([xt[:10], xt[:1] * 4]))
     with pytest.raises(ValueError, match="false_positive_rate"):
         InputPolicy.calibrate(model, xt[:10], false_positive_rate=0.0)
-

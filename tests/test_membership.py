@@ -120,8 +120,10 @@ def test_modified_entropy_penalises_confident_mistakes():
     unsure = torch.tensor([[0.3, 0.2, 0.1]])
     confident_wrong = torch.tensor([[0.0, 10.0, 0.0]])
     y = torch.tensor([0])
-    score = {name: [membership_scores(z, y)[k].item() for k in SCORE_KINDS] for name, z in
-             [("right", confident_right), ("unsure", unsure), ("wrong", confident_wrong)]}
+    score = {
+        name: [membership_scores(z, y)[k].item() for k in SCORE_KINDS]
+        for name, z in [("right", confident_right), ("unsure", unsure), ("wrong", confident_wrong)]
+    }
     for k in range(len(SCORE_KINDS)):
         assert score["right"][k] > score["unsure"][k]
     ent, mentr = SCORE_KINDS.index("entropy"), SCORE_KINDS.index("modified_entropy")

@@ -2,7 +2,6 @@
 
 from pathlib import Path
 
-import pytest
 import yaml
 
 from secure_ml.cli import main
@@ -14,7 +13,13 @@ CAPSTONE = yaml.safe_load((REPO / "configs" / "capstone.yaml").read_text())["dat
 
 def _capstone_data(real_data_dir, method):
     d = {k: v for k, v in CAPSTONE.items() if k not in ("poison", "sanitizer", "data_dir", "download")}
-    dm = MNISTDataModule(data_dir=str(real_data_dir), download=False, poison=PoisonConfig(**CAPSTONE["poison"]), sanitizer=SanitizerConfig(method=method), **d)
+    dm = MNISTDataModule(
+        data_dir=str(real_data_dir),
+        download=False,
+        poison=PoisonConfig(**CAPSTONE["poison"]),
+        sanitizer=SanitizerConfig(method=method),
+        **d,
+    )
     dm.setup("fit")
     return dm
 
@@ -30,12 +35,39 @@ def test_label_aware_sanitizer_beats_isolation_forest_on_capstone(real_data_dir)
 
 def test_smoke_fit_on_real_digits(real_data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(["fit", "--config", str(REPO / "configs" / "capstone.yaml"), "--config", str(REPO / "configs" / "smoke.yaml"),
-          "--data.data_dir", str(real_data_dir), "--data.download", "false", "--model.dp.enabled", "false",
-          "--trainer.max_epochs", "5"])
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs" / "capstone.yaml"),
+            "--config",
+            str(REPO / "configs" / "smoke.yaml"),
+            "--data.data_dir",
+            str(real_data_dir),
+            "--data.download",
+            "false",
+            "--model.dp.enabled",
+            "false",
+            "--trainer.max_epochs",
+            "5",
+        ]
+    )
     ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    main(["test", "--config", str(REPO / "configs" / "capstone.yaml"), "--config", str(REPO / "configs" / "smoke.yaml"),
-          "--data.data_dir", str(real_data_dir), "--data.download", "false", "--ckpt_path", str(ckpt)])
+    main(
+        [
+            "test",
+            "--config",
+            str(REPO / "configs" / "capstone.yaml"),
+            "--config",
+            str(REPO / "configs" / "smoke.yaml"),
+            "--data.data_dir",
+            str(real_data_dir),
+            "--data.download",
+            "false",
+            "--ckpt_path",
+            str(ckpt),
+        ]
+    )
     import json
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

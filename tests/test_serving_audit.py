@@ -8,8 +8,7 @@ import httpx
 
 from secure_ml.serving.auth import client_id
 from secure_ml.serving.metrics import parse_prometheus
-from tests.test_serving_support import (ADMIN, KEY_A, KEY_B, FakeClock, base_config, audit_lines, raw_http, running,
-                                        status_of)
+from tests.test_serving_support import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, raw_http, running, status_of
 
 PIXEL = 0.123456789
 IMAGE = {"image": [[PIXEL] * 28 for _ in range(28)]}
@@ -28,8 +27,13 @@ def _send_mix(srv):
         httpx.get(srv.url + "/health").status_code,  # 200
         httpx.get(srv.url + "/nowhere").status_code,  # 404
     ]
-    req = (b"POST /predict HTTP/1.1\r\nHost: a\r\nX-API-Key: " + KEY_A.encode() +
-           b"\r\nTransfer-Encoding: chunked\r\n\r\n" + b"".join(b"1000\r\n" + b"z" * 4096 + b"\r\n" for _ in range(40)) + b"0\r\n\r\n")
+    req = (
+        b"POST /predict HTTP/1.1\r\nHost: a\r\nX-API-Key: "
+        + KEY_A.encode()
+        + b"\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"".join(b"1000\r\n" + b"z" * 4096 + b"\r\n" for _ in range(40))
+        + b"0\r\n\r\n"
+    )
     codes.append(status_of(raw_http(srv.port, req)))  # 413 chunked
     codes += [httpx.post(srv.url + "/predict", content=body, headers={**h, "X-API-Key": KEY_B}).status_code for _ in range(3)]
     return codes, body
@@ -52,8 +56,10 @@ def test_one_line_per_request_and_no_raw_input(tmp_path):
     assert [line["reason"] for line in lines[1:5]] == ["missing_api_key", "invalid_api_key", "shape", "body_too_large"]
     assert lines[1]["client"] is None and lines[3]["decision"] == "rejected"
     assert lines[-1]["reason"] == "rate_limited" and lines[-1]["client"] == client_id(KEY_B)
-    assert all(set(line) >= {"ts", "request_id", "client", "endpoint", "decision", "reason", "status", "latency_ms",
-                             "input_sha256"} for line in lines)
+    assert all(
+        set(line) >= {"ts", "request_id", "client", "endpoint", "decision", "reason", "status", "latency_ms", "input_sha256"}
+        for line in lines
+    )
     assert len({line["request_id"] for line in lines}) == len(lines)
 
 

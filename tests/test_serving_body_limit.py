@@ -19,8 +19,14 @@ def srv(tmp_path_factory):
 
 # ---- body limit --------------------------------------------------------------------------------
 def _request(headers: bytes, body: bytes) -> bytes:
-    return (b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: " + KEY_A.encode() +
-            b"\r\nContent-Type: application/json\r\n" + headers + b"\r\n" + body)
+    return (
+        b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nX-API-Key: "
+        + KEY_A.encode()
+        + b"\r\nContent-Type: application/json\r\n"
+        + headers
+        + b"\r\n"
+        + body
+    )
 
 
 def _chunked(total: int, size: int = 8192) -> bytes:
@@ -58,7 +64,7 @@ def test_chunked_body_under_limit_is_served(srv):
 
     def gen():
         for i in range(0, len(body), 1000):
-            yield body[i:i + 1000]
+            yield body[i : i + 1000]
 
     r = httpx.post(srv.url + "/predict", content=gen(), headers={"X-API-Key": KEY_A})
     assert r.status_code == 200

@@ -56,22 +56,33 @@ def test_malicious_checkpoint_refused_without_running_it(evil_ckpt):
 def test_malicious_checkpoint_cli_subprocess(evil_ckpt):
     path, marker = evil_ckpt
     env = {**os.environ, "SECURE_ML_API_KEYS": KEY_A}
-    proc = subprocess.run([sys.executable, "-m", "secure_ml.cli", "serve", "--ckpt_path", str(path), "--port", "0"],
-                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "secure_ml.cli", "serve", "--ckpt_path", str(path), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("secure-ml: error: refused to load checkpoint"), proc.stderr
     assert "Traceback" not in proc.stderr and not marker.exists()
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda d: d / "missing.ckpt", "does not exist"),
-    (lambda d: (torch.save({"epoch": 1}, d / "x.ckpt"), d / "x.ckpt")[1], "has no 'state_dict'"),
-    (lambda d: ((d / "g.ckpt").write_bytes(b"garbage"), d / "g.ckpt")[1], "refused to load checkpoint"),
-    (lambda d: (torch.save({"state_dict": {"net.fc2.weight": torch.zeros(10, 128)}}, d / "p.ckpt"), d / "p.ckpt")[1],
-     "does not fit SmallCNN"),
-    (lambda d: (torch.save({"state_dict": {"net.w": "str"}}, d / "s.ckpt"), d / "s.ckpt")[1], "must map parameter names to tensors"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: d / "missing.ckpt", "does not exist"),
+        (lambda d: (torch.save({"epoch": 1}, d / "x.ckpt"), d / "x.ckpt")[1], "has no 'state_dict'"),
+        (lambda d: ((d / "g.ckpt").write_bytes(b"garbage"), d / "g.ckpt")[1], "refused to load checkpoint"),
+        (
+            lambda d: (torch.save({"state_dict": {"net.fc2.weight": torch.zeros(10, 128)}}, d / "p.ckpt"), d / "p.ckpt")[1],
+            "does not fit SmallCNN",
+        ),
+        (lambda d: (torch.save({"state_dict": {"net.w": "str"}}, d / "s.ckpt"), d / "s.ckpt")[1], "must map parameter names to tensors"),
+    ],
+)
 def test_bad_checkpoints_one_line_error(tmp_path, capsys, monkeypatch, make, message):
     monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
     code, err = run_cli(["serve", "--ckpt_path", str(make(tmp_path)), "--port", "0"], capsys)
@@ -86,16 +97,19 @@ def test_nan_weights_refused(tmp_path):
         load_model(str(write_checkpoint(tmp_path / "nan.ckpt", model)))
 
 
-@pytest.mark.parametrize("yaml_text,message", [
-    ("rate_limit:\n  burst: -1\n", "rate_limit.burst: must be > 0"),
-    ("rate_limit:\n  brust: 3\n", "unknown option rate_limit.brust"),
-    ("extraction:\n  action: nuke\n", "extraction.action"),
-    ("inference:\n  timeout_s: fast\n", "inference.timeout_s: expected float"),
-    ("output:\n  precision: 12\n", "output.precision"),
-    ("auth:\n  enabled: yes please\n", "auth.enabled: expected bool"),
-    ("server: [1, 2]\n", "server: expected a mapping"),
-    ("guards: true\n  bad: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "yaml_text,message",
+    [
+        ("rate_limit:\n  burst: -1\n", "rate_limit.burst: must be > 0"),
+        ("rate_limit:\n  brust: 3\n", "unknown option rate_limit.brust"),
+        ("extraction:\n  action: nuke\n", "extraction.action"),
+        ("inference:\n  timeout_s: fast\n", "inference.timeout_s: expected float"),
+        ("output:\n  precision: 12\n", "output.precision"),
+        ("auth:\n  enabled: yes please\n", "auth.enabled: expected bool"),
+        ("server: [1, 2]\n", "server: expected a mapping"),
+        ("guards: true\n  bad: [\n", "not valid YAML"),
+    ],
+)
 def test_bad_config_one_line_error(tmp_path, capsys, monkeypatch, yaml_text, message):
     monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
     cfg = tmp_path / "serve.yaml"
@@ -106,9 +120,12 @@ def test_bad_config_one_line_error(tmp_path, capsys, monkeypatch, yaml_text, mes
 
 def test_bad_flags_one_line_error(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
-    for argv, message in ([["serve"], "--ckpt_path"], [["serve", "--ckpt_path", "x", "--port", "abc"], "invalid int"],
-                          [["serve", "--ckpt_path", str(trained_checkpoint()), "--port", "70000"], "server.port"],
-                          [["serve", "--ckpt_path", "x", "--config", str(tmp_path / "nope.yaml")], "--config"]):
+    for argv, message in (
+        [["serve"], "--ckpt_path"],
+        [["serve", "--ckpt_path", "x", "--port", "abc"], "invalid int"],
+        [["serve", "--ckpt_path", str(trained_checkpoint()), "--port", "70000"], "server.port"],
+        [["serve", "--ckpt_path", "x", "--config", str(tmp_path / "nope.yaml")], "--config"],
+    ):
         code, err = run_cli(argv, capsys)
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
@@ -132,9 +149,25 @@ def test_real_fit_checkpoint_loads(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["secure-ml"])
-    cli_main(["fit", "--config", str(REPO / "configs/capstone.yaml"), "--config", str(REPO / "configs/smoke.yaml"),
-              "--data.data_dir", str(REAL_DATA), "--trainer.default_root_dir", str(tmp_path), "--data.train_size", "300",
-              "--data.val_size", "100", "--data.test_size", "100"])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/capstone.yaml"),
+            "--config",
+            str(REPO / "configs/smoke.yaml"),
+            "--data.data_dir",
+            str(REAL_DATA),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--data.train_size",
+            "300",
+            "--data.val_size",
+            "100",
+            "--data.test_size",
+            "100",
+        ]
+    )
     ckpt = next(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
     model, stored = load_checkpoint(str(ckpt))
     assert isinstance(model, SmallCNN) and not model.training
@@ -161,8 +194,13 @@ def test_serve_subprocess_end_to_end(tmp_path):
     env = {**os.environ, "SECURE_ML_API_KEYS": KEY_A}
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(f"audit:\n  path: {tmp_path / 'audit.jsonl'}\n")
-    proc = subprocess.Popen([sys.executable, "-m", "secure_ml.cli", "serve", "--ckpt_path", str(trained_checkpoint()),
-                             "--config", str(cfg), "--port", "0"], stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "secure_ml.cli", "serve", "--ckpt_path", str(trained_checkpoint()), "--config", str(cfg), "--port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     try:
         line = proc.stderr.readline()  # "secure-ml serve: listening on http://127.0.0.1:PORT ..."
         port = int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))
@@ -185,8 +223,10 @@ def test_serve_subprocess_end_to_end(tmp_path):
 
 
 def test_serving_never_imports_lightning_or_secure_classifier():
-    code = ("import sys, secure_ml.serving.app, secure_ml.serving.cli, secure_ml.serving.policy, secure_ml.serving.server, "
-            "secure_ml.serving.simulator; bad = [m for m in sys.modules if m.startswith(('lightning.pytorch', 'pytorch_lightning')) "
-            "or m == 'secure_ml.module']; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, secure_ml.serving.app, secure_ml.serving.cli, secure_ml.serving.policy, secure_ml.serving.server, "
+        "secure_ml.serving.simulator; bad = [m for m in sys.modules if m.startswith(('lightning.pytorch', 'pytorch_lightning')) "
+        "or m == 'secure_ml.module']; print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -6,13 +6,12 @@ import httpx
 import numpy as np
 import pytest
 
+from secure_ml.errors import ConfigError
 from secure_ml.serving.auth import client_id
 from secure_ml.serving.config import ExtractionConfig
 from secure_ml.serving.extraction import ExtractionDetector, shapiro_w
 from secure_ml.serving.simulator import SimulatorConfig, check_loopback, format_report, run_simulation
-from secure_ml.errors import ConfigError
-from tests.test_serving_support import (ADMIN, KEY_A, KEY_B, REAL_DATA, FakeClock, audit_lines, base_config, running,
-                                        trained_checkpoint)
+from tests.test_serving_support import ADMIN, KEY_A, KEY_B, REAL_DATA, FakeClock, audit_lines, base_config, running, trained_checkpoint
 
 ZEROS = {"image": [[0.0] * 28 for _ in range(28)]}
 
@@ -56,8 +55,12 @@ def test_memory_is_bounded():
 
 def test_block_expires_and_other_signals():
     clock = FakeClock()
-    det = ExtractionDetector(ExtractionConfig(block_seconds=10, rate_max_queries=3, rate_window_s=1.0,
-                                              novelty_window=4, novelty_max_fraction=0.5, min_distances=100), clock=clock)
+    det = ExtractionDetector(
+        ExtractionConfig(
+            block_seconds=10, rate_max_queries=3, rate_window_s=1.0, novelty_window=4, novelty_max_fraction=0.5, min_distances=100
+        ),
+        clock=clock,
+    )
     det.block("c")
     assert det.is_blocked("c") and not det.is_blocked("d")
     clock.advance(10)
@@ -106,9 +109,22 @@ def test_block_answers_403(tmp_path):
 def test_simulator_detected_benign_replay_quiet(tmp_path):
     """Jacobian extraction over HTTP is blocked within a few hundred queries; 600 held-out digits are not flagged."""
     with running(base_config(tmp_path)) as srv:  # the shipped detector defaults: N=100, delta=0.9, block
-        report = run_simulation(SimulatorConfig(
-            url=srv.url, api_key=KEY_A, benign_api_key=KEY_B, admin_key=ADMIN, queries=400, seeds=30, epochs=3,
-            benign_queries=600, qps=0, data_dir=str(REAL_DATA), ckpt_path=str(trained_checkpoint()), time_limit=100))
+        report = run_simulation(
+            SimulatorConfig(
+                url=srv.url,
+                api_key=KEY_A,
+                benign_api_key=KEY_B,
+                admin_key=ADMIN,
+                queries=400,
+                seeds=30,
+                epochs=3,
+                benign_queries=600,
+                qps=0,
+                data_dir=str(REAL_DATA),
+                ckpt_path=str(trained_checkpoint()),
+                time_limit=100,
+            )
+        )
     print(format_report(report))
     assert report["detected"] and report["detection_seen_via"] == "403"
     assert report["queries_to_detection"] <= 300

@@ -13,11 +13,17 @@ from tests.test_serving_support import ADMIN, KEY_A, KEY_B, base_config, running
 VALID = [[0.0] * 28 for _ in range(28)]
 SAFE_TEXT = string.ascii_letters + string.digits + "-_./~%"
 
-json_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                      st.text(max_size=8), st.sampled_from([10 ** 400, -(10 ** 400), 1e308]))
-json_value = st.recursive(json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=30),
-                                                             st.dictionaries(st.text(max_size=6), inner, max_size=4)),
-                          max_leaves=60)
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=8),
+    st.sampled_from([10**400, -(10**400), 1e308]),
+)
+json_value = st.recursive(
+    json_leaf, lambda inner: st.one_of(st.lists(inner, max_size=30), st.dictionaries(st.text(max_size=6), inner, max_size=4)), max_leaves=60
+)
 
 
 @st.composite
@@ -59,27 +65,36 @@ bodies = st.one_of(
     st.just(_encode({"image": VALID})),
 )
 keys = st.one_of(st.none(), st.sampled_from([KEY_A, KEY_B, ADMIN]), st.text(SAFE_TEXT, max_size=30))
-requests = st.tuples(st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH"]),
-                     st.one_of(st.sampled_from(["/predict", "/predict", "/health", "/metrics", "/predict/"]),
-                               st.text(SAFE_TEXT, min_size=1, max_size=40).map(lambda s: "/" + s)),
-                     keys, st.sampled_from(["application/json", "text/plain", "", "application/x-www-form-urlencoded"]),
-                     bodies)
+requests = st.tuples(
+    st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE", "PATCH"]),
+    st.one_of(
+        st.sampled_from(["/predict", "/predict", "/health", "/metrics", "/predict/"]),
+        st.text(SAFE_TEXT, min_size=1, max_size=40).map(lambda s: "/" + s),
+    ),
+    keys,
+    st.sampled_from(["application/json", "text/plain", "", "application/x-www-form-urlencoded"]),
+    bodies,
+)
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
     cfg = base_config(tmp_path_factory.mktemp("fuzz"), rate_limit={"burst": 100, "max_qps": 2000})
-    with running(cfg) as srv:
-        with httpx.Client(base_url=srv.url, timeout=10.0) as client:
-            yield srv, client
+    with running(cfg) as srv, httpx.Client(base_url=srv.url, timeout=10.0) as client:
+        yield srv, client
 
 
 def test_malformed_requests_never_5xx(fuzz_server):
     srv, client = fuzz_server
     seen = {"n": 0, "statuses": set()}
 
-    @settings(max_examples=1000, deadline=None, derandomize=True, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+    @settings(
+        max_examples=1000,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
     @given(requests)
     def one(req):
         method, path, key, ctype, body = req

@@ -33,8 +33,16 @@ def test_health_needs_no_key(srv):
     assert r.status_code == 200 and r.json() == {"status": "ok"}
 
 
-@pytest.mark.parametrize("key,reason", [(None, "missing_api_key"), ("wrong-key-0000000000", "invalid_api_key"),
-                                        (KEY_A[:-1], "invalid_api_key"), (ADMIN, "invalid_api_key"), ("", "invalid_api_key")])
+@pytest.mark.parametrize(
+    "key,reason",
+    [
+        (None, "missing_api_key"),
+        ("wrong-key-0000000000", "invalid_api_key"),
+        (KEY_A[:-1], "invalid_api_key"),
+        (ADMIN, "invalid_api_key"),
+        ("", "invalid_api_key"),
+    ],
+)
 def test_predict_401(srv, key, reason):
     r = post(srv, key=key)
     assert r.status_code == 401
@@ -130,13 +138,23 @@ def _with(value, row=3, col=4):
 
 CHECKER = {"image": [[float((i + j) % 2) for j in range(28)] for i in range(28)]}
 BAD = {
-    "shape": [{"image": _img()[:27]}, {"image": [row + [0.0] for row in _img()]}, {"image": 0.5},
-              {"image": [[[0.0]] * 28] * 28}, {"image": [0.0] * 28}, {"image": []}],
+    "shape": [
+        {"image": _img()[:27]},
+        {"image": [row + [0.0] for row in _img()]},
+        {"image": 0.5},
+        {"image": [[[0.0]] * 28] * 28},
+        {"image": [0.0] * 28},
+        {"image": []},
+    ],
     "dtype": [_with("0.5"), _with(True), _with(None), _with({"v": 1}), {"image": "abc"}, {"image": [["a"] * 28] * 28}],
-    "non_finite": [b'{"image": NaN}', b'{"image": [[NaN]]}', json.dumps(_with(0.0)).replace("0.0", "Infinity", 1).encode(),
-                   json.dumps(_with(0.0)).replace("0.0", "-Infinity", 1).encode(),
-                   json.dumps(_with(0.0)).replace("0.0", "1e999", 1).encode()],
-    "range": [_with(1.5), _with(-0.1), _with(10 ** 400), _with(1e300)],
+    "non_finite": [
+        b'{"image": NaN}',
+        b'{"image": [[NaN]]}',
+        json.dumps(_with(0.0)).replace("0.0", "Infinity", 1).encode(),
+        json.dumps(_with(0.0)).replace("0.0", "-Infinity", 1).encode(),
+        json.dumps(_with(0.0)).replace("0.0", "1e999", 1).encode(),
+    ],
+    "range": [_with(1.5), _with(-0.1), _with(10**400), _with(1e300)],
     "variance": [CHECKER],
     "json": [b"{", b"not json", b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000],
     "schema": [b"[]", b"3", {"img": _img()}, {"image": _img(), "extra": 1}],

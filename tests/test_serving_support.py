@@ -41,8 +41,9 @@ def write_checkpoint(path: Path, model: Optional[torch.nn.Module] = None, **extr
     """A checkpoint shaped like `secure-ml fit`'s: ``state_dict`` with ``net.`` keys."""
     torch.manual_seed(0)
     model = model or SmallCNN()
-    torch.save({"state_dict": {"net." + k: v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"net": "SmallCNN"}, **extra}, path)
+    torch.save(
+        {"state_dict": {"net." + k: v for k, v in model.state_dict().items()}, "hyper_parameters": {"net": "SmallCNN"}, **extra}, path
+    )
     return path
 
 
@@ -62,7 +63,7 @@ def trained_checkpoint() -> Path:
         for _ in range(2):
             perm = torch.randperm(2000, generator=g)
             for i in range(0, 2000, 64):
-                idx = perm[i:i + 64]
+                idx = perm[i : i + 64]
                 loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
                 opt.zero_grad()
                 loss.backward()
@@ -120,17 +121,15 @@ def raw_http(port: int, data: bytes, timeout: float = 5.0, read_limit: int = 1 <
     """Send raw bytes to 127.0.0.1:port, read until the server closes or ``timeout``; bounded."""
     out = b""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         try:
             while len(out) < read_limit:
                 chunk = s.recv(4096)
                 if not chunk:
                     break
                 out += chunk
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
     return out
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 from opacus.accountants import create_accountant
-from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from opacus.optimizers import DPOptimizer
+from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from secure_ml.adversarial import AdversarialConfig
 from secure_ml.data import MNISTDataModule, PoisonConfig, SanitizerConfig
@@ -17,17 +17,31 @@ from secure_ml.privacy.reference import ReferenceDPOptimizer
 
 
 def _dm(root, dp=True, **kw):
-    return MNISTDataModule(data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32, poisson_sampling=dp, sampling_seed=0, **kw)
+    return MNISTDataModule(
+        data_dir=str(root),
+        download=False,
+        train_size=500,
+        val_size=100,
+        test_size=100,
+        batch_size=32,
+        poisson_sampling=dp,
+        sampling_seed=0,
+        **kw,
+    )
 
 
 def _trainer(tmp_path, epochs=1, **kw):
     kw.setdefault("logger", False)
     kw.setdefault("enable_checkpointing", False)
-    return Trainer(max_epochs=epochs, default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False, inference_mode=False, **kw)
+    return Trainer(
+        max_epochs=epochs, default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False, inference_mode=False, **kw
+    )
 
 
 def _model(backend="opacus", **dp):
-    return SecureClassifier(adversarial=AdversarialConfig(epsilon=0.05, ratio=0.5), dp=DPConfig(enabled=True, backend=backend, noise_seed=0, **dp))
+    return SecureClassifier(
+        adversarial=AdversarialConfig(epsilon=0.05, ratio=0.5), dp=DPConfig(enabled=True, backend=backend, noise_seed=0, **dp)
+    )
 
 
 def _expected_epsilon(sigma, q, steps, delta, mechanism):
@@ -142,8 +156,10 @@ def test_clean_training_learns_synthetic_digits(tiny_mnist, tmp_path):
 
 @pytest.mark.parametrize("backend", ["opacus", "reference"])
 def test_scheduler_steps_on_the_dp_optimizer(tiny_mnist, tmp_path, backend):
-    model = SecureClassifier(scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
-                             dp=DPConfig(enabled=True, backend=backend, noise_seed=0))
+    model = SecureClassifier(
+        scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
+        dp=DPConfig(enabled=True, backend=backend, noise_seed=0),
+    )
     trainer = _trainer(tmp_path, epochs=2)
     trainer.fit(model, _dm(tiny_mnist))
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.25)
@@ -183,7 +199,7 @@ def test_unbounded_training_stops_at_the_privacy_budget(tiny_mnist, tmp_path):
     model = _model()
     trainer = _trainer(tmp_path, epochs=-1, callbacks=[PrivacyBudget(max_epsilon=3.0)], limit_val_batches=0)
     trainer.fit(model, _dm(tiny_mnist))
-    assert 0 < model.private.steps and model.private.epsilon(1e-5) <= 3.0
+    assert model.private.steps > 0 and model.private.epsilon(1e-5) <= 3.0
 
 
 def test_ghost_clipping_trains_with_exact_accounting_and_empty_batches(tiny_mnist, tmp_path):
@@ -191,8 +207,16 @@ def test_ghost_clipping_trains_with_exact_accounting_and_empty_batches(tiny_mnis
 
     model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.05, ratio=1.0), dp=DPConfig(enabled=True, noise_seed=0))
     trainer = _trainer(tmp_path, epochs=1)
-    dm = MNISTDataModule(data_dir=str(tiny_mnist), download=False, train_size=500, val_size=100, test_size=100, batch_size=2,
-                         poisson_sampling=True, sampling_seed=0)  # expected batch 2: some batches are empty
+    dm = MNISTDataModule(
+        data_dir=str(tiny_mnist),
+        download=False,
+        train_size=500,
+        val_size=100,
+        test_size=100,
+        batch_size=2,
+        poisson_sampling=True,
+        sampling_seed=0,
+    )  # expected batch 2: some batches are empty
     trainer.fit(model, dm)
     assert model.private.ghost and isinstance(trainer.optimizers[0], DPOptimizerFastGradientClipping)
     assert model.private.steps == trainer.global_step == 200

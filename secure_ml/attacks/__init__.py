@@ -3,14 +3,14 @@ from secure_ml.attacks.membership import MembershipReport, membership_inference,
 from secure_ml.attacks.sponge import SpongeReport, activation_energy, craft_sponges, gaussian_sponges, sponge_report
 
 __all__ = [
-    "fgsm",
-    "pgd",
     "MembershipReport",
-    "membership_inference",
-    "membership_metrics",
     "SpongeReport",
     "activation_energy",
     "craft_sponges",
+    "fgsm",
     "gaussian_sponges",
+    "membership_inference",
+    "membership_metrics",
+    "pgd",
     "sponge_report",
 ]

@@ -42,9 +42,7 @@ class ReluRecorder(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _RELUS:
             inp = args[0] if args else kwargs["input"]
-            if func in (torch.relu_, F.relu_, torch.Tensor.relu_) or kwargs.get("inplace") or (
-                len(args) > 1 and args[1] is True
-            ):
+            if func in (torch.relu_, F.relu_, torch.Tensor.relu_) or kwargs.get("inplace") or (len(args) > 1 and args[1] is True):
                 inp = inp.clone()  # in-place ReLU overwrites its input
             out = func(*args, **kwargs)
             self.records.append((inp, out))

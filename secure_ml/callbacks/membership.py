@@ -28,7 +28,9 @@ class MembershipInferenceCallback(EpochMetricCallback):
         seed: seed of the member/non-member subsample.
     """
 
-    def __init__(self, max_samples: int = 1000, delta: Optional[float] = None, confidence: float = 0.95, every_n_epochs: int = 1, seed: int = 0):
+    def __init__(
+        self, max_samples: int = 1000, delta: Optional[float] = None, confidence: float = 0.95, every_n_epochs: int = 1, seed: int = 0
+    ):
         optional_int(max_samples, "MembershipInferenceCallback max_samples", 2)
         optional_int(every_n_epochs, "MembershipInferenceCallback every_n_epochs")
         if delta is not None and not 0 < delta < 1:

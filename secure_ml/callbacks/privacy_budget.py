@@ -51,9 +51,13 @@ class PrivacyBudget(Callback):
             raise ConfigError("PrivacyBudget needs a DP run (--model.dp.enabled true)")
         estimated = trainer.estimated_stepping_batches
         limit = int(estimated) if math.isfinite(estimated) else 0
-        left = max_steps_within(private.accountant, private.noise_multiplier, private.sample_rate, self.max_epsilon, pl_module.dp.delta, limit)
+        left = max_steps_within(
+            private.accountant, private.noise_multiplier, private.sample_rate, self.max_epsilon, pl_module.dp.delta, limit
+        )
         if left == 0:
-            raise ConfigError(f"PrivacyBudget max_epsilon {self.max_epsilon} is already spent (ε before training: {private.epsilon(pl_module.dp.delta)}); raise it or start a fresh run")
+            raise ConfigError(
+                f"PrivacyBudget max_epsilon {self.max_epsilon} is already spent (ε before training: {private.epsilon(pl_module.dp.delta)}); raise it or start a fresh run"
+            )
         self._stop_at = private.steps + left
         rank_zero_info(f"secure-ml: privacy budget ε ≤ {self.max_epsilon} allows {left} more steps")
 

@@ -47,7 +47,13 @@ class RobustnessCallback(EpochMetricCallback):
         for e in list(epsilons) + ([pgd_epsilon] if pgd_epsilon is not None else []):
             if not 0 < e <= 1:
                 raise ConfigError(f"RobustnessCallback epsilons must be in (0, 1] (pixel units); got {e}")
-        for name, v in (("max_samples", max_samples), ("pgd_max_samples", pgd_max_samples), ("batch_size", batch_size), ("every_n_epochs", every_n_epochs), ("pgd_steps", pgd_steps)):
+        for name, v in (
+            ("max_samples", max_samples),
+            ("pgd_max_samples", pgd_max_samples),
+            ("batch_size", batch_size),
+            ("every_n_epochs", every_n_epochs),
+            ("pgd_steps", pgd_steps),
+        ):
             optional_int(v, f"RobustnessCallback {name}")
         self.epsilons, self.pgd_epsilon, self.pgd_steps, self.pgd_step_size = list(epsilons), pgd_epsilon, pgd_steps, pgd_step_size
         self.max_samples, self.pgd_max_samples, self.batch_size = max_samples, pgd_max_samples, batch_size
@@ -59,12 +65,27 @@ class RobustnessCallback(EpochMetricCallback):
         x, y = on_device(pl_module, *subsample(x, y, self.max_samples, self.seed))
         out = {"adv/clean_acc": _accuracy(net, x, y, self.batch_size)}
         for eps in self.epsilons:
-            adv = torch.cat([fgsm(net, x[i : i + self.batch_size], y[i : i + self.batch_size], eps) for i in range(0, len(y), self.batch_size)])
+            adv = torch.cat(
+                [fgsm(net, x[i : i + self.batch_size], y[i : i + self.batch_size], eps) for i in range(0, len(y), self.batch_size)]
+            )
             out[f"adv/fgsm_acc@{eps:g}"] = _accuracy(net, adv, y, self.batch_size)
         if self.pgd_epsilon is not None:
             xp, yp = x[: self.pgd_max_samples], y[: self.pgd_max_samples]
             gen = torch.Generator(device=xp.device).manual_seed(self.seed)
-            adv = torch.cat([pgd(net, xp[i : i + self.batch_size], yp[i : i + self.batch_size], self.pgd_epsilon, self.pgd_steps, self.pgd_step_size, True, gen)
-                             for i in range(0, len(yp), self.batch_size)])
+            adv = torch.cat(
+                [
+                    pgd(
+                        net,
+                        xp[i : i + self.batch_size],
+                        yp[i : i + self.batch_size],
+                        self.pgd_epsilon,
+                        self.pgd_steps,
+                        self.pgd_step_size,
+                        True,
+                        gen,
+                    )
+                    for i in range(0, len(yp), self.batch_size)
+                ]
+            )
             out[f"adv/pgd_acc@{self.pgd_epsilon:g}"] = _accuracy(net, adv, yp, self.batch_size)
         return out

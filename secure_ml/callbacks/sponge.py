@@ -48,7 +48,14 @@ class SpongeCallback(EpochMetricCallback):
         every_n_epochs: int = 1,
         seed: int = 0,
     ):
-        for name, v in (("latency_repeats", latency_repeats), ("n_sponges", n_sponges), ("craft_steps", craft_steps), ("calibration_samples", calibration_samples), ("max_samples", max_samples), ("every_n_epochs", every_n_epochs)):
+        for name, v in (
+            ("latency_repeats", latency_repeats),
+            ("n_sponges", n_sponges),
+            ("craft_steps", craft_steps),
+            ("calibration_samples", calibration_samples),
+            ("max_samples", max_samples),
+            ("every_n_epochs", every_n_epochs),
+        ):
             optional_int(v, f"SpongeCallback {name}")
         if not 0 < false_positive_rate < 1:
             raise ConfigError(f"SpongeCallback false_positive_rate must be in (0, 1); got {false_positive_rate}")
@@ -76,7 +83,9 @@ class SpongeCallback(EpochMetricCallback):
         policy = InputPolicy.calibrate(net, calib, false_positive_rate=self.false_positive_rate)
         gen = torch.Generator().manual_seed(self.seed)
         gaussian = gaussian_sponges(self.n_sponges, self.gaussian_scales, gen).to(pl_module.device)
-        starts = torch.cat([torch.rand((self.n_sponges, *measure.shape[1:]), generator=gen).to(pl_module.device), measure[: self.n_sponges]])
+        starts = torch.cat(
+            [torch.rand((self.n_sponges, *measure.shape[1:]), generator=gen).to(pl_module.device), measure[: self.n_sponges]]
+        )
         crafted = craft_sponges(net, starts, steps=self.craft_steps, lr=self.craft_lr, clamp=True)
         rejected_g = sum(not d.allowed for d in policy.check_batch(gaussian, net))
         rejected_c = sum(not d.allowed for d in policy.check_batch(crafted, net))

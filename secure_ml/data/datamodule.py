@@ -58,7 +58,13 @@ class MNISTDataModule(LightningDataModule):
     ):
         super().__init__()
         # The validation split is the clean non-member set the scorecard needs (the sponge check halves it).
-        for name, value, low in (("train_size", train_size, 1), ("val_size", val_size, 2), ("test_size", test_size, 1), ("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+        for name, value, low in (
+            ("train_size", train_size, 1),
+            ("val_size", val_size, 2),
+            ("test_size", test_size, 1),
+            ("batch_size", batch_size, 1),
+            ("num_workers", num_workers, 0),
+        ):
             if value < low:
                 raise ConfigError(f"--data.{name} must be >= {low}; got {value}")
         if val_size >= train_size:
@@ -155,7 +161,9 @@ class MNISTDataModule(LightningDataModule):
         # and by default a secret one (see sampling_seed).
         base = self.sampling_seed if self.sampling_seed is not None else secrets.randbits(62)
         poisson_gen = torch.Generator().manual_seed(base + 7919 * (rank + 1))
-        return train_loader(self.train_dataset, self.batch_size, self.seed, self.poisson_sampling, world_size, rank, self.num_workers, poisson_gen)
+        return train_loader(
+            self.train_dataset, self.batch_size, self.seed, self.poisson_sampling, world_size, rank, self.num_workers, poisson_gen
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 256), num_workers=self.num_workers)

@@ -48,7 +48,9 @@ def train_loader(
     """The training loader; ``poisson_generator`` must differ across ranks (it draws each rank's mask)."""
     if not poisson:
         if world_size == 1:
-            return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), num_workers=num_workers)
+            return DataLoader(
+                dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(seed), num_workers=num_workers
+            )
         sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
         return DataLoader(dataset, batch_size=max(1, batch_size // world_size), sampler=sampler, num_workers=num_workers)
     # K batches per epoch at rate q = 1/K exactly. Opacus's samplers would run int(1/q) batches, which
@@ -58,11 +60,16 @@ def train_loader(
     sample_rate = 1.0 / steps
     first = dataset[0]
     collate = wrap_collate_with_empty(
-        collate_fn=default_collate, batch_first=True, rand_on_empty=False,
-        sample_empty_shapes=[(0, *shape_safe(t)) for t in first], dtypes=[dtype_safe(t) for t in first],
+        collate_fn=default_collate,
+        batch_first=True,
+        rand_on_empty=False,
+        sample_empty_shapes=[(0, *shape_safe(t)) for t in first],
+        dtypes=[dtype_safe(t) for t in first],
     )
     if world_size == 1:
         sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate, steps=steps, generator=poisson_generator)
     else:
-        sampler = EmptySafeDistributedPoissonSampler(total_size=len(dataset), sample_rate=sample_rate, shuffle_seed=seed, steps=steps, generator=poisson_generator)
+        sampler = EmptySafeDistributedPoissonSampler(
+            total_size=len(dataset), sample_rate=sample_rate, shuffle_seed=seed, steps=steps, generator=poisson_generator
+        )
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)

@@ -79,7 +79,9 @@ class SanitizationReport:
     f1: Optional[float] = None
 
     def summary(self) -> str:
-        text = f"sanitizer={self.method}: flagged {len(self.flagged)}/{self.n_samples}, removed {self.removed}, relabelled {self.relabelled}"
+        text = (
+            f"sanitizer={self.method}: flagged {len(self.flagged)}/{self.n_samples}, removed {self.removed}, relabelled {self.relabelled}"
+        )
         if self.precision is not None:
             text += f"; precision {self.precision:.3f}, recall {self.recall:.3f}, F1 {self.f1:.3f}"
         return text

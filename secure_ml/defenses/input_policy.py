@@ -171,7 +171,7 @@ class InputPolicy:
         if rejected:
             raise ValueError(f"{len(rejected)} of {len(clean_x)} calibration images fail the policy; first: {rejected[0].detail}")
         n = len(clean_x)
-        k = int(math.floor(false_positive_rate / max(len(todo), 1) * n))
+        k = math.floor(false_positive_rate / max(len(todo), 1) * n)
         values = {}
         if "max_variance" in todo:
             values["max_variance"] = _pixel_stats(clean_x)[3]  # the statistic check_batch compares

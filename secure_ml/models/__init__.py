@@ -1,3 +1,3 @@
 from secure_ml.models.small_cnn import MNIST_MEAN, MNIST_STD, SmallCNN
 
-__all__ = ["SmallCNN", "MNIST_MEAN", "MNIST_STD"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "SmallCNN"]

@@ -28,8 +28,7 @@ def poisson_sample_rate(loader: Any) -> float:
     """The loader's Poisson sampling rate q; a clear error when it does not sample by Poisson."""
     sampler = getattr(loader, "batch_sampler", None)
     if not isinstance(loader, DataLoader) or not (
-        isinstance(loader, DPDataLoader)
-        or isinstance(sampler, (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler))
+        isinstance(loader, DPDataLoader) or isinstance(sampler, (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler))
     ):
         raise ConfigError(
             "DP-SGD needs a Poisson-sampled training loader (shuffled batches void the accountant's guarantee); "
@@ -120,7 +119,9 @@ def resolve_grad_sample_mode(cfg: DPConfig, single_forward: bool, distributed: b
         return "hooks"
     if cfg.grad_sample_mode == "ghost":
         if not single_forward:
-            raise ConfigError("--model.dp.grad_sample_mode ghost needs one forward per sample: --model.adversarial.ratio 0 or 1 (or use hooks)")
+            raise ConfigError(
+                "--model.dp.grad_sample_mode ghost needs one forward per sample: --model.adversarial.ratio 0 or 1 (or use hooks)"
+            )
         if distributed:
             raise ConfigError("--model.dp.grad_sample_mode ghost runs in one process; use hooks (or auto) with --trainer.devices > 1")
         return "ghost"
@@ -148,12 +149,18 @@ def make_private(
     sample_rate = poisson_sample_rate(loader)
     n = len(loader.dataset)
     if abs(sample_rate - 1.0 / len(loader)) > 1e-12:
-        raise ConfigError(f"the Poisson sampler's rate {sample_rate:.6g} differs from 1/len(loader) = {1 / len(loader):.6g}, which Opacus accounts with; build the loader with steps = 1/q")
+        raise ConfigError(
+            f"the Poisson sampler's rate {sample_rate:.6g} differs from 1/len(loader) = {1 / len(loader):.6g}, which Opacus accounts with; build the loader with steps = 1/q"
+        )
     if cfg.delta >= 1.0 / n:
-        raise ConfigError(f"--model.dp.delta {cfg.delta:g} must be well below 1/N = {1 / n:.3g} (N = {n} training samples); a larger δ allows leaking a whole record")
+        raise ConfigError(
+            f"--model.dp.delta {cfg.delta:g} must be well below 1/N = {1 / n:.3g} (N = {n} training samples); a larger δ allows leaking a whole record"
+        )
     if state is not None:
         if state["mechanism"] != cfg.accountant:
-            raise ConfigError(f"the checkpoint was accounted with '{state['mechanism']}'; resume with --model.dp.accountant {state['mechanism']}")
+            raise ConfigError(
+                f"the checkpoint was accounted with '{state['mechanism']}'; resume with --model.dp.accountant {state['mechanism']}"
+            )
         if abs(state["sample_rate"] - sample_rate) > 1e-12:
             raise ConfigError(
                 f"the checkpoint trained with sample rate {state['sample_rate']:.6g} but this run has {sample_rate:.6g}; "
@@ -164,12 +171,19 @@ def make_private(
         if total_steps <= 0:
             raise ConfigError("--model.dp.target_epsilon needs a finite training length: set --trainer.max_epochs or --trainer.max_steps")
         try:
-            sigma = float(get_noise_multiplier(
-                target_epsilon=cfg.target_epsilon, target_delta=cfg.delta, sample_rate=sample_rate,
-                steps=total_steps, accountant=cfg.accountant,
-            ))
+            sigma = float(
+                get_noise_multiplier(
+                    target_epsilon=cfg.target_epsilon,
+                    target_delta=cfg.delta,
+                    sample_rate=sample_rate,
+                    steps=total_steps,
+                    accountant=cfg.accountant,
+                )
+            )
         except ValueError as exc:
-            raise ConfigError(f"--model.dp.target_epsilon {cfg.target_epsilon} cannot be reached with δ = {cfg.delta:g}, q = {sample_rate:.4g} and {total_steps} steps ({exc})") from None
+            raise ConfigError(
+                f"--model.dp.target_epsilon {cfg.target_epsilon} cannot be reached with δ = {cfg.delta:g}, q = {sample_rate:.4g} and {total_steps} steps ({exc})"
+            ) from None
     else:
         sigma = cfg.noise_multiplier
     device = next(net.parameters()).device
@@ -183,10 +197,14 @@ def make_private(
         if state is not None:
             engine.accountant.load_state_dict(state["accountant"])
         common = dict(
-            module=module if module is not None else net, optimizer=optimizer, data_loader=loader,
-            noise_multiplier=sigma, max_grad_norm=cfg.max_grad_norm,
+            module=module if module is not None else net,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=cfg.max_grad_norm,
             poisson_sampling=False,  # the loader already samples by Poisson (checked above)
-            wrap_model=False, noise_generator=generator,
+            wrap_model=False,
+            noise_generator=generator,
         )
         if grad_sample_mode == "ghost":
             hooks, dp_optimizer, criterion, _ = engine.make_private(**common, grad_sample_mode="ghost", criterion=nn.CrossEntropyLoss())

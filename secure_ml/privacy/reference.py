@@ -72,7 +72,7 @@ class ReferenceDPOptimizer(torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
         self.expected_batch_size = expected_batch_size
         self.generator = generator
-        self.step_hooks: List[Callable[["ReferenceDPOptimizer"], None]] = []
+        self.step_hooks: List[Callable[[ReferenceDPOptimizer], None]] = []
         self._grad_samples: Optional[Sequence[torch.Tensor]] = None
 
     @property

@@ -5,8 +5,8 @@ from typing import Dict, List, Mapping, Optional
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 BAR_KEYS = [
     ("clean acc", ("test/acc", "val/acc")),
@@ -40,7 +40,9 @@ def _curves(ax, history, keys, title, ylabel, ylim=None) -> None:
         ax.legend(fontsize=8)
 
 
-def dashboard_figure(history: List[Dict[str, float]], final: Optional[Mapping[str, float]] = None, title: str = "secure-ml security dashboard"):
+def dashboard_figure(
+    history: List[Dict[str, float]], final: Optional[Mapping[str, float]] = None, title: str = "secure-ml security dashboard"
+):
     """``history``: one dict of metrics per epoch (with an ``epoch`` key); ``final``: the metrics for the bars (default: last epoch)."""
     final = dict(final if final is not None else (history[-1] if history else {}))
     keys = set().union(*history) if history else set()
@@ -48,7 +50,14 @@ def dashboard_figure(history: List[Dict[str, float]], final: Optional[Mapping[st
     _curves(axes[0, 0], history, [k for k in ("train/acc", "val/acc") if k in keys], "Accuracy", "accuracy", (0, 1.02))
     _curves(axes[0, 1], history, sorted(k for k in keys if k.startswith("adv/")), "Robustness (FGSM / PGD, pixel ε)", "accuracy", (0, 1.02))
     ax = axes[1, 0]
-    _curves(ax, history, sorted(k for k in keys if k.startswith("mia/") and k.endswith("auc")), "Membership inference & privacy", "AUC", (0.4, 1.02))
+    _curves(
+        ax,
+        history,
+        sorted(k for k in keys if k.startswith("mia/") and k.endswith("auc")),
+        "Membership inference & privacy",
+        "AUC",
+        (0.4, 1.02),
+    )
     eps_keys = [k for k in ("privacy/epsilon", "privacy/epsilon_lower_bound") if k in keys]
     if eps_keys:
         twin = ax.twinx()

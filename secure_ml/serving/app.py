@@ -56,7 +56,9 @@ class PredictRequest(BaseModel):
 
 class PredictResponse(BaseModel):
     label: int
-    probabilities: Optional[List[float]] = Field(None, description="softmax, rounded to output.precision; absent when output.probabilities is false")
+    probabilities: Optional[List[float]] = Field(
+        None, description="softmax, rounded to output.precision; absent when output.probabilities is false"
+    )
 
 
 class ErrorResponse(BaseModel):
@@ -90,17 +92,30 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
     clock = clock or time.monotonic
     metrics = Metrics()
     auth = Authenticator(*cfg.auth.resolved_keys()) if cfg.guard_on("auth") else None
-    limiter = (RateLimiter(storage_from_uri(cfg.rate_limit.storage, clock, cfg.rate_limit.max_clients),
-                           cfg.rate_limit.max_qps, cfg.rate_limit.burst) if cfg.guard_on("rate_limit") else None)
+    limiter = (
+        RateLimiter(
+            storage_from_uri(cfg.rate_limit.storage, clock, cfg.rate_limit.max_clients), cfg.rate_limit.max_qps, cfg.rate_limit.burst
+        )
+        if cfg.guard_on("rate_limit")
+        else None
+    )
     # One shared bucket for refused keys: key guessing and bad-key floods are slowed (429) without touching
     # any valid client's bucket.
-    failed_auth = (RateLimiter(MemoryBucketStorage(clock=clock, max_keys=1), cfg.auth.failed_qps, cfg.auth.failed_burst)
-                   if auth is not None else None)
+    failed_auth = (
+        RateLimiter(MemoryBucketStorage(clock=clock, max_keys=1), cfg.auth.failed_qps, cfg.auth.failed_burst) if auth is not None else None
+    )
     num_classes = int(list(model.parameters())[-1].shape[0])
     detector = ExtractionDetector(cfg.extraction, num_classes, clock) if cfg.guard_on("extraction") else None
     audit = AuditLog(cfg.audit.path, cfg.audit.alert_path, cfg.audit.fsync) if cfg.guard_on("audit") else None
-    engine = InferenceEngine(model, policy if cfg.guard_on("policy") else None, detector, cfg.inference.workers,
-                             cfg.inference.timeout_s, cfg.inference.max_pending, cfg.model.torch_threads)
+    engine = InferenceEngine(
+        model,
+        policy if cfg.guard_on("policy") else None,
+        detector,
+        cfg.inference.workers,
+        cfg.inference.timeout_s,
+        cfg.inference.max_pending,
+        cfg.model.torch_threads,
+    )
     out = cfg.output
 
     @asynccontextmanager
@@ -108,8 +123,14 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
         yield
         engine.close()
 
-    api = FastAPI(title="secure-ml inference", version="0.1.0", redoc_url=None, lifespan=lifespan,
-                  description="MNIST triage classifier behind size, auth, rate, input and extraction guards.")
+    api = FastAPI(
+        title="secure-ml inference",
+        version="0.1.0",
+        redoc_url=None,
+        lifespan=lifespan,
+        description="MNIST triage classifier behind size, auth, rate, input and extraction guards.",
+    )
+
     async def on_service_error(_request: Request, exc: ServiceError) -> JSONResponse:  # async: no thread-pool hop
         return _error_response(exc)
 
@@ -125,16 +146,27 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
             allowed, retry_after = failed_auth.check(UNAUTHENTICATED)
             if not allowed:
                 ctx.reject("auth_rate_limited")
-                raise ServiceError(429, "rate_limited", "auth_rate_limited", "too many requests with a missing or wrong API key",
-                                   headers={"Retry-After": str(retry_after)})
+                raise ServiceError(
+                    429,
+                    "rate_limited",
+                    "auth_rate_limited",
+                    "too many requests with a missing or wrong API key",
+                    headers={"Retry-After": str(retry_after)},
+                )
         if presented is None:
             ctx.reject("missing_api_key")
-            raise ServiceError(401, "unauthorized", "missing_api_key", "send an API key in the X-API-Key header",
-                               headers={"WWW-Authenticate": "ApiKey"})
+            raise ServiceError(
+                401, "unauthorized", "missing_api_key", "send an API key in the X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
+            )
         if client is None:
             ctx.reject("invalid_api_key")
-            raise ServiceError(401, "unauthorized", "invalid_api_key", "the API key is not valid" + (" for /metrics" if admin else ""),
-                               headers={"WWW-Authenticate": "ApiKey"})
+            raise ServiceError(
+                401,
+                "unauthorized",
+                "invalid_api_key",
+                "the API key is not valid" + (" for /metrics" if admin else ""),
+                headers={"WWW-Authenticate": "ApiKey"},
+            )
         ctx.client = client
         return client
 
@@ -144,23 +176,44 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
         allowed, retry_after = limiter.check(client)
         if not allowed:
             audit_context(request.scope).reject("rate_limited")
-            raise ServiceError(429, "rate_limited", "rate_limited", f"over the rate limit; retry in {retry_after} s",
-                               headers={"Retry-After": str(retry_after)}, extra={"retry_after": retry_after})
+            raise ServiceError(
+                429,
+                "rate_limited",
+                "rate_limited",
+                f"over the rate limit; retry in {retry_after} s",
+                headers={"Retry-After": str(retry_after)},
+                extra={"retry_after": retry_after},
+            )
 
     def react(request: Request, client: str, verdict) -> None:
         ctx = audit_context(request.scope)
         ctx.alert = ",".join(verdict.signals)
         action = cfg.extraction.action
         if verdict.new_signals:
-            record = {"ts": now_iso(), "type": "extraction_alert", "client": client, "signals": verdict.signals,
-                      "query_index": verdict.query_index, "shapiro_w": verdict.w, "action": action, "request_id": ctx.request_id}
-            logger.warning("extraction alert: client %s signals %s at query %d (W=%s), action %s",
-                           client, verdict.signals, verdict.query_index, verdict.w, action)
+            record = {
+                "ts": now_iso(),
+                "type": "extraction_alert",
+                "client": client,
+                "signals": verdict.signals,
+                "query_index": verdict.query_index,
+                "shapiro_w": verdict.w,
+                "action": action,
+                "request_id": ctx.request_id,
+            }
+            logger.warning(
+                "extraction alert: client %s signals %s at query %d (W=%s), action %s",
+                client,
+                verdict.signals,
+                verdict.query_index,
+                verdict.w,
+                action,
+            )
             if audit is not None:
                 try:
                     audit.alert(record)
                 except OSError as exc:
-                    raise ServiceError(503, "audit_unavailable", "audit_unavailable", f"the alert log cannot be written ({exc})")
+                    logger.error("extraction alert log write failed (%s)", exc)
+                    raise ServiceError(503, "audit_unavailable", "audit_unavailable", "the alert log cannot be written") from None
         if action == "throttle" and limiter is not None:
             limiter.throttle(client, cfg.extraction.throttle_factor)
         elif action == "block":
@@ -180,9 +233,14 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
         lines += ["# TYPE secure_ml_inference_pending gauge", f"secure_ml_inference_pending {engine.pending}"]
         return PlainTextResponse(metrics.render(lines), media_type="text/plain; version=0.0.4")
 
-    @api.post("/predict", summary="Classify one 28x28 digit", response_model=PredictResponse, response_model_exclude_none=True,
-              responses=ERRORS, openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/json": {"schema": PredictRequest.model_json_schema()}}}})
+    @api.post(
+        "/predict",
+        summary="Classify one 28x28 digit",
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}},
+    )
     async def predict(request: Request):
         ctx = audit_context(request.scope)
         body = await request.body()

@@ -179,6 +179,11 @@ class AuditMiddleware:
 
 async def _internal_error(capture) -> None:
     body = b'{"error":"internal_error","reason":"internal_error","detail":"the server failed on this request"}'
-    await capture({"type": "http.response.start", "status": 500,
-                   "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await capture(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await capture({"type": "http.response.body", "body": body, "more_body": False})

@@ -50,8 +50,12 @@ def serve_main(argv: List[str]) -> int:
     sock = bind_socket(cfg.server.host, cfg.server.port)
     host, port = sock.getsockname()[:2]
     state = "on" if cfg.guards else "OFF (benchmark baseline: no auth, limits, policy, audit or detector)"
-    print(f"secure-ml serve: listening on http://{host}:{port} (guards {state}; input policy: {source}; audit log "
-          f"{cfg.audit.path if cfg.guard_on('audit') else 'off'})", file=sys.stderr, flush=True)
+    print(
+        f"secure-ml serve: listening on http://{host}:{port} (guards {state}; input policy: {source}; audit log "
+        f"{cfg.audit.path if cfg.guard_on('audit') else 'off'})",
+        file=sys.stderr,
+        flush=True,
+    )
     serve_forever(service, sock, args.log_level)
     return 0
 
@@ -81,9 +85,9 @@ def _extract_parser() -> argparse.ArgumentParser:
 
 def extract_main(argv: List[str]) -> int:
     args = _extract_parser().parse_args(argv)
-    from secure_ml.serving.simulator import SimulatorConfig, format_report, run_simulation
-
     import httpx
+
+    from secure_ml.serving.simulator import SimulatorConfig, format_report, run_simulation
 
     sim = SimulatorConfig(**{k: v for k, v in vars(args).items() if k != "json"})
     try:

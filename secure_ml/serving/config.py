@@ -51,6 +51,7 @@ class AuthConfig:
 
     def resolved_keys(self) -> Tuple[List[str], List[str]]:
         """Config keys plus the environment's, de-duplicated, order kept."""
+
         def merge(keys: List[str], env: str) -> List[str]:
             extra = [k.strip() for k in os.environ.get(env, "").split(",") if k.strip()]
             return list(dict.fromkeys([*keys, *extra]))
@@ -142,15 +143,35 @@ class ServeConfig:
 
 # ---- loading and validation ------------------------------------------------------------------
 POSITIVE = {
-    "server.timeout_keep_alive_s", "body.max_body_bytes", "body.body_timeout_s", "auth.min_key_length", "auth.failed_qps", "auth.failed_burst",
-    "rate_limit.max_qps", "rate_limit.burst", "rate_limit.max_clients", "policy.calibration_samples",
-    "inference.timeout_s", "inference.workers", "inference.max_pending", "extraction.min_distances",
-    "extraction.window", "extraction.max_queries_per_client", "extraction.max_clients",
-    "extraction.rate_window_s", "extraction.novelty_window", "server.limit_concurrency",
+    "server.timeout_keep_alive_s",
+    "body.max_body_bytes",
+    "body.body_timeout_s",
+    "auth.min_key_length",
+    "auth.failed_qps",
+    "auth.failed_burst",
+    "rate_limit.max_qps",
+    "rate_limit.burst",
+    "rate_limit.max_clients",
+    "policy.calibration_samples",
+    "inference.timeout_s",
+    "inference.workers",
+    "inference.max_pending",
+    "extraction.min_distances",
+    "extraction.window",
+    "extraction.max_queries_per_client",
+    "extraction.max_clients",
+    "extraction.rate_window_s",
+    "extraction.novelty_window",
+    "server.limit_concurrency",
     "extraction.rate_max_queries",
 }
-UNIT_INTERVAL = {"extraction.delta", "extraction.throttle_factor", "extraction.low_confidence",
-                 "extraction.novelty_max_fraction", "policy.false_positive_rate"}
+UNIT_INTERVAL = {
+    "extraction.delta",
+    "extraction.throttle_factor",
+    "extraction.low_confidence",
+    "extraction.novelty_max_fraction",
+    "policy.false_positive_rate",
+}
 
 
 def _walk(obj: Any, prefix: str = ""):
@@ -185,8 +206,10 @@ def validate(cfg: ServeConfig) -> ServeConfig:
     if cfg.guard_on("auth"):
         api_keys, admin_keys = cfg.auth.resolved_keys()
         if not api_keys:
-            raise ConfigError(f"serve.yaml: auth.api_keys is empty and ${API_KEYS_ENV} is unset: no client could call "
-                              "/predict. Set one, or auth.enabled: false for a closed test network")
+            raise ConfigError(
+                f"serve.yaml: auth.api_keys is empty and ${API_KEYS_ENV} is unset: no client could call "
+                "/predict. Set one, or auth.enabled: false for a closed test network"
+            )
         short = [k for k in api_keys + admin_keys if len(k) < cfg.auth.min_key_length]
         if short:
             raise ConfigError(f"serve.yaml: auth: an API key is shorter than auth.min_key_length={cfg.auth.min_key_length}")

@@ -6,8 +6,9 @@ from typing import Dict, Optional
 class ServiceError(Exception):
     """``status`` and a JSON body ``{"error": ..., "reason": ..., "detail": ...}`` (plus ``extra`` fields)."""
 
-    def __init__(self, status: int, error: str, reason: str, detail: str = "",
-                 headers: Optional[Dict[str, str]] = None, extra: Optional[Dict] = None):
+    def __init__(
+        self, status: int, error: str, reason: str, detail: str = "", headers: Optional[Dict[str, str]] = None, extra: Optional[Dict] = None
+    ):
         super().__init__(detail or reason)
         self.status = status
         self.error = error

@@ -92,7 +92,7 @@ class ExtractionDetector:
         self.cfg = cfg
         self.num_classes = num_classes
         self.clock = clock
-        self._clients: "OrderedDict[str, _ClientState]" = OrderedDict()
+        self._clients: OrderedDict[str, _ClientState] = OrderedDict()
         self._blocked: Dict[str, float] = {}  # client -> unblock time (inf = until restart)
         self._lock = threading.Lock()
 
@@ -165,27 +165,47 @@ class ExtractionDetector:
     # ---- reporting -------------------------------------------------------------------------------
     def snapshot(self) -> Dict[str, Dict]:
         with self._lock:
-            return {c: {"queries": s.n_queries, "alarmed_queries": s.alarmed_queries, "first_alert_query": s.first_alert_query,
-                        "alerts": dict(s.alerts), "w": s.last_w, "stored": sum(s.fill.values())}
-                    for c, s in self._clients.items()}
+            return {
+                c: {
+                    "queries": s.n_queries,
+                    "alarmed_queries": s.alarmed_queries,
+                    "first_alert_query": s.first_alert_query,
+                    "alerts": dict(s.alerts),
+                    "w": s.last_w,
+                    "stored": sum(s.fill.values()),
+                }
+                for c, s in self._clients.items()
+            }
 
     def prometheus_lines(self) -> List[str]:
         snap = self.snapshot()
         with self._lock:
             blocked = sum(1 for c in list(self._blocked) if self._blocked[c] > self.clock())
-        out = ["# HELP secure_ml_extraction_queries_total Answered queries seen by the detector, per client (key hash).",
-               "# TYPE secure_ml_extraction_queries_total counter"]
+        out = [
+            "# HELP secure_ml_extraction_queries_total Answered queries seen by the detector, per client (key hash).",
+            "# TYPE secure_ml_extraction_queries_total counter",
+        ]
         out += [f'secure_ml_extraction_queries_total{{client="{c}"}} {v["queries"]}' for c, v in snap.items()]
         out += ["# TYPE secure_ml_extraction_alarmed_queries_total counter"]
         out += [f'secure_ml_extraction_alarmed_queries_total{{client="{c}"}} {v["alarmed_queries"]}' for c, v in snap.items()]
-        out += ["# HELP secure_ml_extraction_alerts_total Alarm onsets per client and signal.",
-                "# TYPE secure_ml_extraction_alerts_total counter"]
-        out += [f'secure_ml_extraction_alerts_total{{client="{c}",signal="{sig}"}} {n}'
-                for c, v in snap.items() for sig, n in sorted(v["alerts"].items())]
-        out += ["# HELP secure_ml_extraction_first_alert_query Index of the client's query that first raised an alarm.",
-                "# TYPE secure_ml_extraction_first_alert_query gauge"]
-        out += [f'secure_ml_extraction_first_alert_query{{client="{c}"}} {v["first_alert_query"]}'
-                for c, v in snap.items() if v["first_alert_query"] is not None]
+        out += [
+            "# HELP secure_ml_extraction_alerts_total Alarm onsets per client and signal.",
+            "# TYPE secure_ml_extraction_alerts_total counter",
+        ]
+        out += [
+            f'secure_ml_extraction_alerts_total{{client="{c}",signal="{sig}"}} {n}'
+            for c, v in snap.items()
+            for sig, n in sorted(v["alerts"].items())
+        ]
+        out += [
+            "# HELP secure_ml_extraction_first_alert_query Index of the client's query that first raised an alarm.",
+            "# TYPE secure_ml_extraction_first_alert_query gauge",
+        ]
+        out += [
+            f'secure_ml_extraction_first_alert_query{{client="{c}"}} {v["first_alert_query"]}'
+            for c, v in snap.items()
+            if v["first_alert_query"] is not None
+        ]
         out += ["# TYPE secure_ml_extraction_shapiro_w gauge"]
         out += [f'secure_ml_extraction_shapiro_w{{client="{c}"}} {v["w"]!r}' for c, v in snap.items() if v["w"] is not None]
         out += ["# TYPE secure_ml_extraction_blocked_clients gauge", f"secure_ml_extraction_blocked_clients {blocked}"]

@@ -33,8 +33,16 @@ class Outcome:
 
 
 class InferenceEngine:
-    def __init__(self, model: nn.Module, policy=None, detector: Optional[ExtractionDetector] = None,
-                 workers: int = 1, timeout_s: float = 2.0, max_pending: int = 64, torch_threads: Optional[int] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        policy=None,
+        detector: Optional[ExtractionDetector] = None,
+        workers: int = 1,
+        timeout_s: float = 2.0,
+        max_pending: int = 64,
+        torch_threads: Optional[int] = None,
+    ):
         self.model = model
         self.policy = policy
         self.detector = detector
@@ -76,8 +84,13 @@ class InferenceEngine:
     async def run(self, x: torch.Tensor, client: Optional[str]) -> Outcome:
         with self._lock:
             if self._pending >= self.max_pending:
-                raise ServiceError(503, "overloaded", "overloaded", f"{self._pending} requests are already being computed; retry later",
-                                   headers={"Retry-After": "1"})
+                raise ServiceError(
+                    503,
+                    "overloaded",
+                    "overloaded",
+                    f"{self._pending} requests are already being computed; retry later",
+                    headers={"Retry-After": "1"},
+                )
             self._pending += 1
         cancelled = threading.Event()
         try:

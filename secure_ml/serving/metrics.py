@@ -26,7 +26,7 @@ def _fmt(value: float) -> str:
 
 
 def _labels(pairs: Iterable[Tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{str(v)}"' for k, v in pairs)
+    inner = ",".join(f'{k}="{v!s}"' for k, v in pairs)
     return "{" + inner + "}" if inner else ""
 
 
@@ -71,18 +71,20 @@ class Metrics:
             rejections = sorted(self.rejections.items())
             rate_limited, audit_failures = self.rate_limited, self.audit_failures
             lsum, lcount = self.latency_sum, self.latency_count
-        out = ["# HELP secure_ml_requests_total HTTP requests by endpoint and status.",
-               "# TYPE secure_ml_requests_total counter"]
+        out = ["# HELP secure_ml_requests_total HTTP requests by endpoint and status.", "# TYPE secure_ml_requests_total counter"]
         out += [f"secure_ml_requests_total{_labels([('endpoint', e), ('status', s)])} {n}" for (e, s), n in requests]
-        out += ["# HELP secure_ml_rejections_total Requests answered 4xx/5xx, by reason.",
-                "# TYPE secure_ml_rejections_total counter"]
+        out += ["# HELP secure_ml_rejections_total Requests answered 4xx/5xx, by reason.", "# TYPE secure_ml_rejections_total counter"]
         out += [f"secure_ml_rejections_total{_labels([('reason', r)])} {n}" for r, n in rejections]
-        out += ["# HELP secure_ml_rate_limited_total Requests answered 429.", "# TYPE secure_ml_rate_limited_total counter",
-                f"secure_ml_rate_limited_total {rate_limited}",
-                "# HELP secure_ml_audit_failures_total Requests failed closed because the audit line could not be written.",
-                "# TYPE secure_ml_audit_failures_total counter", f"secure_ml_audit_failures_total {audit_failures}",
-                "# HELP secure_ml_predict_latency_seconds /predict latency (quantiles over the recent window).",
-                "# TYPE secure_ml_predict_latency_seconds summary"]
+        out += [
+            "# HELP secure_ml_rate_limited_total Requests answered 429.",
+            "# TYPE secure_ml_rate_limited_total counter",
+            f"secure_ml_rate_limited_total {rate_limited}",
+            "# HELP secure_ml_audit_failures_total Requests failed closed because the audit line could not be written.",
+            "# TYPE secure_ml_audit_failures_total counter",
+            f"secure_ml_audit_failures_total {audit_failures}",
+            "# HELP secure_ml_predict_latency_seconds /predict latency (quantiles over the recent window).",
+            "# TYPE secure_ml_predict_latency_seconds summary",
+        ]
         for q, v in self.latency_quantiles().items():
             out.append(f"secure_ml_predict_latency_seconds{_labels([('quantile', q)])} {_fmt(v)}")
         out += [f"secure_ml_predict_latency_seconds_sum {lsum!r}", f"secure_ml_predict_latency_seconds_count {lcount}"]

@@ -85,7 +85,7 @@ def extract_state_dict(ckpt: object, path: Path) -> Dict[str, torch.Tensor]:
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()):
         raise ConfigError(f"--ckpt_path: '{path}': the state_dict must map parameter names to tensors")
     if any(k.startswith(NET_PREFIX) for k in raw):
-        return {k[len(NET_PREFIX):]: v for k, v in raw.items() if k.startswith(NET_PREFIX)}
+        return {k[len(NET_PREFIX) :]: v for k, v in raw.items() if k.startswith(NET_PREFIX)}
     return dict(raw)
 
 

@@ -84,5 +84,5 @@ def parse_image(body: bytes) -> torch.Tensor:
         raise PayloadError("schema", 'expected a JSON object {"image": [[28 numbers] x 28]}')
     extra = sorted(k for k in data if k != "image")
     if extra:
-        raise PayloadError("schema", f"unexpected key {extra[0][:40]!r}; only \"image\" is accepted")
+        raise PayloadError("schema", f'unexpected key {extra[0][:40]!r}; only "image" is accepted')
     return torch.tensor(_rows(data["image"]), dtype=torch.float64).unsqueeze(0)

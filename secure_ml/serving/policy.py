@@ -46,10 +46,17 @@ def build_policy_with_source(cfg: PolicyConfig, model: nn.Module, stored: Option
         try:
             return InputPolicy.from_dict(stored), "calibrated during training (from the checkpoint)"
         except ValueError as exc:
-            raise ConfigError(f"--ckpt_path: the checkpoint's stored input policy is invalid ({exc}); "
-                              "set policy.from_checkpoint: false to use serve.yaml's limits") from None
+            raise ConfigError(
+                f"--ckpt_path: the checkpoint's stored input policy is invalid ({exc}); "
+                "set policy.from_checkpoint: false to use serve.yaml's limits"
+            ) from None
     try:
-        return InputPolicy(min_value=cfg.min_value, max_value=cfg.max_value, max_variance=cfg.max_variance,
-                           max_energy=cfg.max_energy, max_density=cfg.max_density), "serve.yaml limits"
+        return InputPolicy(
+            min_value=cfg.min_value,
+            max_value=cfg.max_value,
+            max_variance=cfg.max_variance,
+            max_energy=cfg.max_energy,
+            max_density=cfg.max_density,
+        ), "serve.yaml limits"
     except ValueError as exc:
         raise ConfigError(f"serve.yaml: policy: {exc}") from None

@@ -45,7 +45,7 @@ class MemoryBucketStorage(BucketStorage):
     def __init__(self, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
         self.clock = clock
         self.max_keys = max_keys
-        self._buckets: "OrderedDict[str, Tuple[float, float]]" = OrderedDict()
+        self._buckets: OrderedDict[str, Tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def take(self, key: str, capacity: float, rate: float, cost: float = 1.0) -> Tuple[bool, float]:

@@ -36,9 +36,17 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def uvicorn_config(service: Service, log_level: str = "warning") -> uvicorn.Config:
     cfg = service.cfg.server
-    return uvicorn.Config(service.asgi, http="h11", lifespan="on", access_log=False, log_level=log_level,
-                          limit_concurrency=cfg.limit_concurrency, timeout_keep_alive=int(max(1, cfg.timeout_keep_alive_s)),
-                          server_header=False, date_header=True)
+    return uvicorn.Config(
+        service.asgi,
+        http="h11",
+        lifespan="on",
+        access_log=False,
+        log_level=log_level,
+        limit_concurrency=cfg.limit_concurrency,
+        timeout_keep_alive=int(max(1, cfg.timeout_keep_alive_s)),
+        server_header=False,
+        date_header=True,
+    )
 
 
 def serve_forever(service: Service, sock: socket.socket, log_level: str = "warning") -> None:

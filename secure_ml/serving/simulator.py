@@ -143,8 +143,14 @@ def run_attack(cfg: SimulatorConfig, seeds: torch.Tensor, deadline: float) -> Di
                 pending = (known_x + cfg.noise_std * torch.randn(known_x.shape, generator=g)).clamp(0.0, 1.0)
     finally:
         client.close()
-    return {"x": torch.stack(xs) if xs else torch.empty(0, 1, 28, 28), "y": torch.tensor(ys, dtype=torch.long),
-            "sent": client.sent, "retries": client.retries, "invalid": invalid, "detected_at_403": detected_at}
+    return {
+        "x": torch.stack(xs) if xs else torch.empty(0, 1, 28, 28),
+        "y": torch.tensor(ys, dtype=torch.long),
+        "sent": client.sent,
+        "retries": client.retries,
+        "invalid": invalid,
+        "detected_at_403": detected_at,
+    }
 
 
 def run_benign(cfg: SimulatorConfig, digits: torch.Tensor, deadline: float) -> Dict:
@@ -162,7 +168,13 @@ def run_benign(cfg: SimulatorConfig, digits: torch.Tensor, deadline: float) -> D
                 answered.append(i)
     finally:
         client.close()
-    return {"sent": client.sent, "refused": refused, "invalid": invalid, "labels": torch.tensor(labels, dtype=torch.long), "answered": answered}
+    return {
+        "sent": client.sent,
+        "refused": refused,
+        "invalid": invalid,
+        "labels": torch.tensor(labels, dtype=torch.long),
+        "answered": answered,
+    }
 
 
 def run_simulation(cfg: SimulatorConfig) -> Dict:
@@ -177,7 +189,7 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
     deadline = t0 + cfg.time_limit
     test_x, _ = load_mnist(str(cfg.data_dir or DEFAULT_DATA), train=False, download=False)
     seeds = test_x[: min(cfg.seeds, EVAL_OFFSET)]
-    eval_x = test_x[EVAL_OFFSET: EVAL_OFFSET + cfg.benign_queries]
+    eval_x = test_x[EVAL_OFFSET : EVAL_OFFSET + cfg.benign_queries]
     report: Dict = {"mode": cfg.mode, "query_budget": cfg.queries, "seeds": len(seeds)}
 
     benign = run_benign(cfg, eval_x, deadline) if cfg.benign_api_key and len(eval_x) else None
@@ -187,9 +199,14 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
     first_alert = _metric(metrics, "secure_ml_extraction_first_alert_query", cfg.api_key)
     candidates = [v for v in (attack["detected_at_403"], first_alert) if v is not None]
     detected_at = int(min(candidates)) if candidates else None
-    report.update(queries_sent=attack["sent"], rate_limit_waits=attack["retries"], input_policy_422=attack["invalid"], detected=detected_at is not None,
-                  queries_to_detection=detected_at, detection_seen_via=("403" if attack["detected_at_403"] is not None else "metrics")
-                  if detected_at is not None else None)
+    report.update(
+        queries_sent=attack["sent"],
+        rate_limit_waits=attack["retries"],
+        input_policy_422=attack["invalid"],
+        detected=detected_at is not None,
+        queries_to_detection=detected_at,
+        detection_seen_via=("403" if attack["detected_at_403"] is not None else "metrics") if detected_at is not None else None,
+    )
 
     if cfg.ckpt_path:
         from secure_ml.serving.model_loading import load_model
@@ -209,7 +226,9 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
     else:
         n_before = min(len(attack["y"]), int(first_alert) - 1)  # the detector counts answered queries, like the labels
     report["labels_before_detection"] = n_before
-    report["copy_agreement_at_detection"] = agreement(train_copy(attack["x"][:n_before], attack["y"][:n_before], cfg.epochs, cfg.seed), truth_x, truth)
+    report["copy_agreement_at_detection"] = agreement(
+        train_copy(attack["x"][:n_before], attack["y"][:n_before], cfg.epochs, cfg.seed), truth_x, truth
+    )
     report["labels_total"] = len(attack["y"])
     if len(attack["y"]) > n_before:
         report["copy_agreement_final"] = agreement(train_copy(attack["x"], attack["y"], cfg.epochs, cfg.seed), truth_x, truth)
@@ -218,26 +237,34 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
     if benign is not None:
         alarmed = _metric(metrics, "secure_ml_extraction_alarmed_queries_total", cfg.benign_api_key) or 0
         flagged = max(benign["refused"], int(alarmed))
-        report["benign"] = {"queries": benign["sent"], "flagged_or_refused": flagged, "input_policy_422": benign["invalid"],
-                            "false_positive_rate": flagged / benign["sent"] if benign["sent"] else None,
-                            "first_alert_query": _metric(metrics, "secure_ml_extraction_first_alert_query", cfg.benign_api_key)}
+        report["benign"] = {
+            "queries": benign["sent"],
+            "flagged_or_refused": flagged,
+            "input_policy_422": benign["invalid"],
+            "false_positive_rate": flagged / benign["sent"] if benign["sent"] else None,
+            "first_alert_query": _metric(metrics, "secure_ml_extraction_first_alert_query", cfg.benign_api_key),
+        }
     report["elapsed_s"] = round(time.monotonic() - t0, 1)
     return report
 
 
 def format_report(r: Dict) -> str:
     pct = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"  # noqa: E731
-    lines = [f"extraction simulator ({r['mode']}, {r['seeds']} seed digits, budget {r['query_budget']} queries)",
-             f"  queries sent:                 {r['queries_sent']} (rate-limit waits: {r['rate_limit_waits']}, "
-             f"refused by the input policy: {r['input_policy_422']})",
-             f"  detected:                     {'yes, at query ' + str(r['queries_to_detection']) + ' (seen via ' + r['detection_seen_via'] + ')' if r['detected'] else 'no'}",
-             f"  copy agreement at detection:  {pct(r['copy_agreement_at_detection'])} ({r['labels_before_detection']} labels; "
-             f"{r['agreement_digits']} held-out digits, truth: {r['truth']})"]
+    lines = [
+        f"extraction simulator ({r['mode']}, {r['seeds']} seed digits, budget {r['query_budget']} queries)",
+        f"  queries sent:                 {r['queries_sent']} (rate-limit waits: {r['rate_limit_waits']}, "
+        f"refused by the input policy: {r['input_policy_422']})",
+        f"  detected:                     {'yes, at query ' + str(r['queries_to_detection']) + ' (seen via ' + r['detection_seen_via'] + ')' if r['detected'] else 'no'}",
+        f"  copy agreement at detection:  {pct(r['copy_agreement_at_detection'])} ({r['labels_before_detection']} labels; "
+        f"{r['agreement_digits']} held-out digits, truth: {r['truth']})",
+    ]
     if "copy_agreement_final" in r:
         lines.append(f"  copy agreement, all labels:   {pct(r['copy_agreement_final'])} ({r['labels_total']} labels)")
     if "benign" in r:
         b = r["benign"]
-        lines.append(f"  benign replay:                {b['queries']} held-out digits, {b['flagged_or_refused']} flagged/refused by "
-                     f"the detector, FPR {pct(b['false_positive_rate'])} ({b['input_policy_422']} refused by the input policy)")
+        lines.append(
+            f"  benign replay:                {b['queries']} held-out digits, {b['flagged_or_refused']} flagged/refused by "
+            f"the detector, FPR {pct(b['false_positive_rate'])} ({b['input_policy_422']} refused by the input policy)"
+        )
     lines.append(f"  elapsed:                      {r['elapsed_s']} s")
     return "\n".join(lines)

@@ -22,7 +22,7 @@ def train_copy(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> Smal
     for _ in range(epochs if len(x) else 0):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
-            idx = perm[i:i + 64]
+            idx = perm[i : i + 64]
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
