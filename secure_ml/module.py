@@ -15,11 +15,11 @@ from torch import nn
 from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
 from secure_ml.errors import ConfigError
 from secure_ml.models import SmallCNN
+from secure_ml.models.registry import describe_net
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import PrivateTraining, epsilon_from_state, make_private, poisson_sample_rate, resolve_grad_sample_mode
+from secure_ml.privacy.ledger import DP_STATE_KEY
 from secure_ml.privacy.reference import ReferenceDPOptimizer, per_sample_gradients
-
-DP_STATE_KEY = "secure_ml_dp"
 
 
 class SecureClassifier(LightningModule):
@@ -51,7 +51,7 @@ class SecureClassifier(LightningModule):
         self.automatic_optimization = not (dp.enabled and dp.backend == "reference")
         self.private: Optional[PrivateTraining] = None
         self._resume_dp_state: Optional[Dict[str, Any]] = None
-        self.save_hyperparameters({"net": type(self.net).__name__, "adversarial": asdict(adversarial), "dp": asdict(dp)})
+        self.save_hyperparameters({"net": describe_net(self.net), "adversarial": asdict(adversarial), "dp": asdict(dp)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

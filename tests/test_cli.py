@@ -64,6 +64,7 @@ def _scalars(log_dir: Path):
     return set(ea.Tags()["scalars"])
 
 
+@pytest.mark.slow
 def test_fit_then_test_in_process(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     common = [
@@ -119,6 +120,7 @@ def _run_cli(*args, cwd):
     ],
     ids=["poison-rate", "negative-eps", "train-size", "sanitizer", "top-level-optimizer", "poisson-off", "batchnorm"],
 )
+@pytest.mark.slow
 def test_bad_input_is_one_clear_error(tiny_mnist, tmp_path, extra, needle):
     proc = _run_cli(
         "fit",
@@ -144,6 +146,7 @@ def test_bad_input_is_one_clear_error(tiny_mnist, tmp_path, extra, needle):
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_data_says_where_files_go(tmp_path):
     proc = _run_cli("fit", "--config", str(BASE), "--data.data_dir", str(tmp_path / "none"), "--data.download", "false", cwd=tmp_path)
     assert proc.returncode == 2

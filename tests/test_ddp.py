@@ -9,7 +9,9 @@ import pytest
 import torch
 from opacus.accountants import create_accountant
 
-from tests.conftest import make_mnist_dir
+from tests.helpers.data import make_mnist_dir
+
+pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 JOB = Path(__file__).with_name("_ddp_job.py")
 REPO = JOB.parents[1]

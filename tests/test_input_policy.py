@@ -1,39 +1,14 @@
 """Input policy: each bad-input kind gets its reason; sponges are rejected; clean held-out digits pass."""
 
-import functools
 import json
 from collections import Counter
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from secure_ml.attacks.sponge import craft_sponges, gaussian_sponges
-from secure_ml.data.mnist import load_mnist
 from secure_ml.defenses import InputPolicy, PolicyDecision
-from secure_ml.models.small_cnn import SmallCNN
-
-
-@functools.lru_cache(maxsize=1)
-def trained_small_cnn(data_dir: str):
-    """SmallCNN after one Adam epoch on 2,000 real training digits (~90% test accuracy), plus the data.
-
-    Cached so that test_sponge.py reuses the same model in one pytest process; callers must not train it.
-    """
-    x, y = load_mnist(data_dir, train=True, download=False)
-    xt, yt = load_mnist(data_dir, train=False, download=False)
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    model = SmallCNN()
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    perm = torch.randperm(2000, generator=g)
-    for i in range(0, 2000, 32):
-        idx = perm[i : i + 32]
-        opt.zero_grad()
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        opt.step()
-    model.zero_grad(set_to_none=True)
-    return model.eval(), x, y, xt, yt
+from tests.helpers.models import trained_small_cnn
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from secure_ml.cli import main
 from secure_ml.data import MNISTDataModule, PoisonConfig, SanitizerConfig
+
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 CAPSTONE = yaml.safe_load((REPO / "configs" / "capstone.yaml").read_text())["data"]

@@ -5,10 +5,13 @@ import json
 import shutil
 
 import httpx
+import pytest
 
 from secure_ml.serving.auth import client_id
 from secure_ml.serving.metrics import parse_prometheus
-from tests.test_serving_support import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, raw_http, running, status_of
+from tests.helpers.serving import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, raw_http, running, status_of
+
+pytestmark = pytest.mark.serving
 
 PIXEL = 0.123456789
 IMAGE = {"image": [[PIXEL] * 28 for _ in range(28)]}

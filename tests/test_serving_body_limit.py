@@ -7,8 +7,9 @@ import httpx
 import pytest
 
 from secure_ml.serving.body_limit import BodyLimitMiddleware
-from tests.test_serving_guards import ZEROS, post
-from tests.test_serving_support import KEY_A, base_config, raw_http, running, status_of
+from tests.helpers.serving import KEY_A, ZEROS, base_config, post, raw_http, running, status_of
+
+pytestmark = pytest.mark.serving
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,10 @@ from secure_ml.models import SmallCNN
 from secure_ml.serving.config import config_from_dict, load_serve_config
 from secure_ml.serving.model_loading import UnsafeCheckpointError, load_checkpoint, load_model
 from secure_ml.serving.policy import build_policy_with_source
-from tests.test_serving_support import KEY_A, REAL_DATA, REPO, digit_body, trained_checkpoint, write_checkpoint
+from tests.helpers.data import REAL_DATA, REPO
+from tests.helpers.serving import KEY_A, digit_body, trained_checkpoint, write_checkpoint
+
+pytestmark = pytest.mark.serving
 
 
 class Payload:
@@ -53,6 +56,7 @@ def test_malicious_checkpoint_refused_without_running_it(evil_ckpt):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_malicious_checkpoint_cli_subprocess(evil_ckpt):
     path, marker = evil_ckpt
     env = {**os.environ, "SECURE_ML_API_KEYS": KEY_A}
@@ -179,7 +183,7 @@ def test_real_fit_checkpoint_loads(tmp_path, monkeypatch):
 
 def test_checkpoint_policy_is_served(tmp_path):
     """A policy stored by the SpongeCallback is enforced unless policy.from_checkpoint is false."""
-    from tests.test_serving_support import base_config, running
+    from tests.helpers.serving import base_config, running
 
     stored = {"shape": [1, 28, 28], "min_value": 0.0, "max_value": 1.0, "max_variance": 0.01, "max_energy": None, "max_density": None}
     ckpt = write_checkpoint(tmp_path / "p.ckpt", callbacks={"SpongeCallback": {"policy": stored}})
@@ -190,6 +194,7 @@ def test_checkpoint_policy_is_served(tmp_path):
         assert r.status_code == expected and (expected == 200 or r.json()["reason"] == "variance")
 
 
+@pytest.mark.slow
 def test_serve_subprocess_end_to_end(tmp_path):
     env = {**os.environ, "SECURE_ML_API_KEYS": KEY_A}
     cfg = tmp_path / "serve.yaml"
@@ -222,6 +227,7 @@ def test_serve_subprocess_end_to_end(tmp_path):
     assert len((tmp_path / "audit.jsonl").read_text().splitlines()) >= 2
 
 
+@pytest.mark.slow
 def test_serving_never_imports_lightning_or_secure_classifier():
     code = (
         "import sys, secure_ml.serving.app, secure_ml.serving.cli, secure_ml.serving.policy, secure_ml.serving.server, "

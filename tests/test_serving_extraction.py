@@ -11,7 +11,10 @@ from secure_ml.serving.auth import client_id
 from secure_ml.serving.config import ExtractionConfig
 from secure_ml.serving.extraction import ExtractionDetector, shapiro_w
 from secure_ml.serving.simulator import SimulatorConfig, check_loopback, format_report, run_simulation
-from tests.test_serving_support import ADMIN, KEY_A, KEY_B, REAL_DATA, FakeClock, audit_lines, base_config, running, trained_checkpoint
+from tests.helpers.data import REAL_DATA
+from tests.helpers.serving import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, running, trained_checkpoint
+
+pytestmark = pytest.mark.serving
 
 ZEROS = {"image": [[0.0] * 28 for _ in range(28)]}
 
@@ -106,6 +109,7 @@ def test_block_answers_403(tmp_path):
     assert "label" not in codes[20].json() and other == 200
 
 
+@pytest.mark.slow
 def test_simulator_detected_benign_replay_quiet(tmp_path):
     """Jacobian extraction over HTTP is blocked within a few hundred queries; 600 held-out digits are not flagged."""
     with running(base_config(tmp_path)) as srv:  # the shipped detector defaults: N=100, delta=0.9, block

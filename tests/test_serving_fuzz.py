@@ -8,7 +8,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_serving_support import ADMIN, KEY_A, KEY_B, base_config, running
+from tests.helpers.serving import ADMIN, KEY_A, KEY_B, base_config, running
+
+pytestmark = [pytest.mark.serving, pytest.mark.slow]
 
 VALID = [[0.0] * 28 for _ in range(28)]
 SAFE_TEXT = string.ascii_letters + string.digits + "-_./~%"

@@ -9,16 +9,10 @@ import torch
 
 from secure_ml.serving.auth import KeyRing, client_id
 from secure_ml.serving.rate_limit import MemoryBucketStorage, RateLimiter
-from tests.test_serving_support import ADMIN, KEY_A, KEY_B, REAL_DATA, FakeClock, base_config, digit_body, running
+from tests.helpers.data import REAL_DATA
+from tests.helpers.serving import ADMIN, KEY_A, KEY_B, FakeClock, base_config, digit_body, post, running
 
-ZEROS = {"image": [[0.0] * 28 for _ in range(28)]}
-
-
-def post(srv, body=ZEROS, key=KEY_A, **kw):
-    headers = {"X-API-Key": key} if key is not None else {}
-    if isinstance(body, (bytes, str)):
-        return httpx.post(srv.url + "/predict", content=body, headers={**headers, "Content-Type": "application/json"}, **kw)
-    return httpx.post(srv.url + "/predict", json=body, headers=headers, **kw)
+pytestmark = pytest.mark.serving
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +167,7 @@ def test_422_energy_sponge(tmp_path):
     from secure_ml.attacks.sponge import craft_sponges
     from secure_ml.data.mnist import load_mnist
     from secure_ml.serving.model_loading import load_model
-    from tests.test_serving_support import trained_checkpoint
+    from tests.helpers.serving import trained_checkpoint
 
     cfg = base_config(tmp_path, policy={"calibrate": True, "calibration_data_dir": str(REAL_DATA), "calibration_samples": 1000})
     with running(cfg) as s:

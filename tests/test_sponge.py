@@ -14,7 +14,7 @@ from secure_ml.attacks.sponge import (
     sponge_report,
 )
 from secure_ml.models.small_cnn import SmallCNN
-from tests.test_input_policy import trained_small_cnn
+from tests.helpers.models import trained_small_cnn
 
 
 @pytest.fixture(scope="module")

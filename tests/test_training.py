@@ -83,6 +83,7 @@ def test_target_epsilon_calibrates_noise(tiny_mnist, tmp_path):
     assert float(trainer.callback_metrics["privacy/epsilon"]) == pytest.approx(3.0, abs=0.05)
 
 
+@pytest.mark.slow
 def test_resume_continues_epsilon(tiny_mnist, tmp_path):
     straight = _model()
     t = _trainer(tmp_path / "a", epochs=2)
@@ -193,6 +194,7 @@ def test_unreachable_target_epsilon_and_large_delta_are_config_errors(tiny_mnist
         _trainer(tmp_path).fit(_model(delta=0.01), _dm(tiny_mnist))  # N = 400: 1/N = 0.0025
 
 
+@pytest.mark.slow
 def test_unbounded_training_stops_at_the_privacy_budget(tiny_mnist, tmp_path):
     from secure_ml.callbacks import PrivacyBudget
 

@@ -6,6 +6,8 @@ from typing import Iterator, Optional, Tuple
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from secure_ml.errors import ConfigError
+
 
 def stage_of(trainer: Trainer) -> str:
     """``test`` while testing, else ``val`` (validation during fit, or ``validate``)."""
@@ -63,9 +65,8 @@ def on_device(pl_module: LightningModule, *tensors: torch.Tensor):
     return tuple(t.to(pl_module.device) for t in tensors)
 
 
-def optional_int(value: Optional[int], name: str, low: int = 1) -> None:
-    from secure_ml.errors import ConfigError
-
+def check_min(value: Optional[int], name: str, low: int = 1) -> None:
+    """ConfigError naming ``name`` when ``value`` (if set) is below ``low``."""
     if value is not None and value < low:
         raise ConfigError(f"{name} must be >= {low}; got {value}")
 
@@ -74,6 +75,7 @@ class EpochMetricCallback(Callback):
     """Base: computes ``_evaluate(pl_module, stage)`` at the end of every validation/test epoch and logs it."""
 
     every_n_epochs: int = 1
+    enabled: bool = True
 
     def _evaluate(self, pl_module: LightningModule, stage: str) -> dict:
         raise NotImplementedError
@@ -84,7 +86,7 @@ class EpochMetricCallback(Callback):
             return self._evaluate(pl_module, stage)
 
     def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if should_run(trainer, self.every_n_epochs):
+        if self.enabled and should_run(trainer, self.every_n_epochs):
             log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

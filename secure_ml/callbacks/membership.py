@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 
 from secure_ml.attacks.membership import SCORE_KINDS, balance, membership_metrics, model_scores
-from secure_ml.callbacks._common import EpochMetricCallback, held_out, members, on_device, optional_int, subsample
+from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, members, on_device, subsample
 from secure_ml.errors import ConfigError
 from secure_ml.privacy.audit import empirical_epsilon_lower_bound
 
@@ -25,19 +25,27 @@ class MembershipInferenceCallback(EpochMetricCallback):
         delta: δ of the audit; null takes the model's ``dp.delta`` (or 1e-5).
         confidence: confidence level of the audit's lower bound.
         every_n_epochs: run every n-th epoch (and always on the last one and in test).
+        enabled: false switches the callback off (``--<key>.enabled false`` on the CLI).
         seed: seed of the member/non-member subsample.
     """
 
     def __init__(
-        self, max_samples: int = 1000, delta: Optional[float] = None, confidence: float = 0.95, every_n_epochs: int = 1, seed: int = 0
+        self,
+        max_samples: int = 1000,
+        delta: Optional[float] = None,
+        confidence: float = 0.95,
+        every_n_epochs: int = 1,
+        seed: int = 0,
+        enabled: bool = True,
     ):
-        optional_int(max_samples, "MembershipInferenceCallback max_samples", 2)
-        optional_int(every_n_epochs, "MembershipInferenceCallback every_n_epochs")
+        check_min(max_samples, "MembershipInferenceCallback max_samples", 2)
+        check_min(every_n_epochs, "MembershipInferenceCallback every_n_epochs")
         if delta is not None and not 0 < delta < 1:
             raise ConfigError(f"MembershipInferenceCallback delta must be in (0, 1); got {delta}")
         if not 0 < confidence < 1:
             raise ConfigError(f"MembershipInferenceCallback confidence must be in (0, 1); got {confidence}")
         self.max_samples, self.delta, self.confidence, self.every_n_epochs, self.seed = max_samples, delta, confidence, every_n_epochs, seed
+        self.enabled = enabled
 
     def _evaluate(self, pl_module, stage: str) -> dict:
         trainer = pl_module.trainer

@@ -5,8 +5,9 @@ from typing import List, Optional
 import torch
 
 from secure_ml.attacks import fgsm, pgd
-from secure_ml.callbacks._common import EpochMetricCallback, held_out, on_device, optional_int, subsample
+from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
 from secure_ml.errors import ConfigError
+from secure_ml.report.metric_names import FGSM_ACC, PGD_ACC, at
 
 
 def _accuracy(net, x, y, batch_size) -> float:
@@ -29,6 +30,7 @@ class RobustnessCallback(EpochMetricCallback):
         pgd_max_samples: held-out digits attacked with PGD (the costlier attack) each epoch.
         batch_size: attack batch size.
         every_n_epochs: run every n-th epoch (and always on the last one and in test).
+        enabled: false switches the callback off (``--<key>.enabled false`` on the CLI).
         seed: seed of the subsample and of PGD's random start.
     """
 
@@ -43,6 +45,7 @@ class RobustnessCallback(EpochMetricCallback):
         batch_size: int = 256,
         every_n_epochs: int = 1,
         seed: int = 0,
+        enabled: bool = True,
     ):
         for e in list(epsilons) + ([pgd_epsilon] if pgd_epsilon is not None else []):
             if not 0 < e <= 1:
@@ -54,10 +57,11 @@ class RobustnessCallback(EpochMetricCallback):
             ("every_n_epochs", every_n_epochs),
             ("pgd_steps", pgd_steps),
         ):
-            optional_int(v, f"RobustnessCallback {name}")
+            check_min(v, f"RobustnessCallback {name}")
         self.epsilons, self.pgd_epsilon, self.pgd_steps, self.pgd_step_size = list(epsilons), pgd_epsilon, pgd_steps, pgd_step_size
         self.max_samples, self.pgd_max_samples, self.batch_size = max_samples, pgd_max_samples, batch_size
         self.every_n_epochs, self.seed = every_n_epochs, seed
+        self.enabled = enabled
 
     def _evaluate(self, pl_module, stage: str) -> dict:
         net = pl_module.net
@@ -68,7 +72,7 @@ class RobustnessCallback(EpochMetricCallback):
             adv = torch.cat(
                 [fgsm(net, x[i : i + self.batch_size], y[i : i + self.batch_size], eps) for i in range(0, len(y), self.batch_size)]
             )
-            out[f"adv/fgsm_acc@{eps:g}"] = _accuracy(net, adv, y, self.batch_size)
+            out[at(FGSM_ACC, eps)] = _accuracy(net, adv, y, self.batch_size)
         if self.pgd_epsilon is not None:
             xp, yp = x[: self.pgd_max_samples], y[: self.pgd_max_samples]
             gen = torch.Generator(device=xp.device).manual_seed(self.seed)
@@ -87,5 +91,5 @@ class RobustnessCallback(EpochMetricCallback):
                     for i in range(0, len(yp), self.batch_size)
                 ]
             )
-            out[f"adv/pgd_acc@{self.pgd_epsilon:g}"] = _accuracy(net, adv, yp, self.batch_size)
+            out[at(PGD_ACC, self.pgd_epsilon)] = _accuracy(net, adv, yp, self.batch_size)
         return out

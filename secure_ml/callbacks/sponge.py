@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 from secure_ml.attacks.sponge import craft_sponges, gaussian_sponges, sponge_report
-from secure_ml.callbacks._common import EpochMetricCallback, held_out, on_device, optional_int, subsample
+from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
 from secure_ml.defenses.input_policy import InputPolicy
 from secure_ml.errors import ConfigError
 
@@ -32,6 +32,7 @@ class SpongeCallback(EpochMetricCallback):
         max_samples: clean digits on which the false-positive rate is measured.
         latency_repeats: timed forwards of a clean and a crafted batch (median) for ``sponge/latency_ratio``.
         every_n_epochs: run every n-th epoch (and always on the last one and in test).
+        enabled: false switches the callback off (``--<key>.enabled false`` on the CLI).
         seed: seed of the subsamples and of the noise.
     """
 
@@ -47,6 +48,7 @@ class SpongeCallback(EpochMetricCallback):
         latency_repeats: int = 3,
         every_n_epochs: int = 1,
         seed: int = 0,
+        enabled: bool = True,
     ):
         for name, v in (
             ("latency_repeats", latency_repeats),
@@ -56,7 +58,7 @@ class SpongeCallback(EpochMetricCallback):
             ("max_samples", max_samples),
             ("every_n_epochs", every_n_epochs),
         ):
-            optional_int(v, f"SpongeCallback {name}")
+            check_min(v, f"SpongeCallback {name}")
         if not 0 < false_positive_rate < 1:
             raise ConfigError(f"SpongeCallback false_positive_rate must be in (0, 1); got {false_positive_rate}")
         if not gaussian_scales or any(s <= 0 for s in gaussian_scales):
@@ -64,6 +66,7 @@ class SpongeCallback(EpochMetricCallback):
         self.n_sponges, self.gaussian_scales, self.craft_steps, self.craft_lr = n_sponges, list(gaussian_scales), craft_steps, craft_lr
         self.calibration_samples, self.false_positive_rate, self.max_samples = calibration_samples, false_positive_rate, max_samples
         self.every_n_epochs, self.seed, self.latency_repeats = every_n_epochs, seed, latency_repeats
+        self.enabled = enabled
         self.policy: Optional[InputPolicy] = None
 
     def _clean_splits(self, trainer, stage: str):

@@ -23,6 +23,7 @@ class SmallCNN(nn.Module):
 
     def __init__(self, num_classes: int = 10, mean: float = MNIST_MEAN, std: float = MNIST_STD):
         super().__init__()
+        self.num_classes = int(num_classes)
         self.mean = float(mean)
         self.std = float(std)
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)

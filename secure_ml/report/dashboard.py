@@ -1,6 +1,6 @@
 """The security dashboard: per-epoch curves and the final scorecard bars, as one matplotlib figure."""
 
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import matplotlib
 
@@ -8,15 +8,28 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from secure_ml.report.metric_names import AUTOATTACK_ACC, FGSM_ACC, PGD_ACC, split
+
+# The final bars: (label, candidate keys) — the first key present is drawn. Attack families show their largest radius.
 BAR_KEYS = [
     ("clean acc", ("test/acc", "val/acc")),
-    ("FGSM acc@0.1", ("adv/fgsm_acc@0.1",)),
-    ("PGD acc@0.1", ("adv/pgd_acc@0.1",)),
     ("MIA AUC", ("mia/auc",)),
     ("MIA loss AUC", ("mia/loss_auc",)),
     ("sponges rejected", ("sponge/reject_rate",)),
     ("clean rejected", ("sponge/false_positive_rate",)),
 ]
+BAR_FAMILIES = ((FGSM_ACC, "FGSM acc"), (PGD_ACC, "PGD acc"), (AUTOATTACK_ACC, "AutoAttack acc"))
+
+
+def _bars(final: Mapping[str, float]) -> List[Tuple[str, float]]:
+    bars = [(label, next((final[k] for k in ks if k in final), None)) for label, ks in BAR_KEYS[:1]]
+    for prefix, label in BAR_FAMILIES:
+        family = [(split(k)[1], k) for k in final if split(k)[0] == prefix and split(k)[1] is not None]
+        if family:
+            radius, key = max(family)
+            bars.append((f"{label}@{radius:g}", final[key]))
+    bars += [(label, next((final[k] for k in ks if k in final), None)) for label, ks in BAR_KEYS[1:]]
+    return [(label, v) for label, v in bars if v is not None]
 
 
 def _series(history: List[Dict[str, float]], key: str):
@@ -68,11 +81,14 @@ def dashboard_figure(
         twin.set_ylim(bottom=0)
         twin.legend(fontsize=8, loc="center right")
     ax = axes[1, 1]
-    bars = [(label, next((final[k] for k in ks if k in final), None)) for label, ks in BAR_KEYS]
-    bars = [(label, v) for label, v in bars if v is not None]
+    bars = _bars(final)
     if bars:
         labels, values = zip(*bars)
-        rects = ax.bar(labels, values, color=["#2ecc71", "#e67e22", "#d35400", "#3498db", "#2980b9", "#e74c3c", "#95a5a6"][: len(values)])
+        rects = ax.bar(
+            labels,
+            values,
+            color=(["#2ecc71", "#e67e22", "#d35400", "#a04000", "#3498db", "#2980b9", "#e74c3c", "#95a5a6"] * 2)[: len(values)],
+        )
         ax.bar_label(rects, labels=[f"{v:.3f}" for v in values], fontsize=8)
         ax.tick_params(axis="x", rotation=30, labelsize=8)
     ax.set_ylim(0, 1.1)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Mapping
 
 from secure_ml.errors import ConfigError
+from secure_ml.report.metric_names import check_known
 
 _OPS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 _RULE = re.compile(r"^\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+|inf)\s*$")
@@ -29,6 +30,7 @@ def parse_gates(rules: Mapping[str, str]) -> List[Gate]:
     """``{metric: "<op> <number>"}`` → gates; a clear error naming the bad rule."""
     gates = []
     for metric, rule in rules.items():
+        check_known(metric, "Scorecard gate")
         m = _RULE.match(str(rule))
         if not m:
             raise ConfigError(f"Scorecard gate for '{metric}' must look like '<= 0.55' (ops: <=, >=, <, >, ==); got '{rule}'")

@@ -103,15 +103,7 @@ def extract_main(argv: List[str]) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m secure_ml.serving.cli {serve,extract} ... (skips the LightningCLI import)
-    from secure_ml.errors import SecureMLError
+if __name__ == "__main__":  # python -m secure_ml.serving.cli {serve,extract} ... is the same as secure-ml serve|extract
+    from secure_ml.cli import main
 
-    commands = {"serve": serve_main, "extract": extract_main}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        print("usage: python -m secure_ml.serving.cli {serve,extract} ...", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        raise SystemExit(commands[sys.argv[1]](sys.argv[2:]))
-    except SecureMLError as exc:
-        print(f"secure-ml: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    main()

@@ -131,8 +131,10 @@ def load_checkpoint(path: str, device: str = "auto") -> Tuple[nn.Module, Optiona
     ckpt = _read_raw(p)
     if isinstance(ckpt, Mapping):
         hparams = ckpt.get("hyper_parameters")
-    if isinstance(hparams, Mapping) and hparams.get("net", "SmallCNN") != "SmallCNN":
-        raise ConfigError(f"--ckpt_path: '{p}' holds a {hparams['net']}, but the service serves SmallCNN only")
+    net = hparams.get("net", "SmallCNN") if isinstance(hparams, Mapping) else "SmallCNN"
+    name = str(net.get("class_path", "")).rpartition(".")[2] if isinstance(net, Mapping) else str(net)
+    if name != "SmallCNN":
+        raise ConfigError(f"--ckpt_path: '{p}' holds a {name}, but the service serves SmallCNN only")
     model = build_model(extract_state_dict(ckpt, p), p)
     model.eval().requires_grad_(False)
     return model.to(resolve_device(device)), checkpoint_policy(ckpt)

@@ -1,4 +1,4 @@
-"""Helpers shared by the serving tests (no tests here): checkpoints, a quickly trained model, a server factory."""
+"""Serving test helpers: checkpoints, a quickly trained model, a server factory, raw HTTP."""
 
 import contextlib
 import functools
@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+import httpx
 import numpy as np
 import torch
 
@@ -18,9 +19,8 @@ from secure_ml.serving.config import config_from_dict
 from secure_ml.serving.model_loading import load_checkpoint
 from secure_ml.serving.policy import build_policy
 from secure_ml.serving.server import ServerThread
+from tests.helpers.data import real_data_dir
 
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO.parent / "shared" / "data"
 KEY_A = "client-a-key-0123456789"
 KEY_B = "client-b-key-9876543210"
 ADMIN = "admin-key-abcdefghijkl"
@@ -55,7 +55,7 @@ def trained_checkpoint() -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        x, y = load_mnist(str(REAL_DATA), train=True, download=False)
+        x, y = load_mnist(str(real_data_dir()), train=True, download=False)
         g = torch.Generator().manual_seed(0)
         torch.manual_seed(0)
         model = SmallCNN()
@@ -136,3 +136,13 @@ def raw_http(port: int, data: bytes, timeout: float = 5.0, read_limit: int = 1 <
 
 def status_of(raw: bytes) -> int:
     return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/1.1 ") else -1
+
+
+ZEROS = {"image": [[0.0] * 28 for _ in range(28)]}
+
+
+def post(srv, body=ZEROS, key=KEY_A, **kw):
+    headers = {"X-API-Key": key} if key is not None else {}
+    if isinstance(body, (bytes, str)):
+        return httpx.post(srv.url + "/predict", content=body, headers={**headers, "Content-Type": "application/json"}, **kw)
+    return httpx.post(srv.url + "/predict", json=body, headers=headers, **kw)

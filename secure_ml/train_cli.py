@@ -1,0 +1,65 @@
+"""The LightningCLI behind ``secure-ml fit / validate / test / predict`` (imported only by those commands).
+
+The scorecard callbacks are CLI-level keys, not entries of ``trainer.callbacks``: ``--robustness.*``,
+``--membership.*``, ``--sponge.*`` and ``--scorecard.*`` (``--scorecard.gates``). A config delta then
+changes one of them without repeating (or silently dropping) the whole callback list, e.g.
+``configs/gates.yaml`` holds only ``scorecard: {gates: ...}``. They run after the ``trainer.callbacks``
+list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false`` switches one off.
+"""
+
+from typing import List, Optional
+
+from lightning.pytorch.cli import LightningCLI
+
+from secure_ml.callbacks import MembershipInferenceCallback, RobustnessCallback, Scorecard, SpongeCallback
+from secure_ml.data.datamodule import MNISTDataModule
+from secure_ml.module import SecureClassifier
+
+TRAINER_DEFAULTS = {
+    # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
+    "inference_mode": False,
+    # The datamodule shards data itself (a per-rank Poisson sampler under DP); Lightning must not replace it.
+    "use_distributed_sampler": False,
+    "logger": {
+        "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+        "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
+    },
+}
+
+# CLI key → callback class, in the order they run (the Scorecard last: it reads the others' metrics).
+SCORECARD_CALLBACKS = {
+    "robustness": RobustnessCallback,
+    "membership": MembershipInferenceCallback,
+    "sponge": SpongeCallback,
+    "scorecard": Scorecard,
+}
+
+
+class SecureMLCLI(LightningCLI):
+    """LightningCLI with the DP wiring made impossible to bypass.
+
+    * ``auto_configure_optimizers=False``: a top-level ``--optimizer`` would otherwise
+      silently replace ``configure_optimizers`` and skip DP; the optimizer is
+      ``--model.optimizer`` instead.
+    * ``data.poisson_sampling`` is linked to ``model.dp.enabled``: a DP run always gets a
+      Poisson-sampled loader, and the flag cannot be set against it.
+    * the scorecard callbacks are CLI keys (see the module docstring).
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("model.dp.enabled", "data.poisson_sampling")
+        for key, callback in SCORECARD_CALLBACKS.items():
+            parser.add_lightning_class_args(callback, key)
+
+
+def cli_main(args: Optional[List[str]] = None, run: bool = True) -> SecureMLCLI:
+    """Build (and by default run) the CLI; ``args`` as on the command line."""
+    return SecureMLCLI(
+        SecureClassifier,
+        MNISTDataModule,
+        auto_configure_optimizers=False,
+        trainer_defaults=TRAINER_DEFAULTS,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
