@@ -52,8 +52,8 @@ def test_reference_matches_opacus_with_zero_noise(ratio):
     clip = float(norms.median())  # some samples clipped, some not: both branches exercised
     cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=clip)
 
-    priv = make_private(opacus_net, torch.optim.SGD(opacus_net.parameters(), lr=0.1), loader, cfg, total_steps=10)
-    with priv.hooks_disabled():  # the project's pattern: the attack runs with hooks off
+    priv = make_private(opacus_net, torch.optim.SGD(opacus_net.parameters(), lr=0.1), loader, cfg, total_steps=10, mode="hooks")
+    with priv.attack_context():  # the project's pattern: the attack runs with hooks off
         x_adv = adversarial_examples(opacus_net, x, y, adv)
     assert all(getattr(p, "grad_sample", None) is None for p in opacus_net.parameters()), (
         "the attack polluted Opacus's per-sample gradients"
@@ -86,7 +86,7 @@ def test_attack_without_disabled_hooks_would_pollute():
     """Negative control: the check above can fail."""
     x_all, y_all = _data()
     net = SmallCNN()
-    priv = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), _poisson_loader(x_all, y_all), DPConfig(), 10)
+    priv = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), _poisson_loader(x_all, y_all), DPConfig(), 10, mode="hooks")
     x, _y = x_all[:8], y_all[:8]
     with torch.enable_grad():
         net(x.clone().requires_grad_(True)).sum().backward()
@@ -165,10 +165,10 @@ def test_ghost_clipping_matches_reference_with_zero_noise():
         loader,
         DPConfig(noise_multiplier=0.0, max_grad_norm=clip),
         10,
-        grad_sample_mode="ghost",
+        mode="ghost",
     )
-    assert priv.ghost
-    with priv.hooks_disabled():
+    assert priv.mode == "ghost"
+    with priv.attack_context():
         x_adv = adversarial_examples(ghost_net, x, y, adv)
     priv.criterion(ghost_net(x_adv), y).backward()
     priv.optimizer.pre_step()
@@ -186,14 +186,22 @@ def test_ghost_clipping_matches_reference_with_zero_noise():
     priv.close()
 
 
-def test_ghost_mode_is_resolved_or_refused():
-    from secure_ml.privacy.engine import resolve_grad_sample_mode
+def test_mode_is_resolved_once_or_refused_with_the_flag():
+    from secure_ml.privacy.modes import resolve_mode
 
-    assert resolve_grad_sample_mode(DPConfig(), single_forward=True, distributed=False) == "ghost"
-    assert resolve_grad_sample_mode(DPConfig(), single_forward=False, distributed=False) == "hooks"
-    assert resolve_grad_sample_mode(DPConfig(), single_forward=True, distributed=True) == "hooks"
-    assert resolve_grad_sample_mode(DPConfig(grad_sample_mode="hooks"), single_forward=True, distributed=False) == "hooks"
+    def name(cfg, mixed, distributed):
+        return resolve_mode(cfg, mixed=mixed, distributed=distributed).name
+
+    assert name(DPConfig(), mixed=False, distributed=False) == "ghost"
+    assert name(DPConfig(), mixed=True, distributed=False) == "hooks"
+    assert name(DPConfig(), mixed=False, distributed=True) == "hooks"
+    assert name(DPConfig(grad_sample_mode="hooks"), mixed=False, distributed=False) == "hooks"
+    assert name(DPConfig(backend="reference"), mixed=True, distributed=False) == "reference"
     with pytest.raises(ConfigError, match="--model.adversarial.ratio"):
-        resolve_grad_sample_mode(DPConfig(grad_sample_mode="ghost"), single_forward=False, distributed=False)
+        resolve_mode(DPConfig(grad_sample_mode="ghost"), mixed=True, distributed=False)
+    with pytest.raises(ConfigError, match="--model.dp.grad_sample_mode ghost runs in one process"):
+        resolve_mode(DPConfig(grad_sample_mode="ghost"), mixed=False, distributed=True)
+    with pytest.raises(ConfigError, match="--model.dp.backend reference runs in one process"):
+        resolve_mode(DPConfig(backend="reference"), mixed=False, distributed=True)
     with pytest.raises(ConfigError, match="--model.dp.grad_sample_mode"):
         DPConfig(grad_sample_mode="ghost", backend="reference")

@@ -220,7 +220,7 @@ def test_ghost_clipping_trains_with_exact_accounting_and_empty_batches(tiny_mnis
         sampling_seed=0,
     )  # expected batch 2: some batches are empty
     trainer.fit(model, dm)
-    assert model.private.ghost and isinstance(trainer.optimizers[0], DPOptimizerFastGradientClipping)
+    assert model.private.mode == "ghost" and isinstance(trainer.optimizers[0], DPOptimizerFastGradientClipping)
     assert model.private.steps == trainer.global_step == 200
     eps = float(trainer.callback_metrics["privacy/epsilon"])
     assert eps == pytest.approx(_expected_epsilon(1.0, 1 / 200, 200, 1e-5, "prv"), rel=1e-6)
