@@ -10,12 +10,16 @@ A step is forward, backward, optimizer step and zero_grad, with SGD(lr=0.01, mom
 
 1. ``plain``           cross-entropy on the clean batch.
 2. ``plain+fgsm``      FGSM examples (ε = 0.0308), adversarial-only loss (the project's ratio 1.0).
-3. ``opacus-hooks+fgsm`` Opacus with materialised per-sample gradients (``grad_sample_mode: hooks``, the mode for
-                       mixed clean/adversarial losses and DDP): the attack with hooks off, forward, backward, step.
-3b. ``opacus-ghost+fgsm`` Opacus ghost clipping (``grad_sample_mode: ghost``, the project's default when each sample
-                       has one forward, as in the capstone): norms without per-sample gradients, two backward passes.
-4. ``ref-dp+fgsm``     the project's ``backend="reference"`` path: ``per_sample_gradients`` + ``ReferenceDPOptimizer``.
+3. ``opacus-hooks+fgsm`` DP mode ``hooks``: Opacus with materialised per-sample gradients (the mode for mixed
+                       clean/adversarial losses and DDP).
+3b. ``opacus-ghost+fgsm`` DP mode ``ghost``: Opacus ghost clipping (the default when each sample has one forward,
+                       as in the capstone): norms without per-sample gradients, two backward passes.
+4. ``ref-dp+fgsm``     DP mode ``reference``: ``per_sample_gradients`` (torch.func) + ``ReferenceDPOptimizer``.
 5. ``seed-loop+fgsm``  the seed notebook's ``dp_sgd_step`` (a Python loop over samples, per-tensor clipping).
+
+The DP variants call :func:`secure_ml.privacy.steps.dp_step`, the very function ``SecureClassifier.training_step``
+calls (attack with the mode's hooks off, zero_grad, forward, backward, noise reseed, optimizer step), so the
+benchmark cannot drift from what users run.
 
 Every variant times a step on the same fixed batch. Variants are interleaved step by step (the order
 rotating every round) so machine noise hits them alike; the table reports medians, and then checks the
@@ -44,17 +48,23 @@ from opacus.data_loader import DPDataLoader  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from secure_ml.adversarial import mixed_loss  # noqa: E402
+from secure_ml.adversarial import AdversarialConfig, mixed_loss  # noqa: E402
 from secure_ml.attacks import fgsm  # noqa: E402
 from secure_ml.data.mnist import load_mnist  # noqa: E402
 from secure_ml.models import SmallCNN  # noqa: E402
 from secure_ml.privacy.config import DPConfig  # noqa: E402
 from secure_ml.privacy.engine import make_private  # noqa: E402
-from secure_ml.privacy.reference import per_sample_gradients  # noqa: E402
+from secure_ml.privacy.steps import dp_step  # noqa: E402
 
 EPSILON = 0.0308  # the seed's 0.1 in normalised units, in pixel units
 RATIO = 1.0  # the project's default: adversarial-only loss
 POOL = 8000  # digits behind the Poisson loader (sets the sample rate, hence the expected batch size)
+# variant name → (--model.dp.backend, step mode); each runs secure_ml.privacy.steps.dp_step, the code SecureClassifier runs
+DP_VARIANTS = {
+    "opacus-hooks+fgsm": ("opacus", "hooks"),
+    "opacus-ghost+fgsm": ("opacus", "ghost"),
+    "ref-dp+fgsm": ("reference", "reference"),
+}
 warnings.filterwarnings("ignore", message="Secure RNG turned off")  # Opacus, once per make_private
 warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus hooks; the input needs no grad
 
@@ -116,49 +126,14 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
         opt2.step()
         opt2.zero_grad()
 
-    net3, opt3 = fresh()
-    dp3 = make_private(net3, opt3, poisson_loader(), DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0), total_steps=1000)
+    adv = AdversarialConfig(epsilon=EPSILON, ratio=RATIO)
 
-    def opacus_fgsm():  # SecureClassifier._adversarial_batch + _common_step, then Lightning's step/zero_grad
-        with dp3.hooks_disabled():
-            x_adv = fgsm(net3, x, y, EPSILON)
-        per_sample, _ = mixed_loss(net3, x, y, x_adv, RATIO)
-        per_sample.mean().backward()
-        dp3.optimizer.step()
-        dp3.optimizer.zero_grad()
-
-    net6, opt6 = fresh()
-    dp6 = make_private(
-        net6,
-        opt6,
-        poisson_loader(),
-        DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0),
-        total_steps=1000,
-        grad_sample_mode="ghost",
-    )
-
-    def ghost_fgsm():  # SecureClassifier._ghost_dp_step: the project's default Opacus mode when ratio is 0 or 1
-        with dp6.hooks_disabled():
-            x_adv = fgsm(net6, x, y, EPSILON)
-        dp6.optimizer.zero_grad()
-        dp6.criterion(net6(x_adv), y).backward()
-        dp6.optimizer.step()
-
-    net4, opt4 = fresh()
-    dp4 = make_private(
-        net4, opt4, poisson_loader(), DPConfig(enabled=True, backend="reference", noise_multiplier=1.0, max_grad_norm=1.0), total_steps=1000
-    )
-
-    def sample_loss(forward, xi, yi, xai):  # as in SecureClassifier._reference_dp_step
-        loss, logits = mixed_loss(forward, xi[None], yi[None], xai[None], RATIO)
-        return loss.sum(), logits[0]
-
-    def reference_fgsm():
-        x_adv = fgsm(net4, x, y, EPSILON)
-        grads, _, _ = per_sample_gradients(net4, sample_loss, x, y, x_adv)
-        dp4.optimizer.set_grad_samples(list(grads.values()))
-        dp4.optimizer.step()
-        dp4.optimizer.zero_grad()
+    def private_variant(backend: str, mode: str) -> Callable[[], None]:
+        """The step users run: secure_ml.privacy.steps.dp_step in ``mode`` (attack with hooks off, forward, backward, noisy step)."""
+        net, opt = fresh()
+        cfg = DPConfig(enabled=True, backend=backend, noise_multiplier=1.0, max_grad_norm=1.0)
+        private = make_private(net, opt, poisson_loader(), cfg, total_steps=1000, mode=mode)
+        return lambda: dp_step(private, net, private.optimizer, x, y, adv)
 
     net5, opt5 = fresh()
 
@@ -170,9 +145,8 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
 
     variants["plain"] = plain
     variants["plain+fgsm"] = plain_fgsm
-    variants["opacus-hooks+fgsm"] = opacus_fgsm
-    variants["opacus-ghost+fgsm"] = ghost_fgsm
-    variants["ref-dp+fgsm"] = reference_fgsm
+    for name, (backend, mode) in DP_VARIANTS.items():
+        variants[name] = private_variant(backend, mode)
     variants["seed-loop+fgsm"] = seed_fgsm
     return variants
 
