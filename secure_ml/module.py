@@ -164,7 +164,9 @@ class SecureClassifier(LightningModule):
     def on_train_start(self) -> None:
         loader = self.trainer.train_dataloader
         if not self.dp.enabled:
-            if isinstance(getattr(loader, "batch_sampler", None), UniformWithReplacementSampler):
+            if isinstance(
+                getattr(loader, "batch_sampler", None), (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler)
+            ):
                 raise ConfigError("--data.poisson_sampling true without --model.dp.enabled draws empty batches for nothing; set it false")
             return
         optimizers = self.trainer.optimizers
