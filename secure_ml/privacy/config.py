@@ -12,7 +12,7 @@ class DPConfig:
 
     Args:
         enabled: train with DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise, privacy accounting).
-        backend: ``opacus`` (Opacus hooks and DPOptimizer) or ``reference`` (torch.func per-sample clipper, same maths).
+        backend: ``opacus`` (step modes ``ghost``/``hooks``, see grad_sample_mode) or ``reference`` (mode ``reference``: the torch.func per-sample clipper, same maths); the mode is resolved once per fit (secure_ml/privacy/modes.py).
         noise_multiplier: σ: noise std is σ·max_grad_norm on the summed gradient (ignored when target_epsilon is set).
         max_grad_norm: C: each sample's gradient, flattened over all parameters, is clipped to this L2 norm.
         delta: δ of the (ε, δ) guarantee; should be well below 1/N.
