@@ -214,13 +214,16 @@ class BookKeepingDPOptimizer(ReferenceDPOptimizer):
     def add_noise_(self, summed: List[Tensor]) -> List[Tensor]:
         """:meth:`add_noise` in place (the same noise stream and values; no extra copy of the gradient)."""
         std = self.noise_multiplier * self.max_grad_norm
-        for s in summed if std else ():
-            s.add_(torch.normal(0.0, std, s.shape, device=s.device, dtype=s.dtype, generator=self.generator))
+        if std and summed:
+            noise = [torch.normal(0.0, std, s.shape, device=s.device, dtype=s.dtype, generator=self.generator) for s in summed]
+            torch._foreach_add_(summed, noise)
         return summed
 
     def scale_grad_(self, noised: List[Tensor]) -> List[Tensor]:
         """:meth:`scale_grad` in place: divide by the expected batch size."""
-        return [g.div_(self.expected_batch_size) for g in noised]
+        if noised:
+            torch._foreach_div_(noised, self.expected_batch_size)
+        return noised
 
     def pre_step(self) -> None:
         if self.summed is None:
@@ -230,10 +233,11 @@ class BookKeepingDPOptimizer(ReferenceDPOptimizer):
             self.add_noise_(summed)
         if self.all_reduce is not None:
             self.all_reduce(summed)
+        self.scale_grad_(summed)
         slot = {id(p): k for k, p in enumerate(self.clipper.params)}
         for p in self.params:
             if id(p) in slot:
-                p.grad = self.scale_grad_([summed[slot[id(p)]]])[0].to(p.dtype)
+                p.grad = summed[slot[id(p)]].to(p.dtype)
         for hook in self.step_hooks:
             hook(self)
 
