@@ -17,7 +17,7 @@ from secure_ml.models import SmallCNN
 from secure_ml.release.checkpoint import UnsafeCheckpointError
 from secure_ml.serving.settings import config_from_dict, load_serve_config
 from secure_ml.serving.startup import build_policy, load_served_model
-from tests.helpers.data import REAL_DATA, REPO
+from tests.helpers.data import REPO
 from tests.helpers.serving import KEY_A, digit_body, fit_checkpoint, release_of, trained_checkpoint, write_checkpoint
 
 pytestmark = pytest.mark.serving
