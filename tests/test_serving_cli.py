@@ -181,7 +181,20 @@ def test_serve_subprocess_end_to_end(tmp_path):
     cfg = tmp_path / "serve.yaml"
     cfg.write_text(f"audit:\n  path: {tmp_path / 'audit.jsonl'}\n")
     release = release_of(trained_checkpoint(), tmp_path / "release")
-    argv = [sys.executable, "-X", "importtime", "-m", "secure_ml.cli", "serve", "--ckpt_path", str(release), "--config", str(cfg), "--port", "0"]
+    argv = [
+        sys.executable,
+        "-X",
+        "importtime",
+        "-m",
+        "secure_ml.cli",
+        "serve",
+        "--ckpt_path",
+        str(release),
+        "--config",
+        str(cfg),
+        "--port",
+        "0",
+    ]
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     try:
         imported = []

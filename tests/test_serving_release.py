@@ -141,7 +141,9 @@ class TinyMLP(torch.nn.Module):
     def __init__(self, hidden: int = 8, num_classes: int = 3):
         super().__init__()
         self.hidden, self.num_classes = hidden, num_classes
-        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes))
+        self.body = torch.nn.Sequential(
+            torch.nn.Flatten(), torch.nn.Linear(784, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, x):
         return self.body(x)

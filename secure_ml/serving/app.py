@@ -133,7 +133,11 @@ def build_service(
     engine = InferenceEngine(
         model,
         policy if cfg.guard_on("policy") else None,
-        detector, cfg.inference.workers, cfg.inference.timeout_s, cfg.inference.max_pending, cfg.model.torch_threads
+        detector,
+        cfg.inference.workers,
+        cfg.inference.timeout_s,
+        cfg.inference.max_pending,
+        cfg.model.torch_threads,
     )
     metrics = Metrics()
     metrics.add_source(gauge("secure_ml_inference_pending", "Jobs queued or running on the inference threads.", lambda: engine.pending))
@@ -169,8 +173,12 @@ def build_service(
         reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
         return error_response(exc.status_code, reason, reason, headers=getattr(exc, "headers", None))
 
+    async def on_unhandled(_request: Request, _exc: Exception) -> Response:  # a bug or a failing model: no text of it leaves
+        return error_response(500, "internal_error", "internal_error", "the server failed on this request")
+
     api.add_exception_handler(ServiceError, on_service_error)
     api.add_exception_handler(StarletteHTTPException, on_http_error)
+    api.add_exception_handler(Exception, on_unhandled)
 
     async def react(request: Request, client: str, verdict) -> None:
         """The detector's alarm: alert line (on onset), then the configured action."""
