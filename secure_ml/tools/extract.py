@@ -15,6 +15,7 @@ Every loop is bounded by the query budgets and ``--time-limit``; the URL must be
 
 import ipaddress
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,7 @@ from secure_ml.errors import ConfigError
 from secure_ml.serving.auth import client_id
 from secure_ml.tools.args import OneLineParser
 
-DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DEFAULT_DATA = Path(os.environ.get("SECURE_ML_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
 EVAL_OFFSET = 1000
 
 
@@ -255,7 +256,9 @@ def _parser() -> OneLineParser:
     p.add_argument("--benign-queries", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=10, help="training epochs of the copy per round")
     p.add_argument(
-        "--data-dir", default=None, help="MNIST folder whose test split is read (default: ../shared/data next to the repository)"
+        "--data-dir",
+        default=None,
+        help="MNIST folder whose test split is read (default: $SECURE_ML_DATA_DIR, else ../shared/data next to the repository)",
     )
     p.add_argument("--ckpt_path", "--ckpt-path", default=None, help="the served release artifact (or checkpoint), for agreement")
     p.add_argument("--qps", type=float, default=90.0, help="client-side pacing, queries per second (0 = unpaced)")
