@@ -12,13 +12,15 @@ driven for ``--duration / 3`` seconds by ``--clients`` closed-loop threads (one 
 4. with ``--redis-url``: ``guards on`` again with ``rate_limit.storage`` in Redis (the replicas' setting),
    so its ratio to phase 2 is the cost of the shared store.
 
+``--rounds N`` alternates phases 1 and 2 N times and reports the median off/on ratio (for loaded machines).
+
 The server serves a release artifact (``secure-ml export``'s format), as a deployment would.
 
 Reported per phase: seconds from launch to the "listening" line, requests/s (all answers and 200s only), client-side p50/p99 latency, status counts,
 and the server's RSS (``/proc/<pid>/status``) after warm-up and at the end. All traffic is 127.0.0.1;
 every loop is bounded by the phase deadline.
 
-    python benchmarks/serve_load.py [--ckpt_path RELEASE_OR_CKPT] [--duration 20] [--clients 4] [--redis-url URL] [--json out.json]
+    python benchmarks/serve_load.py [--ckpt_path RELEASE_OR_CKPT] [--duration 20] [--clients 4] [--rounds 1] [--redis-url URL] [--json out.json]
 """
 
 import argparse
@@ -27,6 +29,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -198,6 +201,7 @@ def main(argv=None):
     p.add_argument("--rl-clients", type=int, default=2, help="clients in the rate-limit phase (each must offer > --max-qps)")
     p.add_argument("--max-qps", type=float, default=100.0)
     p.add_argument("--burst", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=1, help="guards off/on phase pairs, alternated (median ratio reported)")
     p.add_argument("--redis-url", default=None, help="also measure guards on with rate_limit.storage at this Redis")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
@@ -225,16 +229,22 @@ def main(argv=None):
     ]
     if args.redis_url:
         phases.append(("on, redis", {**base, "rate_limit": {**no_bind, "storage": args.redis_url}}))
+    order = [phases[0], phases[1]] * args.rounds + phases[2:]  # off/on alternate: a load change hits both alike
     results = [
-        run_phase(name, ckpt, cfg, args.rl_clients if name == "rate limit" else args.clients, seconds, bodies, tmp) for name, cfg in phases
+        run_phase(name, ckpt, cfg, args.rl_clients if name == "rate limit" else args.clients, seconds, bodies, tmp) for name, cfg in order
     ]
-    off, on, rl = results[:3]
+    offs = [r for r in results if r["phase"] == "guards off"]
+    ons = [r for r in results if r["phase"] == "guards on"]
+    off, on = offs[len(offs) // 2], ons[len(ons) // 2]
+    rl = next(r for r in results if r["phase"] == "rate limit")
+    redis_on = next((r for r in results if r["phase"] == "on, redis"), None)
     accuracy = [(n - args.burst) / rl["seconds"] / args.max_qps for n in rl["per_client_ok"]]
     summary = {
         "clients": args.clients,
         "phase_seconds": round(seconds, 2),
         "phases": results,
-        "guard_cost_throughput_ratio": off["ok_rps"] / on["ok_rps"] if on["ok_rps"] else None,
+        "guard_cost_throughput_ratio_per_round": [round(a["ok_rps"] / b["ok_rps"], 3) for a, b in zip(offs, ons) if b["ok_rps"]],
+        "guard_cost_throughput_ratio": statistics.median(a["ok_rps"] / b["ok_rps"] for a, b in zip(offs, ons) if b["ok_rps"]),
         "guard_cost_p50_ratio": on["ok_p50_ms"] / off["ok_p50_ms"],
         "guard_cost_p99_ratio": on["ok_p99_ms"] / off["ok_p99_ms"],
         "rate_limit_configured_qps": args.max_qps,
@@ -243,8 +253,8 @@ def main(argv=None):
         "rate_limit_accuracy": [round(a, 3) for a in accuracy],
     }
     if args.redis_url:
-        summary["redis_cost_throughput_ratio"] = on["ok_rps"] / results[3]["ok_rps"] if results[3]["ok_rps"] else None
-        summary["redis_cost_p50_ratio"] = results[3]["ok_p50_ms"] / on["ok_p50_ms"]
+        summary["redis_cost_throughput_ratio"] = ons[-1]["ok_rps"] / redis_on["ok_rps"] if redis_on["ok_rps"] else None
+        summary["redis_cost_p50_ratio"] = redis_on["ok_p50_ms"] / ons[-1]["ok_p50_ms"]
     print(
         f"secure-ml serve load benchmark: {args.clients} clients ({args.rl_clients} in the rate-limit phase), "
         f"{seconds:.1f} s per phase, loopback, {os.cpu_count()} CPUs"
@@ -256,7 +266,8 @@ def main(argv=None):
             f"{r['rss_after_mib']:>8.1f} {r['rss_growth_mib']:>+7.1f}  {r['statuses']}"
         )
     print(
-        f"guard cost: throughput off/on = {summary['guard_cost_throughput_ratio']:.2f}x, "
+        f"guard cost: throughput off/on = {summary['guard_cost_throughput_ratio']:.2f}x "
+        f"(median of rounds {summary['guard_cost_throughput_ratio_per_round']}), "
         f"p50 on/off = {summary['guard_cost_p50_ratio']:.2f}x, p99 on/off = {summary['guard_cost_p99_ratio']:.2f}x"
     )
     print(
