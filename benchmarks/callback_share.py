@@ -4,7 +4,7 @@
 
 ``benchmarks/callback_cost.py`` (whole fits with and without the callbacks) is the figure of record;
 on a shared, loaded machine its two arms drift apart by more than the effect. This script alternates,
-round by round, 12 DP training steps (the capstone's mode, FGSM ε = 0.0308, batch 64, real digits),
+round by round, 12 DP training steps (the mode the capstone resolves to, FGSM ε = 0.0308, batch 64, real digits),
 the validation forward over 800 digits, each evaluation callback at ``capstone.yaml``'s sizes and
 one dashboard figure (built and rendered as TensorBoard does), and reports medians and
 ``callbacks / (steps_per_epoch · step + validation)`` with the figure once per epoch and once per
@@ -61,7 +61,10 @@ def main() -> None:
     try:
         from secure_ml.privacy.steps import dp_step
 
-        private = make_private(net, optimizer, loader, dp, 3 * len(loader), mode="ghost" if adv.ratio in (0, 1) else "hooks")
+        from secure_ml.privacy.modes import resolve_mode
+
+        mode = resolve_mode(dp, mixed=adv.active and 0 < adv.ratio < 1, distributed=False, net=net)  # as SecureClassifier resolves it
+        private = make_private(net, optimizer, loader, dp, 3 * len(loader), mode=mode)
 
         def step(xb, yb):
             dp_step(private, net, private.optimizer, xb, yb, adv)
@@ -109,7 +112,7 @@ def main() -> None:
         net.train()
     m = {k: statistics.median(v) for k, v in times.items()}
     epoch = a.steps_per_epoch * m["step"] + m["validation"]
-    print(f"threads={a.threads} rounds={a.rounds} " + " ".join(f"{k}={v:.3f}s" for k, v in m.items()) + f" epoch={epoch:.1f}s")
+    print(f"mode={getattr(private, 'mode', 'ghost')} threads={a.threads} rounds={a.rounds} " + " ".join(f"{k}={v:.3f}s" for k, v in m.items()) + f" epoch={epoch:.1f}s")
     for per_epoch, label in ((1.0, "figure every epoch"), (1 / 3, "figure once per 3-epoch fit")):
         cost = sum(m[k] for k in callbacks) + per_epoch * m["figure"]
         print(f"{label:<28} callbacks {cost:5.2f} s = {cost / epoch:5.1%} of a capstone epoch (target <= 15%)")

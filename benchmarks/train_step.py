@@ -16,7 +16,8 @@ A step is forward, backward, optimizer step and zero_grad, with SGD(lr=0.01, mom
                        as in the capstone): norms without per-sample gradients, two backward passes.
 4. ``ref-dp+fgsm``     DP mode ``reference``: ``per_sample_gradients`` (torch.func) + ``ReferenceDPOptimizer``.
 5. ``seed-loop+fgsm``  the seed notebook's ``dp_sgd_step`` (a Python loop over samples, per-tensor clipping).
-6. ``bk+fgsm``         book-keeping clipping (:mod:`secure_ml.privacy.bookkeeping`): norms and clipped sum from one backward.
+6. ``bk+fgsm``         DP mode ``bk``: book-keeping clipping (:mod:`secure_ml.privacy.bookkeeping`): norms and clipped sum
+                       from one backward (the default, ``--model.dp.backend auto``, wherever the net's layers allow it).
 
 The DP variants call :func:`secure_ml.privacy.steps.dp_step`, the very function ``SecureClassifier.training_step``
 calls (attack with the mode's hooks off, zero_grad, forward, backward, noise reseed, optimizer step), so the
@@ -47,7 +48,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bk_bench import bk_equals_reference, bk_variant, measure_memory, memory_probe  # noqa: E402 (this folder is on sys.path)
+from bk_bench import bk_equals_reference, measure_memory, memory_probe  # noqa: E402 (this folder is on sys.path)
 from opacus.data_loader import DPDataLoader  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -68,6 +69,7 @@ DP_VARIANTS = {
     "opacus-hooks+fgsm": ("opacus", "hooks"),
     "opacus-ghost+fgsm": ("opacus", "ghost"),
     "ref-dp+fgsm": ("reference", "reference"),
+    "bk+fgsm": ("bk", "bk"),
 }
 warnings.filterwarnings("ignore", message="Secure RNG turned off")  # Opacus, once per make_private
 warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus hooks; the input needs no grad
@@ -152,7 +154,6 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
     for name, (backend, mode) in DP_VARIANTS.items():
         variants[name] = private_variant(backend, mode)
     variants["seed-loop+fgsm"] = seed_fgsm
-    variants["bk+fgsm"] = bk_variant(*fresh(), x, y, EPSILON, RATIO, dp4.expected_batch_size)
     return variants
 
 

@@ -7,7 +7,7 @@ Lightning loads ``fit/validate/test --ckpt_path`` through the strategy's Checkpo
 strategy's CheckpointIO (saving is unchanged) with :func:`safe_load`: ``torch.load(...,
 weights_only=True)`` on a local or fsspec path, or on the downloaded bytes of a URL, so a pickled
 object other than tensors and plain containers is refused before it is built — exactly as the
-inference service loads checkpoints (``secure_ml/serving/model_loading.py``). ``SecureClassifier.setup``
+inference service and ``secure-ml export`` load checkpoints (``secure_ml/release/checkpoint.py``, whose refusal it shares). ``SecureClassifier.setup``
 installs it, before Lightning restores the checkpoint, for the CLI and the Python API alike.
 """
 
@@ -21,22 +21,11 @@ import torch
 from fsspec.core import url_to_fs
 from lightning.fabric.plugins import CheckpointIO
 
-from secure_ml.errors import ConfigError, SecureMLError
+from secure_ml.errors import ConfigError
+from secure_ml.release.checkpoint import UnsafeCheckpointError
+from secure_ml.release.checkpoint import _refusal_reason as _reason
 
 MAX_DOWNLOAD_BYTES = 4 << 30  # a checkpoint URL larger than this is refused rather than read into memory
-
-
-class UnsafeCheckpointError(SecureMLError):
-    """The checkpoint holds pickled objects the safe loader refuses; nothing in it was executed."""
-
-
-def _reason(exc: BaseException) -> str:
-    """The line of torch's refusal that names what was refused, without its advice to load with weights_only=False."""
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if line.startswith(("Trying to load unsupported", "Unsupported", "Can only build")) or "GLOBAL" in line:
-            return line.rstrip(".")
-    return "not a tensor checkpoint"
 
 
 def _download(url: str, timeout: float) -> bytes:

@@ -1,6 +1,6 @@
 """SecureClassifier: a LightningModule around a plain ``nn.Module`` with adversarial training and DP-SGD.
 
-With DP on, the step mode (``hooks``, ``ghost``, ``reference``; see :mod:`secure_ml.privacy.modes`)
+With DP on, the step mode (``bk``, ``ghost``, ``hooks``, ``reference``; see :mod:`secure_ml.privacy.modes`)
 is resolved once in ``configure_optimizers`` and every training step is
 :func:`secure_ml.privacy.steps.dp_step` under manual optimization; without DP, Lightning's
 automatic optimization runs the plain (optionally adversarial) loss.
@@ -131,7 +131,8 @@ class SecureClassifier(LightningModule):
         distributed = self.trainer.world_size > 1
         if distributed:
             self._check_distributed_dp(loader)
-        mode = resolve_mode(self.dp, mixed=self.adversarial.active and 0 < self.adversarial.ratio < 1, distributed=distributed)
+        mixed = self.adversarial.active and 0 < self.adversarial.ratio < 1
+        mode = resolve_mode(self.dp, mixed=mixed, distributed=distributed, net=self.net)
         module = self.trainer.strategy.model if distributed else None  # the DDP wrapper → clipped sums all-reduced, noise once
         self.private = make_private(self.net, optimizer, loader, self.dp, total_steps, state, module=module, mode=mode)
         self._loaded_dp_state = None

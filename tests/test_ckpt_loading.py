@@ -55,8 +55,9 @@ def _dm(root):
     return MNISTDataModule(data_dir=str(root), download=False, train_size=500, val_size=100, test_size=100, batch_size=32)
 
 
-def test_the_payload_runs_under_lightning_own_url_loader(tmp_path):
+def test_the_payload_runs_under_lightning_own_url_loader(tmp_path, monkeypatch):
     """Negative control: Lightning's loader unpickles a URL with weights_only=False, so the marker does appear."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # torch.hub caches downloads by file name: keep it in tmp
     ckpt, marker = _malicious(tmp_path)
     with _serve(ckpt.parent) as url:
         lightning_load(f"{url}/evil.ckpt", map_location="cpu")
@@ -75,6 +76,7 @@ def test_trainer_refuses_pickled_code(tiny_mnist, tmp_path, where, fn):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_cli_prints_one_line_for_a_malicious_url(tiny_mnist, tmp_path, monkeypatch, capsys):
     ckpt, marker = _malicious(tmp_path)
     monkeypatch.chdir(tmp_path)

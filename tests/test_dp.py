@@ -192,10 +192,14 @@ def test_mode_is_resolved_once_or_refused_with_the_flag():
     def name(cfg, mixed, distributed):
         return resolve_mode(cfg, mixed=mixed, distributed=distributed).name
 
-    assert name(DPConfig(), mixed=False, distributed=False) == "ghost"
-    assert name(DPConfig(), mixed=True, distributed=False) == "hooks"
-    assert name(DPConfig(), mixed=False, distributed=True) == "hooks"
-    assert name(DPConfig(grad_sample_mode="hooks"), mixed=False, distributed=False) == "hooks"
+    for mixed in (False, True):  # the default (backend auto): book-keeping, which mixes and runs under DDP
+        for distributed in (False, True):
+            assert name(DPConfig(), mixed=mixed, distributed=distributed) == "bk"
+    opacus = DPConfig(backend="opacus")
+    assert name(opacus, mixed=False, distributed=False) == "ghost"
+    assert name(opacus, mixed=True, distributed=False) == "hooks"
+    assert name(opacus, mixed=False, distributed=True) == "hooks"
+    assert name(DPConfig(grad_sample_mode="hooks"), mixed=False, distributed=False) == "hooks"  # an Opacus mode asked for: Opacus
     assert name(DPConfig(backend="reference"), mixed=True, distributed=False) == "reference"
     with pytest.raises(ConfigError, match="--model.adversarial.ratio"):
         resolve_mode(DPConfig(grad_sample_mode="ghost"), mixed=True, distributed=False)
@@ -205,3 +209,14 @@ def test_mode_is_resolved_once_or_refused_with_the_flag():
         resolve_mode(DPConfig(backend="reference"), mixed=False, distributed=True)
     with pytest.raises(ConfigError, match="--model.dp.grad_sample_mode"):
         DPConfig(grad_sample_mode="ghost", backend="reference")
+
+
+def test_auto_falls_back_to_opacus_for_layers_book_keeping_cannot_clip():
+    from secure_ml.privacy.modes import resolve_mode
+
+    net = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 782, 10))  # Opacus: yes; BK: no
+    assert resolve_mode(DPConfig(), mixed=False, distributed=False, net=net).name == "ghost"
+    assert resolve_mode(DPConfig(), mixed=True, distributed=False, net=net).name == "hooks"
+    assert resolve_mode(DPConfig(), mixed=False, distributed=False, net=SmallCNN()).name == "bk"
+    with pytest.raises(ConfigError, match=r"layer '0' \(Conv1d\).*--model.dp.backend opacus"):
+        resolve_mode(DPConfig(backend="bk"), mixed=False, distributed=False, net=net)

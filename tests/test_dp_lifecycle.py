@@ -37,8 +37,8 @@ def _trainer(tmp_path, epochs=1, **kw):
     )
 
 
-def _model():
-    return SecureClassifier(dp=DPConfig(enabled=True, noise_seed=0))
+def _model(backend="auto"):  # auto: the book-keeping mode for SmallCNN
+    return SecureClassifier(dp=DPConfig(enabled=True, backend=backend, noise_seed=0))
 
 
 def _eps(steps, q=1 / K, sigma=1.0, delta=1e-5):
@@ -47,6 +47,7 @@ def _eps(steps, q=1 / K, sigma=1.0, delta=1e-5):
     return acc.get_epsilon(delta=delta)
 
 
+@pytest.mark.slow
 def test_a_second_fit_continues_the_accountant(tiny_mnist, tmp_path):
     model = _model()
     t1 = _trainer(tmp_path / "a")
@@ -58,6 +59,20 @@ def test_a_second_fit_continues_the_accountant(tiny_mnist, tmp_path):
     assert float(t2.callback_metrics["privacy/epsilon"]) == pytest.approx(_eps(2 * K), rel=1e-6)
 
 
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_continues_the_accountant_in_the_default_mode(tiny_mnist, tmp_path):
+    first = _model()
+    t1 = _trainer(tmp_path, limit_val_batches=0)
+    t1.fit(first, _dm(tiny_mnist))
+    assert first.private.mode == "bk" and first.private.steps == K
+    t1.save_checkpoint(tmp_path / "one.ckpt")
+    resumed = _model()
+    t2 = _trainer(tmp_path, epochs=2, limit_val_batches=0)
+    t2.fit(resumed, _dm(tiny_mnist), ckpt_path=str(tmp_path / "one.ckpt"))
+    assert resumed.private.mode == "bk" and resumed.private.steps == 2 * K == t2.global_step
+    assert float(t2.callback_metrics["privacy/epsilon"]) == pytest.approx(_eps(2 * K), rel=1e-6)
+
+
 class CountBatches(Callback):
     def __init__(self):
         self.epochs = set()
@@ -66,6 +81,7 @@ class CountBatches(Callback):
         self.epochs.add(trainer.current_epoch)
 
 
+@pytest.mark.slow
 def test_budget_holds_even_when_lightning_must_run_min_epochs(tiny_mnist, tmp_path):
     budget = _eps(8)  # reached after 8 of the first epoch's 13 steps
     model, seen = _model(), CountBatches()
@@ -93,6 +109,7 @@ class LogEpochScore(Callback):
             self.selection_seen[trainer.current_epoch] = (state["steps"], state["selection_steps"])
 
 
+@pytest.mark.slow
 def test_a_selected_checkpoint_reports_epsilon_over_every_compared_epoch(tiny_mnist, tmp_path):
     score = LogEpochScore()
     best_cb = ModelCheckpoint(dirpath=tmp_path / "ck", monitor="sel/score", mode="max", filename="best", save_on_train_epoch_end=True)

@@ -107,6 +107,7 @@ def test_each_step_is_reseeded_and_default_seeds_are_secret():
 
 
 def test_benchmark_times_dp_step_itself(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))  # train_step.py imports its sibling bk_bench.py
     spec = importlib.util.spec_from_file_location("train_step_bench", REPO / "benchmarks" / "train_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

@@ -106,8 +106,8 @@ def make_private(
     else:
         sigma = cfg.noise_multiplier
     noise = NoiseSource(next(net.parameters()).device, cfg.noise_seed)  # secret unless a test fixes noise_seed
-    spec = mode if isinstance(mode, StepMode) else (MODES[mode] if mode is not None else resolve_mode(cfg, False, module is not None))
-    if spec.backend != cfg.backend:
+    spec = mode if isinstance(mode, StepMode) else (MODES[mode] if mode is not None else resolve_mode(cfg, False, module is not None, net))
+    if cfg.backend != "auto" and spec.backend != cfg.backend:
         raise ConfigError(
             f"--model.dp.backend {cfg.backend} cannot run the '{spec.name}' mode (it belongs to --model.dp.backend {spec.backend})"
         )

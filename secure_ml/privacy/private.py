@@ -52,7 +52,7 @@ class PrivateTraining:
         optimizer: the DP optimizer (clips, adds noise, steps the wrapped optimizer, steps the accountant).
         accountant: the Opacus accountant; ``history`` lists ``(σ, q, steps)``.
         noise: the secret noise source shared with ``optimizer``.
-        hooks: per-sample hooks on the net (Opacus's, or a mode's own), switched off around attacks.
+        hooks: the mode's hooks on the net (Opacus's, switched off around attacks; a book-keeping clipper, which records only inside its own context).
         criterion: ghost clipping's loss wrapper, whose ``backward()`` runs both passes.
         step_limit: when set (:class:`~secure_ml.callbacks.PrivacyBudget`), no noisy step is taken once ``steps`` reaches it.
     """
@@ -88,7 +88,7 @@ class PrivateTraining:
 
     def attack_context(self) -> ContextManager[None]:
         """The context an attack's backward must run in: the mode's per-sample hooks off (they would record it)."""
-        return self._hooks_off() if self.hooks is not None else nullcontext()
+        return self._hooks_off() if hasattr(self.hooks, "disable_hooks") else nullcontext()
 
     @contextmanager
     def _hooks_off(self) -> Iterator[None]:
@@ -110,8 +110,10 @@ class PrivateTraining:
         }
 
     def close(self) -> None:
-        if self.hooks is not None and hasattr(self.hooks, "cleanup"):
-            self.hooks.cleanup()
+        """Remove the mode's hooks from the net (Opacus's ``cleanup``, a book-keeping clipper's ``close``)."""
+        remove = getattr(self.hooks, "cleanup", None) or getattr(self.hooks, "close", None)
+        if remove is not None:
+            remove()
         self.hooks = None
 
 

@@ -60,6 +60,18 @@ def reference_step(private, net, x, y, x_adv, ratio) -> StepResult:
     return StepResult(losses.mean().detach(), logits.detach())
 
 
+def bk_step(private, net, x, y, x_adv, ratio) -> StepResult:
+    """Book-keeping: the training forward(s) recorded, one backward to the layer outputs gives norms and clipped sum."""
+    with private.optimizer.recording():
+        per_sample, logits = mixed_loss(net, x, y, x_adv, ratio)
+    private.optimizer.backward(per_sample)
+    return StepResult(per_sample.mean().detach(), logits.detach())
+
+
+def zero_bk_sum(private: PrivateTraining) -> None:
+    private.optimizer.summed = [torch.zeros_like(p) for p in private.optimizer.clipper.params]
+
+
 def zero_grad_samples(private: PrivateTraining) -> None:
     """Opacus hooks: an empty per-sample gradient for every parameter (its clipped sum is zero)."""
     for p in private.optimizer.params:
