@@ -59,9 +59,8 @@ def main() -> None:
     dp = DPConfig(**CAPSTONE["model"]["dp"])
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
     try:
-        from secure_ml.privacy.steps import dp_step
-
         from secure_ml.privacy.modes import resolve_mode
+        from secure_ml.privacy.steps import dp_step
 
         mode = resolve_mode(dp, mixed=adv.active and 0 < adv.ratio < 1, distributed=False, net=net)  # as SecureClassifier resolves it
         private = make_private(net, optimizer, loader, dp, 3 * len(loader), mode=mode)
@@ -112,7 +111,11 @@ def main() -> None:
         net.train()
     m = {k: statistics.median(v) for k, v in times.items()}
     epoch = a.steps_per_epoch * m["step"] + m["validation"]
-    print(f"mode={getattr(private, 'mode', 'ghost')} threads={a.threads} rounds={a.rounds} " + " ".join(f"{k}={v:.3f}s" for k, v in m.items()) + f" epoch={epoch:.1f}s")
+    print(
+        f"mode={getattr(private, 'mode', 'ghost')} threads={a.threads} rounds={a.rounds} "
+        + " ".join(f"{k}={v:.3f}s" for k, v in m.items())
+        + f" epoch={epoch:.1f}s"
+    )
     for per_epoch, label in ((1.0, "figure every epoch"), (1 / 3, "figure once per 3-epoch fit")):
         cost = sum(m[k] for k in callbacks) + per_epoch * m["figure"]
         print(f"{label:<28} callbacks {cost:5.2f} s = {cost / epoch:5.1%} of a capstone epoch (target <= 15%)")
