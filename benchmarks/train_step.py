@@ -33,14 +33,13 @@ large per-sample gradient buffers rather than arithmetic.
 """
 
 import argparse
-import ctypes
 import json
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -50,7 +49,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from bk_bench import bk_equals_reference, measure_memory, memory_probe  # noqa: E402 (this folder is on sys.path)
 from opacus.data_loader import DPDataLoader  # noqa: E402
-from torch import nn  # noqa: E402
+from seed_notebook import dp_sgd_step  # noqa: E402
+from step_timing import keep_large_blocks_in_heap, measure  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from secure_ml.adversarial import AdversarialConfig, mixed_loss  # noqa: E402
@@ -78,29 +78,6 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opa
 class SeedConfig:
     clip_norm = 1.0
     noise_multiplier = 1.0
-
-
-def dp_sgd_step(model, data, target, config):
-    """The seed notebook's DP step, verbatim: a per-sample Python loop and per-tensor clipping."""
-    criterion = nn.CrossEntropyLoss(reduction="none")
-    per_sample_grads = []
-    for i in range(data.size(0)):
-        model.zero_grad()
-        output = model(data[i : i + 1])
-        loss = criterion(output, target[i : i + 1]).mean()
-        loss.backward()
-        per_sample_grads.append([p.grad.detach().clone() for p in model.parameters()])
-    agg_grads = []
-    for param_i in range(len(per_sample_grads[0])):
-        stacked = torch.stack([g[param_i] for g in per_sample_grads], dim=0)
-        norms = torch.norm(stacked.view(stacked.size(0), -1), dim=1)
-        factors = torch.clamp(config.clip_norm / (norms + 1e-6), max=1.0)
-        stacked = stacked * factors.view(-1, *([1] * (stacked.dim() - 1)))
-        agg = stacked.mean(dim=0)
-        noise = torch.randn_like(agg) * (config.noise_multiplier * config.clip_norm / data.size(0))
-        agg_grads.append(agg + noise)
-    for param, grad in zip(model.parameters(), agg_grads):
-        param.grad = grad
 
 
 def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_size: int, device) -> Dict[str, Callable[[], None]]:
@@ -145,7 +122,7 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
 
     def seed_fgsm():
         x_adv = fgsm(net5, x, y, EPSILON)
-        dp_sgd_step(net5, x_adv, y, SeedConfig)
+        dp_sgd_step(net5, x_adv, y, SeedConfig, device)  # the seed notebook's own function (benchmarks/seed_notebook.py)
         opt5.step()
         opt5.zero_grad()
 
@@ -155,43 +132,6 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
         variants[name] = private_variant(backend, mode)
     variants["seed-loop+fgsm"] = seed_fgsm
     return variants
-
-
-def measure(variants: Dict[str, Callable[[], None]], steps: int, warmup: int, device, budget_s: float) -> Dict[str, List[float]]:
-    """Per-step milliseconds of each variant; one step of every variant per round, the order rotating.
-
-    Stops after ``budget_s`` seconds of timed rounds (at least 3 rounds) so a busy machine cannot stall it.
-    """
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    sync()
-    times: Dict[str, List[float]] = {name: [] for name in names}
-    start = time.perf_counter()
-    for r in range(steps):
-        if r >= 3 and time.perf_counter() - start > budget_s:
-            break
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            variants[name]()
-            sync()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def keep_large_blocks_in_heap() -> bool:
-    """glibc: serve big blocks from the heap instead of fresh mmaps, which page-fault on every first touch.
-
-    Opacus's (64, 128, 1568) per-sample fc1 gradient is 51 MB, above glibc's 32 MB ceiling for its
-    dynamic mmap threshold, so by default every step maps, faults in and unmaps it (and its copies).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 def main(argv=None) -> int:
