@@ -89,7 +89,7 @@ class SpongeCallback(EpochMetricCallback):
         ds = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
         probe = torch.zeros_like(ds.tensors[0][:1]) if ds is not None and hasattr(ds, "tensors") else torch.zeros(1, 1, 28, 28)
         try:
-            activation_energy(pl_module.net, probe.to(pl_module.device))
+            activation_energy(pl_module.net, probe)
         except EnergyUndefined as exc:
             raise ConfigError(
                 f"--sponge: {exc}, so its activation energy is undefined; switch the check off with --sponge.enabled false"
