@@ -60,10 +60,12 @@ def single_threaded() -> Iterator[None]:
 
 def loo_neighbours(features: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` nearest other rows (brute-force Euclidean) and their inverse-distance weights."""
+    from sklearn import config_context
     from sklearn.neighbors import NearestNeighbors
 
     n = len(features)
-    dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(features).kneighbors(features)
+    with config_context(working_memory=64):  # distance blocks of 64 MiB, not one 400 MiB matrix for 7,200 digits
+        dist, idx = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(features).kneighbors(features)
     is_self = idx == np.arange(n)[:, None]
     is_self[~is_self.any(axis=1), -1] = True  # a row with exact duplicates may not list itself: drop its farthest
     keep = ~is_self
