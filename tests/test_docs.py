@@ -219,7 +219,7 @@ def test_the_check_catches_a_wrong_default_a_missing_row_and_an_extra_row(readme
     assert row in readme
     wrong = defaults_problems(readme.replace(row, "| `pgd_max_samples` | `128` |"))
     assert wrong == ["secure_ml.callbacks.robustness.RobustnessCallback: `pgd_max_samples` documented default 128, code 96"]
-    missing = defaults_problems(readme.replace(row + " of those, digits for PGD |\n", ""))
+    missing = defaults_problems(readme.replace(row + " held-out digits attacked with PGD |\n", ""))
     assert missing == ["secure_ml.callbacks.robustness.RobustnessCallback: `pgd_max_samples` is not documented"]
     extra = readme.replace(row, "| `autoattack_magic` | `true` | x |\n" + row)
     assert defaults_problems(extra) == [
