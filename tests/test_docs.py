@@ -251,3 +251,25 @@ def test_every_cli_option_in_the_readme_exists(readme, subcommand_options):
     # control: a misspelt option in a code block is reported
     doctored = readme.replace("secure-ml fit --help", "secure-ml fit --data.datadir x --help")
     assert unknown_options(cli_options(doctored), subcommand_options) == ["secure-ml fit --data.datadir"]
+
+
+def _readme_commands(text: str, heading: str) -> List[str]:
+    """Command lines of the first code block under ``## heading``."""
+    section = text.split(f"\n## {heading}\n", 1)[1]
+    block = re.search(r"```[a-z]*\n(.*?)```", section, flags=re.S).group(1)
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def _ci_section(ci: str, heading: str) -> List[str]:
+    """Lines of ``.ci/run`` between ``# --- README: heading ---`` and the next ``# ---`` comment."""
+    part = ci.split(f"# --- README: {heading} ---\n", 1)[1]
+    return [line.strip() for line in part.split("# ---", 1)[0].splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_ci_runs_the_readme_install_lint_and_test_commands(readme):
+    ci = (REPO / ".ci" / "run").read_text()
+    for heading in ("Install", "Lint", "Test"):
+        documented = [c for c in _readme_commands(readme, heading) if not c.startswith("python3 -m venv")]  # CI makes its own venv
+        assert documented and documented == _ci_section(ci, heading), heading
+    # control: a README that drifts from CI is noticed
+    assert [c for c in _readme_commands(readme.replace("python -m pytest -q", "pytest"), "Test")] != _ci_section(ci, "Test")
