@@ -128,6 +128,19 @@ def defaults_problems(text: str) -> List[str]:
     return problems
 
 
+def nested_without_table(text: str) -> List[str]:
+    """Settings dataclasses that are the default of a documented option but have no ``defaults:`` table."""
+    tables = defaults_tables(text)
+    missing = []
+    for path in tables:
+        for value in code_defaults(_load(path)).values():
+            if dataclasses.is_dataclass(value) and not isinstance(value, type):
+                nested = f"{type(value).__module__}.{type(value).__qualname__}"
+                if nested not in tables and nested not in missing:
+                    missing.append(nested)
+    return missing
+
+
 def configs_named(text: str) -> List[str]:
     start = text.index("<!-- configs -->")
     return [_code(row[0]) for row in _table_after(text, start)]
@@ -211,6 +224,15 @@ def test_documented_defaults_match_the_code(readme):
     ):
         assert path in tables, f"README has no <!-- defaults: {path} --> table"
     assert defaults_problems(readme) == []
+
+
+def test_every_nested_settings_class_has_its_table(readme):
+    """A documented option whose default is a settings dataclass (``--data.poison``, ``--model.dp``, serve.yaml's
+    sections) has a table of its own, so a new section or a new field in one cannot go undocumented."""
+    assert nested_without_table(readme) == []
+    # control: a README that drops one of them is noticed
+    doctored = readme.replace("<!-- defaults: secure_ml.data.poisoning.PoisonConfig -->", "")
+    assert nested_without_table(doctored) == ["secure_ml.data.poisoning.PoisonConfig"]
 
 
 def test_the_check_catches_a_wrong_default_a_missing_row_and_an_extra_row(readme):
