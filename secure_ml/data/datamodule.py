@@ -9,6 +9,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, TensorDataset
 
+from secure_ml.data.canaries import CanaryConfig, with_canaries
 from secure_ml.data.mnist import load_mnist
 from secure_ml.data.poisoning import PoisonConfig, flip_labels
 from secure_ml.data.sampling import train_loader
@@ -38,6 +39,7 @@ class MNISTDataModule(LightningDataModule):
         poison: label-flip poisoning of the training part.
         sanitizer: sanitization applied after poisoning.
         poisson_sampling: sample training batches by Poisson sampling (set by the CLI whenever DP is on).
+        canaries: one-run privacy audit canaries, added after sanitization (off by default; see configs/audit.yaml).
         num_workers: DataLoader worker processes.
     """
 
@@ -55,6 +57,7 @@ class MNISTDataModule(LightningDataModule):
         sanitizer: SanitizerConfig = SanitizerConfig(),
         poisson_sampling: bool = False,
         num_workers: int = 0,
+        canaries: CanaryConfig = CanaryConfig(),
     ):
         super().__init__()
         # The validation split is the clean non-member set the scorecard needs (the sponge check halves it).
@@ -75,6 +78,7 @@ class MNISTDataModule(LightningDataModule):
         self.sampling_seed = sampling_seed
         self.poison, self.sanitizer = poison, sanitizer
         self.poisson_sampling = poisson_sampling
+        self.canaries, self.canary_set = canaries, None
         self.train_dataset: Optional[TensorDataset] = None
         self.val_dataset: Optional[TensorDataset] = None
         self.test_dataset: Optional[TensorDataset] = None
@@ -124,7 +128,7 @@ class MNISTDataModule(LightningDataModule):
             rank_zero_info(f"secure-ml: {report.summary()}")
         if len(y_train) == 0:
             raise ConfigError("sanitization removed every training sample; loosen --data.sanitizer")
-        self.train_dataset = TensorDataset(x_train, y_train)
+        self.train_dataset, self.canary_set = with_canaries(TensorDataset(x_train, y_train), self.canaries)
         digest = hashlib.sha256()
         for t in (val_idx, train_idx[self.kept_indices], y_train, self._test_idx):
             digest.update(t.numpy().tobytes())
