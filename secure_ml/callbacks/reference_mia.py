@@ -1,9 +1,11 @@
 """RMIA with reference models, in ``secure-ml test`` (training the references is too costly for every epoch)."""
 
 import math
+import time
 from typing import Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from secure_ml.attacks.low_fpr import tpr_at_fpr
 from secure_ml.attacks.membership import membership_metrics
@@ -15,12 +17,12 @@ from secure_ml.errors import ConfigError
 from secure_ml.models.registry import build_net, net_spec
 
 
-def _recipe(pl_module, steps: Optional[int], n_members: int) -> ReferenceRecipe:
-    """The target's training recipe, read from the module, the datamodule and the trainer."""
+def target_recipe(pl_module, datamodule, max_epochs: Optional[int], steps: Optional[int], n_members: int) -> ReferenceRecipe:
+    """The target's training recipe, read from the module (net, optimizer, adversarial, DP) and the datamodule (batch size)."""
     spec = net_spec(pl_module.net)  # ConfigError for a net that cannot be rebuilt
-    dm, trainer = pl_module.trainer.datamodule, pl_module.trainer
+    dm = datamodule
     if steps is None:
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
+        epochs = max_epochs if max_epochs and max_epochs > 0 else None
         if epochs is None:
             raise ConfigError("--reference_mia.steps must be set when --trainer.max_epochs is unbounded")
         steps = epochs * math.ceil(n_members / dm.batch_size)
@@ -95,8 +97,13 @@ class ReferenceMIACallback(EpochMetricCallback):
         k = min(self.max_samples, len(ny), len(my))
         mx, my = subsample(mx, my, k, self.seed + 1)
         nx, ny = nx[:k], ny[:k]
-        recipe = _recipe(pl_module, self.steps, len(without_canaries(trainer.datamodule, *members(trainer))[1]))
+        n_real = len(without_canaries(trainer.datamodule, *members(trainer))[1])
+        recipe = target_recipe(pl_module, trainer.datamodule, trainer.max_epochs, self.steps, n_real)
+        start = time.perf_counter()
         refs = train_reference_models(recipe, rx.cpu(), ry.cpu(), self.reference_models, self.seed)
+        rank_zero_info(
+            f"secure-ml: RMIA trained {self.reference_models} reference model(s) of {recipe.steps} steps in {time.perf_counter() - start:.0f} s"
+        )
         net = pl_module.net
         device = next(net.parameters()).device
         refs = [r.to(device) for r in refs]

@@ -1,8 +1,10 @@
 """FGSM / PGD accuracy on held-out digits every epoch, and AutoAttack (all test digits in ``secure-ml test``)."""
 
+import time
 from typing import List, Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from secure_ml.attacks import fgsm, pgd
 from secure_ml.attacks.autoattack import AutoAttackConfig, autoattack
@@ -111,4 +113,9 @@ class RobustnessCallback(EpochMetricCallback):
             return {}
         x, y = held_out(pl_module.trainer, stage)
         x, y = on_device(pl_module, *subsample(x, y, n if n is not None else len(y), cfg.seed))
-        return {at(AUTOATTACK_ACC, cfg.epsilon): autoattack(net, x, y, cfg).accuracy}
+        start = time.perf_counter()
+        result = autoattack(net, x, y, cfg)
+        rank_zero_info(
+            f"secure-ml: AutoAttack on {len(y)} {stage} digits: {result.accuracy:.4f} robust, {time.perf_counter() - start:.0f} s; {result.remaining}"
+        )
+        return {at(AUTOATTACK_ACC, cfg.epsilon): result.accuracy}
