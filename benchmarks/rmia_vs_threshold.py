@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from secure_ml.attacks.low_fpr import dp_tpr_bound, tpr_at_fpr  # noqa: E402
 from secure_ml.attacks.membership import SCORE_KINDS, membership_metrics, model_scores  # noqa: E402
@@ -51,7 +52,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    cli = cli_main(["--config", str(run / "config.yaml"), "--trainer.logger", "false"], run=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for key in ("ckpt_path", "weights_only"):  # options of the `fit` subcommand; built here without one
+        config.pop(key, None)
+    config["trainer"]["logger"] = False
+    cli = cli_main(config, run=False)
     model, dm = cli.model, cli.datamodule
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     model.load_state_dict(ckpt["state_dict"])

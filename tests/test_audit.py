@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import beta, binom
 
-from secure_ml.privacy.one_run_audit import count_correct, epsilon_lower_bound, guess_counts, one_run_audit, p_value
+from secure_ml.privacy.one_run_audit import canary_scores, count_correct, epsilon_lower_bound, guess_counts, one_run_audit, p_value
 from secure_ml.privacy.threshold_audit import (
     clopper_pearson,
     epsilon_lower_bound_from_counts,
@@ -147,3 +147,16 @@ def test_one_run_audit_guesses_and_validation():
         one_run_audit(torch.tensor([float("nan")] * 10), included, delta=0.0)
     with pytest.raises(ValueError, match="no guess count"):
         guess_counts(10, [0.01])
+
+
+def test_canary_scores_remove_the_label_prior():
+    probs = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1])
+    logp = probs.log()
+    scores = canary_scores(logp, labels)
+    prior = logp.mean(0)
+    assert torch.allclose(scores, torch.stack([logp[0, 0] - prior[0], logp[1, 0] - prior[0], logp[2, 1] - prior[1]]))
+    # the plain loss ranks canary 2 last (p = 0.5 < 0.8); against its label's prior (mean p ≈ 0.2) it is the most trained-on
+    assert int(scores.argmax()) == 2 and int(logp.gather(1, labels[:, None]).squeeze(1).argmax()) == 0
+    with pytest.raises(ValueError, match="labels"):
+        canary_scores(logp, labels[:2])

@@ -15,6 +15,7 @@ from secure_ml.data.canaries import CanaryConfig, make_canaries, with_canaries, 
 from secure_ml.errors import ConfigError
 from secure_ml.module import SecureClassifier
 from secure_ml.privacy.config import DPConfig
+from secure_ml.report.gates import check_gates, parse_gates
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,6 +105,8 @@ def test_reference_mia_and_autoattack_run_in_test_only(tiny_mnist, tmp_path):
     trainer.test(model, dm)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     assert 0.0 <= metrics["adv/autoattack_acc@0.1"] <= metrics["adv/pgd_acc@0.1"] + 0.2
+    assert check_gates(parse_gates({"adv/autoattack_acc@0.1": ">= 0.0"}), metrics) == []  # a gate can use it
+    assert check_gates(parse_gates({"adv/autoattack_acc@0.1": "> 1.0"}), metrics)
     assert 0.0 <= metrics["mia/rmia_auc"] <= 1.0
     assert "mia/rmia_tpr@0.1%fpr" not in metrics  # 50 evaluated non-members cannot resolve 0.1%
 

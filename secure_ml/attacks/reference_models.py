@@ -9,6 +9,7 @@ leave the references under-trained and their probabilities unlike the target's.
 """
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -42,16 +43,14 @@ def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: 
     dataset = TensorDataset(x, y)
     dp = recipe.noise_multiplier is not None
     loader = train_loader(dataset, recipe.batch_size, seed, dp, poisson_generator=torch.Generator().manual_seed(seed + 1))
+    steps_per_epoch = len(loader)
     private = None
     if dp:
         cfg = DPConfig(
             enabled=True, noise_multiplier=recipe.noise_multiplier, max_grad_norm=recipe.max_grad_norm, delta=0.1 / len(y), noise_seed=seed
         )
-        steps_per_epoch = len(loader)
         private = make_private(net, opt, loader, cfg, total_steps=recipe.steps, grad_sample_mode="hooks")
         opt = private.optimizer
-    else:
-        steps_per_epoch = len(loader)
     net.train()
     step = 0
     for _ in range(math.ceil(recipe.steps / steps_per_epoch)):
@@ -63,10 +62,7 @@ def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: 
                 continue
             x_adv = None
             if recipe.adversarial.active:
-                if private is not None:
-                    with private.hooks_disabled():
-                        x_adv = adversarial_examples(net, xb, yb, recipe.adversarial)
-                else:
+                with private.hooks_disabled() if private is not None else nullcontext():
                     x_adv = adversarial_examples(net, xb, yb, recipe.adversarial)
             loss, _ = mixed_loss(net, xb, yb, x_adv, recipe.adversarial.ratio)
             opt.zero_grad()

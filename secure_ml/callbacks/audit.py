@@ -2,20 +2,33 @@
 
 from typing import Any, Dict, List, Optional
 
-from secure_ml.attacks.membership import model_scores
+import torch
+import torch.nn.functional as F
+from torch import nn
+
 from secure_ml.callbacks._common import EpochMetricCallback, check_min
 from secure_ml.callbacks.membership import dp_delta
 from secure_ml.data.canaries import make_canaries
 from secure_ml.errors import ConfigError
-from secure_ml.privacy.one_run_audit import guess_counts, one_run_audit
+from secure_ml.privacy.one_run_audit import canary_scores, guess_counts, one_run_audit
+
+
+def _log_probs(net: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Log-softmax outputs ``(m, C)`` in float64 on the CPU (no grad; the net's device for the forward)."""
+    p = next(net.parameters())
+    with torch.no_grad():
+        return torch.cat(
+            [F.log_softmax(net(x[i : i + batch_size].to(p.device, p.dtype)).double(), 1).cpu() for i in range(0, len(x), batch_size)]
+        )
 
 
 class OneRunAuditCallback(EpochMetricCallback):
     """Logs ``privacy/audit_epsilon_lower_bound`` and ``privacy/audit_guess_accuracy`` when the data has canaries.
 
     The canaries come from ``--data.canaries`` (off by default; ``configs/audit.yaml`` turns them on).
-    Each canary's score is its log-probability of its label under the model (a black-box loss
-    attack); the audit guesses "in" for the highest and "out" for the lowest scores and converts the
+    Each canary's score is its log-probability of its label under the model minus that label's mean
+    log-probability over all canaries (a black-box, label-calibrated loss attack,
+    :func:`~secure_ml.privacy.one_run_audit.canary_scores`); the audit guesses "in" for the highest and "out" for the lowest scores and converts the
     count of correct guesses into a lower bound on ε at ``confidence`` (Steinke, Nasr & Jagielski
     2023; :mod:`secure_ml.privacy.one_run_audit`). On a correct (ε, δ)-DP run it stays below the
     accountant's ``privacy/epsilon`` with probability ≥ ``confidence``; a model that memorises its
@@ -76,7 +89,7 @@ class OneRunAuditCallback(EpochMetricCallback):
             return {}
         x, y, included = canaries
         guess_counts(len(y), self.guess_fractions)  # a clear error before any scoring when the fractions give no guesses
-        scores = model_scores(pl_module.net, x, y)["loss"]
+        scores = canary_scores(_log_probs(pl_module.net, x), y)
         audit = one_run_audit(scores, included, dp_delta(pl_module, self.delta), self.confidence, self.guess_fractions)
         return {"privacy/audit_epsilon_lower_bound": audit.epsilon_lb, "privacy/audit_guess_accuracy": audit.correct / audit.guesses}
 

@@ -82,6 +82,21 @@ class OneRunAudit:
         return asdict(self)
 
 
+def canary_scores(log_probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Label-calibrated loss scores: log p(yᵢ | xᵢ) − mean over all canaries j of log p(yᵢ | xⱼ).
+
+    The plain loss ranks every canary of the label the model favours for canary-like inputs as "in";
+    subtracting that label's average log-probability over the canaries removes the shared prior and
+    leaves what is specific to canary i. It uses the model's outputs only (never the coins), so the
+    theorem's guarantee holds for it like for any guess made from the trained model.
+    """
+    if log_probs.dim() != 2 or labels.shape != log_probs.shape[:1]:
+        raise ValueError(f"need log-probabilities (m, C) and labels (m,); got {tuple(log_probs.shape)} and {tuple(labels.shape)}")
+    labels = labels.long()
+    own = log_probs.gather(1, labels[:, None]).squeeze(1)
+    return own - log_probs.mean(0)[labels]
+
+
 def count_correct(scores: torch.Tensor, included: torch.Tensor, k_plus: int, k_minus: int) -> int:
     """Correct guesses when "in" is guessed for the ``k_plus`` highest scores and "out" for the ``k_minus`` lowest (ties by index)."""
     order = torch.argsort(scores, stable=True)  # ascending
