@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from secure_ml.adversarial import AdversarialConfig
+from secure_ml.attacks.autoattack import AutoAttackConfig
 from secure_ml.callbacks import MembershipInferenceCallback, PrivacyBudget, RobustnessCallback, Scorecard, SpongeCallback
 from secure_ml.cli import main
 from secure_ml.data import MNISTDataModule
@@ -40,7 +41,9 @@ NAMES = [
 
 def _callbacks(**scorecard):
     return [
-        RobustnessCallback(max_samples=64, pgd_max_samples=32, pgd_steps=3),
+        RobustnessCallback(
+            max_samples=64, pgd_max_samples=32, pgd_steps=3, autoattack=AutoAttackConfig(steps=5, target_classes=2, square_queries=50)
+        ),
         MembershipInferenceCallback(max_samples=100),
         SpongeCallback(n_sponges=8, craft_steps=10, calibration_samples=50, max_samples=50),
         Scorecard(**scorecard),
@@ -82,6 +85,7 @@ def test_callbacks_log_every_name_in_fit_validate_and_test(tiny_mnist, tmp_path,
         assert "adv/pgd_acc@0.1" in t.callback_metrics and "sponge/reject_rate" in t.callback_metrics
         t.test(model, dm)
         assert "mia/auc" in t.callback_metrics and "test/acc" in t.callback_metrics
+        assert "adv/autoattack_acc@0.1" in t.callback_metrics  # AutoAttack runs in test (on every test digit), not per epoch
     assert all(0.0 <= float(trainer.callback_metrics[n]) <= 1.0 for n in NAMES if "ratio" not in n and "epsilon" not in n)
 
 
