@@ -15,7 +15,8 @@ Kinds (all labels uniformly random, so only memorisation can fit them):
 
 The seed is secret by default (a fresh ``secrets`` draw per run, shared by every process of a
 distributed run); the audit callback keeps it in the checkpoint so ``secure-ml test`` can rebuild the
-same canaries and coins. The datamodule's member/non-member fingerprint covers the real digits only.
+same canaries and coins. The datamodule's keyed split check covers them too (seed, count, kind and coins), and the datamodule keeps
+them in its checkpoint state, so a secret-seed run's canaries come back in ``test`` and a resumed ``fit``.
 """
 
 import secrets
