@@ -135,7 +135,9 @@ class MNISTDataModule(LightningDataModule):
         """Append ``cfg``'s canaries (the hook every training row goes through last) and extend the split check with them."""
         self.train_dataset, self.canary_set = with_canaries(self._real_train, cfg)
         c = self.canary_set  # without canaries the check is the same as before they existed
-        self._split = self._split[:4] + (() if c is None else (torch.tensor([c.seed, len(c.y), KINDS.index(c.kind), *c.included.tolist()]),))
+        self._split = self._split[:4] + (
+            () if c is None else (torch.tensor([c.seed, len(c.y), KINDS.index(c.kind), *c.included.tolist()]),)
+        )
 
     def _adopt(self, saved: dict) -> CanaryConfig:
         """The checkpoint's canaries unless a seed is pinned: a secret seed cannot be re-entered, so ``test`` and a resumed ``fit`` reuse them."""
