@@ -2,14 +2,14 @@
 
 A reference model should look like the target except for the records under test, so it is trained
 with the target's architecture (a fresh instance), optimizer factory, adversarial-training settings
-and, when the target is DP, DP-SGD with the target's noise multiplier and clipping norm (Opacus,
-per-sample hooks, Poisson batches of the target's expected size). ``steps`` defaults to the target's
+and, when the target is DP, DP-SGD with the target's noise multiplier and clipping norm (the step
+mode ``--model.dp.backend auto`` resolves to, taken through :func:`secure_ml.privacy.steps.dp_step`
+like every private step; Poisson batches of the target's expected size). ``steps`` defaults to the target's
 step count: the population set is smaller than the target's training set, so matching epochs would
 leave the references under-trained and their probabilities unlike the target's.
 """
 
 import math
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
@@ -21,6 +21,8 @@ from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed
 from secure_ml.data.sampling import train_loader
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import make_private
+from secure_ml.privacy.modes import resolve_mode
+from secure_ml.privacy.steps import dp_step
 
 
 @dataclass
@@ -49,7 +51,10 @@ def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: 
         cfg = DPConfig(
             enabled=True, noise_multiplier=recipe.noise_multiplier, max_grad_norm=recipe.max_grad_norm, delta=0.1 / len(y), noise_seed=seed
         )
-        private = make_private(net, opt, loader, cfg, total_steps=recipe.steps, grad_sample_mode="hooks")
+        mixed = recipe.adversarial.active and 0 < recipe.adversarial.ratio < 1
+        private = make_private(
+            net, opt, loader, cfg, total_steps=recipe.steps, mode=resolve_mode(cfg, mixed=mixed, distributed=False, net=net)
+        )
         opt = private.optimizer
     net.train()
     step = 0
@@ -58,12 +63,12 @@ def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: 
             if step == recipe.steps:
                 break
             step += 1
+            if private is not None:  # empty Poisson batches included: a noise-only step, as in the target's run
+                dp_step(private, net, opt, xb, yb, recipe.adversarial)
+                continue
             if len(yb) == 0:
                 continue
-            x_adv = None
-            if recipe.adversarial.active:
-                with private.hooks_disabled() if private is not None else nullcontext():
-                    x_adv = adversarial_examples(net, xb, yb, recipe.adversarial)
+            x_adv = adversarial_examples(net, xb, yb, recipe.adversarial) if recipe.adversarial.active else None
             loss, _ = mixed_loss(net, xb, yb, x_adv, recipe.adversarial.ratio)
             opt.zero_grad()
             loss.mean().backward()
