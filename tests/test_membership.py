@@ -255,6 +255,20 @@ def _mlp():
     return nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 10))
 
 
+def test_dp_reference_models_take_private_steps_reproducibly():
+    """A DP target's references replay DP-SGD (main's dp_step): same seed → same model, σ changes it, global RNG untouched."""
+    x, y = _teacher_data(n=200)
+
+    def train(sigma):
+        recipe = ReferenceRecipe(_mlp, lambda p: torch.optim.SGD(p, lr=0.1), steps=5, batch_size=20, noise_multiplier=sigma)
+        return torch.cat([p.detach().flatten() for p in train_reference_models(recipe, x, y, 1, seed=3)[0].parameters()])
+
+    before = torch.random.get_rng_state()
+    a, b, noisier = train(1.0), train(1.0), train(50.0)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(a, b) and not torch.allclose(a, noisier)
+
+
 @pytest.mark.slow
 def test_rmia_beats_the_threshold_attack_on_an_overfit_model_and_is_chance_without_the_members():
     x, y = _teacher_data()
