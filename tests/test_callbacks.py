@@ -20,6 +20,7 @@ from secure_ml.errors import ConfigError
 from secure_ml.module import SecureClassifier
 from secure_ml.privacy.config import DPConfig
 from secure_ml.report.gates import check_gates, parse_gates
+from tests.helpers.data import smoke_args
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [
@@ -166,24 +167,7 @@ def _delta_with_gates(tmp_path, gates) -> Path:
 @pytest.mark.slow
 def test_secure_ml_test_writes_report_and_gates_fail_the_exit(tiny_mnist, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    common = [
-        "--config",
-        str(REPO / "configs" / "capstone.yaml"),
-        "--config",
-        str(REPO / "configs" / "smoke.yaml"),
-        "--data.data_dir",
-        str(tiny_mnist),
-        "--data.download",
-        "false",
-        "--data.train_size",
-        "500",
-        "--data.val_size",
-        "100",
-        "--data.test_size",
-        "100",
-        "--data.batch_size",
-        "32",
-    ]
+    common = smoke_args(tiny_mnist, "--data.batch_size", "32")
     main(["fit", *common])
     ckpt = str(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
     main(["test", *common, "--config", str(_delta_with_gates(tmp_path, {"mia/auc": "<= 1.0"})), "--ckpt_path", ckpt])

@@ -9,6 +9,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from secure_ml.cli import cli_main, main
+from tests.helpers.data import smoke_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -67,24 +68,7 @@ def _scalars(log_dir: Path):
 @pytest.mark.slow
 def test_fit_then_test_in_process(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    common = [
-        "--config",
-        str(BASE),
-        "--config",
-        str(SMOKE),
-        "--data.data_dir",
-        str(tiny_mnist),
-        "--data.download",
-        "false",
-        "--data.train_size",
-        "500",
-        "--data.val_size",
-        "100",
-        "--data.test_size",
-        "100",
-        "--data.batch_size",
-        "32",
-    ]
+    common = smoke_args(tiny_mnist, "--data.batch_size", "32")
     main(["fit", *common])
     run = tmp_path / "lightning_logs" / "version_0"
     assert (run / "config.yaml").exists()
@@ -122,25 +106,7 @@ def _run_cli(*args, cwd):
 )
 @pytest.mark.slow
 def test_bad_input_is_one_clear_error(tiny_mnist, tmp_path, extra, needle):
-    proc = _run_cli(
-        "fit",
-        "--config",
-        str(BASE),
-        "--config",
-        str(SMOKE),
-        "--data.data_dir",
-        str(tiny_mnist),
-        "--data.download",
-        "false",
-        "--data.train_size",
-        "500",
-        "--data.val_size",
-        "100",
-        "--data.test_size",
-        "100",
-        *extra,
-        cwd=tmp_path,
-    )
+    proc = _run_cli("fit", *smoke_args(tiny_mnist, *extra), cwd=tmp_path)
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -7,6 +7,7 @@ import yaml
 
 from secure_ml.cli import main
 from secure_ml.data import MNISTDataModule, PoisonConfig, SanitizerConfig
+from tests.helpers.data import smoke_args
 
 pytestmark = pytest.mark.slow
 
@@ -38,39 +39,9 @@ def test_label_aware_sanitizer_beats_isolation_forest_on_capstone(real_data_dir)
 
 def test_smoke_fit_on_real_digits(real_data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    main(
-        [
-            "fit",
-            "--config",
-            str(REPO / "configs" / "capstone.yaml"),
-            "--config",
-            str(REPO / "configs" / "smoke.yaml"),
-            "--data.data_dir",
-            str(real_data_dir),
-            "--data.download",
-            "false",
-            "--model.dp.enabled",
-            "false",
-            "--trainer.max_epochs",
-            "5",
-        ]
-    )
+    main(["fit", *smoke_args(real_data_dir, "--model.dp.enabled", "false", "--trainer.max_epochs", "5", sizes=None)])
     ckpt = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
-    main(
-        [
-            "test",
-            "--config",
-            str(REPO / "configs" / "capstone.yaml"),
-            "--config",
-            str(REPO / "configs" / "smoke.yaml"),
-            "--data.data_dir",
-            str(real_data_dir),
-            "--data.download",
-            "false",
-            "--ckpt_path",
-            str(ckpt),
-        ]
-    )
+    main(["test", *smoke_args(real_data_dir, "--ckpt_path", str(ckpt), sizes=None)])
     import json
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -46,3 +46,13 @@ def make_mnist_dir(root: Path, n_train: int = 600, n_test: int = 200, seed: int 
     write_idx(raw, "train", *synthetic_digits(n_train, seed))
     write_idx(raw, "t10k", *synthetic_digits(n_test, seed + 1))
     return root
+
+
+def smoke_args(data_dir, *extra: str, sizes=(500, 100, 100)) -> list:
+    """CLI arguments of the capstone + smoke configs on ``data_dir`` (no download), with train/val/test sizes ``sizes`` (None: the smoke's)."""
+    args = ["--config", str(REPO / "configs" / "capstone.yaml"), "--config", str(REPO / "configs" / "smoke.yaml")]
+    args += ["--data.data_dir", str(data_dir), "--data.download", "false"]
+    if sizes is not None:
+        for name, n in zip(("train_size", "val_size", "test_size"), sizes):
+            args += [f"--data.{name}", str(n)]
+    return args + list(extra)
