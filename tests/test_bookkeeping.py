@@ -92,6 +92,7 @@ def _close(a, b, atol=1e-5):
 NETS = [(SmallCNN, torch.float32, {}), (HardenedNet, torch.float64, {"padding_mode": "zeros"})]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("net_cls, dtype, kwargs", NETS, ids=["SmallCNN", "HardenedNet"])
 @pytest.mark.parametrize("ratio", [0.0, 1.0, 0.5], ids=["clean", "adversarial", "mix"])
 def test_equals_reference_and_opacus(net_cls, dtype, kwargs, ratio):
@@ -130,6 +131,7 @@ def test_equals_reference_and_opacus(net_cls, dtype, kwargs, ratio):
         _close(ours, op)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ghost", [True, False, None], ids=["all-ghost", "all-materialised", "cheaper"])
 @pytest.mark.parametrize(
     "net_cls, kwargs",
@@ -157,6 +159,7 @@ def test_both_norm_paths_of_every_layer(monkeypatch, ghost, net_cls, kwargs):
         _close(ours, ref, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_mix_is_one_row_per_person_with_cross_terms():
     """Negative control: clipping the clean and adversarial rows separately (two rows per person) differs from BK."""
     x, y = _data(B)
@@ -197,6 +200,7 @@ def test_empty_batch_is_a_noise_only_step():
     assert abs(float(noise.std()) - 1.0) < 0.02 and steps == [1]
 
 
+@pytest.mark.slow
 def test_step_divides_by_expected_batch_and_keeps_no_state_between_steps():
     net = _net(SmallCNN, torch.float32)
     opt = _optimizer(net, sigma=0.0, clip=0.1, expected=10)
@@ -213,6 +217,7 @@ def test_step_divides_by_expected_batch_and_keeps_no_state_between_steps():
         assert all(p.grad is None for p in net.parameters())
 
 
+@pytest.mark.slow
 def test_distributed_stages_add_noise_once():
     """Two ranks of 6 samples: rank 0 adds noise, the clipped sums are all-reduced, both equal one process with 12."""
     x, y = _data(12)
@@ -254,6 +259,7 @@ def test_distributed_stages_add_noise_once():
         assert not torch.allclose(p0.grad, clean, atol=1e-3)  # the noise is really there
 
 
+@pytest.mark.slow
 def test_hooks_record_nothing_outside_the_context_and_leak_nothing():
     net = _net(SmallCNN, torch.float32)
     clipper = BookKeepingClipper(net, 1.0)

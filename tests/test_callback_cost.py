@@ -2,6 +2,7 @@
 
 import types
 
+import pytest
 import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -21,6 +22,7 @@ def _accuracy(net, x, y, batch=32):  # batched like the callback: a different ba
         return sum((net(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum().item() for i in range(0, len(y), batch)) / len(y)
 
 
+@pytest.mark.slow
 def test_fgsm_from_one_shared_gradient_equals_fgsm_per_radius():
     images, labels = synthetic_digits(290, seed=0)
     x, y = torch.from_numpy(images).float().div(255).unsqueeze(1), torch.from_numpy(labels).long()
@@ -47,6 +49,7 @@ def test_fgsm_from_one_shared_gradient_equals_fgsm_per_radius():
     assert len({got[f"adv/fgsm_acc@{e:g}"] for e in eps}) > 1  # the radii do differ
 
 
+@pytest.mark.slow
 def test_dashboard_is_drawn_once_per_fit_by_default(tiny_mnist, tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     card = Scorecard()

@@ -70,6 +70,7 @@ def _trainer(tmp_path, callbacks, epochs=1, inference_mode=False, logger=False):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dp", [False, True], ids=["plain", "opacus"])
 def test_callbacks_log_every_name_in_fit_validate_and_test(tiny_mnist, tmp_path, dp):
     model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.03), dp=DPConfig(enabled=dp, noise_seed=0))
@@ -90,6 +91,7 @@ def test_callbacks_log_every_name_in_fit_validate_and_test(tiny_mnist, tmp_path,
     assert all(0.0 <= float(trainer.callback_metrics[n]) <= 1.0 for n in NAMES if "ratio" not in n and "epsilon" not in n)
 
 
+@pytest.mark.slow
 def test_fgsm_accuracy_falls_as_epsilon_grows(tiny_mnist, tmp_path):
     model = SecureClassifier()
     dm = _dm(tiny_mnist)
@@ -105,6 +107,7 @@ def test_fgsm_accuracy_falls_as_epsilon_grows(tiny_mnist, tmp_path):
     assert out["adv/pgd_acc@0.3"] <= out["adv/fgsm_acc@0.3"]
 
 
+@pytest.mark.slow
 def test_empirical_lower_bound_never_exceeds_accountant_epsilon(tiny_mnist, tmp_path):
     from secure_ml.privacy.threshold_audit import threshold_epsilon_lower_bound
 
@@ -132,6 +135,7 @@ def test_privacy_budget_stops_before_epsilon_passes_it(tiny_mnist, tmp_path):
         _trainer(tmp_path, [PrivacyBudget(1.0)]).fit(SecureClassifier(), _dm(tiny_mnist))
 
 
+@pytest.mark.slow
 def test_dashboard_and_hparams_in_tensorboard_and_policy_in_checkpoint(tiny_mnist, tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     cbs = _callbacks(figure_every_n_epochs=1)  # the default draws it once, at the end of fit (tests/test_callback_cost.py)

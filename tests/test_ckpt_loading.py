@@ -64,6 +64,7 @@ def test_the_payload_runs_under_lightning_own_url_loader(tmp_path, monkeypatch):
     assert marker.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["local", "url"])
 @pytest.mark.parametrize("fn", ["fit", "validate", "test"])
 def test_trainer_refuses_pickled_code(tiny_mnist, tmp_path, where, fn):
@@ -91,6 +92,7 @@ def test_cli_prints_one_line_for_a_malicious_url(tiny_mnist, tmp_path, monkeypat
     assert err[-1].startswith("secure-ml: error: refused to load --ckpt_path") and "Traceback" not in "\n".join(err)
 
 
+@pytest.mark.slow
 def test_a_genuine_checkpoint_still_resumes_from_a_url(tiny_mnist, tmp_path):
     trainer = Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_train_batches=2)
     trainer.fit(SecureClassifier(), _dm(tiny_mnist))

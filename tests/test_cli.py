@@ -21,6 +21,7 @@ def _is_training_config(path: Path) -> bool:
     return not path.name.startswith("serve")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [c for c in CONFIGS if _is_training_config(c)], ids=lambda p: p.name)
 def test_every_training_config_parses(config, capsys):
     args = ["fit", "--config", str(BASE)] + (["--config", str(config)] if config != BASE else []) + ["--print_config"]

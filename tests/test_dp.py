@@ -39,6 +39,7 @@ def _reference_per_sample(net, x, y, x_adv, ratio):
     return list(grads.values())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
 def test_reference_matches_opacus_with_zero_noise(ratio):
     x_all, y_all = _data()
@@ -151,6 +152,7 @@ def test_bad_dp_config_names_the_flag(kwargs, flag):
         DPConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_ghost_clipping_matches_reference_with_zero_noise():
     x_all, y_all = _data()
     x, y = x_all[:32], y_all[:32]

@@ -47,6 +47,7 @@ def _step(mode, x, y, adv, **kw):
     return update
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [1.0, 0.5])
 def test_every_mode_takes_the_same_step_with_zero_noise(ratio):
     x, y = _data(24, seed=1)

@@ -88,6 +88,7 @@ def test_square_catches_gradient_masking_that_fools_pgd():
     assert full.accuracy < 0.2  # caught
 
 
+@pytest.mark.slow
 def test_autoattack_validates():
     model, x, y = linear_classifier()
     with pytest.raises(ValueError, match=r"pixels in \[0, 1\]"):

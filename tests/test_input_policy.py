@@ -36,6 +36,7 @@ def reasons(decisions):
     return Counter(d.reason for d in decisions)
 
 
+@pytest.mark.slow
 def test_calibration_sets_every_limit_and_keeps_clean_non_members(setup):
     model, policy, xt = setup
     assert policy.max_energy is not None and policy.max_density is not None and len(policy.max_layer_density) == 3
@@ -71,6 +72,7 @@ def test_each_bad_input_kind_has_its_reason(setup):
     assert policy.check((good * 5).long(), model).reason == "dtype"  # order: dtype before range
 
 
+@pytest.mark.slow
 def test_details_carry_no_statistic_or_limit(setup):
     """A 422 names the failed check only: the detail is one fixed sentence per check, whatever the input."""
     model, policy, xt = setup
@@ -107,6 +109,7 @@ def test_gaussian_sponges_are_rejected(setup):
     assert r["ok"] == 0 and set(r) <= {"variance", "energy"}, r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["sign", "adam"])
 @pytest.mark.parametrize("objective", ["l2", "l0"])
 @pytest.mark.parametrize("start", ["noise", "digits"])
@@ -122,6 +125,7 @@ def test_crafted_sponges_are_rejected_and_need_the_activation_checks(setup, obje
         assert reasons(policy.check_batch(x0, model))["ok"] == 8  # their starting points were fine
 
 
+@pytest.mark.slow
 def test_one_dimensional_policy_lets_density_sponges_through(setup):
     """An L2-only limit is a line an L0 attacker stays under; the density checks catch what it misses."""
     model, policy, xt = setup
@@ -155,6 +159,7 @@ def test_adaptive_attacker_gains_at_most_the_bound(setup, clean_q995):
     assert worst_accepted_ratio(activation_energy(model, dense)["density"], ok, q_density) > 1.15
 
 
+@pytest.mark.slow
 def test_batch_mixes_reasons_and_runs_one_forward(setup):
     model, policy, xt = setup
     batch = xt[:4].clone()

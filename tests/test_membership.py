@@ -165,6 +165,7 @@ def memorised_model():
     return model, x, y
 
 
+@pytest.mark.slow
 def test_membership_inference_end_to_end():
     model, x, y = memorised_model()
     g = torch.Generator().manual_seed(3)

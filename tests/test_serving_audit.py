@@ -43,6 +43,7 @@ def _send_mix(srv):
     return codes, body
 
 
+@pytest.mark.slow
 def test_one_line_per_request_and_no_raw_input(tmp_path):
     cfg = base_config(tmp_path, rate_limit={"burst": BURST, "max_qps": 0.001})
     with running(cfg, clock=FakeClock()) as srv:

@@ -77,6 +77,7 @@ def test_block_expires_and_other_signals():
     assert shapiro_w([1.0] * 10) == 0.0
 
 
+@pytest.mark.slow
 def test_flag_logs_one_alert_and_keeps_answering(tmp_path):
     cfg = base_config(tmp_path, extraction={"action": "flag", "min_distances": 20, "window": 20})
     with running(cfg) as srv:
@@ -89,6 +90,7 @@ def test_flag_logs_one_alert_and_keeps_answering(tmp_path):
     assert metrics[("secure_ml_extraction_first_alert_query", (("client", client_id(KEY_A)),))] == 21
 
 
+@pytest.mark.slow
 def test_throttle_shrinks_only_that_clients_rate(tmp_path):
     cfg = base_config(tmp_path, extraction={"action": "throttle", "min_distances": 20, "window": 20, "throttle_factor": 0.01})
     with running(cfg, clock=FakeClock()) as srv:

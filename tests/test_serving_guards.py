@@ -97,6 +97,7 @@ def test_burst_then_429_then_retry_after(tmp_path):
         assert post(s).status_code == 200
 
 
+@pytest.mark.slow
 def test_rate_limit_real_clock(tmp_path):
     with running(base_config(tmp_path, rate_limit={"burst": 2, "max_qps": 0.5})) as s:  # a token per 2 s: robust on a loaded machine
         t0 = time.monotonic()

@@ -39,6 +39,7 @@ def first_response(s: socket.socket, timeout: float) -> bytes:
 
 
 # ---- item 8: the key is checked before the body is read; connections are bounded by default ------------
+@pytest.mark.slow
 def test_key_is_checked_before_the_body_is_read(tmp_path):
     """Attack: announce a 60 KB body, send none, without a valid key. Control: with a valid key the server waits for the body."""
     with running(base_config(tmp_path, body={"body_timeout_s": 1.5})) as srv:
@@ -84,6 +85,7 @@ class Broken(torch.nn.Module):
         raise OSError(2, "No such file or directory", self.path)
 
 
+@pytest.mark.slow
 def test_error_bodies_never_leak_server_paths(tmp_path):
     secret = str(tmp_path / "secret-model-dir" / "weights.bin")
     assert secret in str(OSError(2, "No such file or directory", secret))  # control: the raw error does carry the path

@@ -51,6 +51,7 @@ def _expected_epsilon(sigma, q, steps, delta, mechanism):
     return acc.get_epsilon(delta=delta)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, mechanism", [("opacus", "prv"), ("reference", "rdp"), ("bk", "prv")])
 def test_dp_fit_logs_accountant_epsilon_with_poisson_sampling(tiny_mnist, tmp_path, backend, mechanism):
     model = _model(backend, accountant=mechanism)
@@ -76,6 +77,7 @@ def test_poisson_batches_vary_in_size(tiny_mnist):
     assert len(set(sizes)) > 1 and sum(sizes) != 400  # a shuffled loader would give 12×32 + 16 = 400 exactly, every epoch
 
 
+@pytest.mark.slow
 def test_target_epsilon_calibrates_noise(tiny_mnist, tmp_path):
     model = _model(target_epsilon=3.0, accountant="rdp")
     trainer = _trainer(tmp_path, epochs=2)
@@ -148,6 +150,7 @@ def test_poisoning_metrics_are_logged(tiny_mnist, tmp_path):
     assert float(m["poison/precision"]) == pytest.approx(dm.sanitization_report.precision)
 
 
+@pytest.mark.slow
 def test_clean_training_learns_synthetic_digits(tiny_mnist, tmp_path):
     trainer = _trainer(tmp_path, epochs=3)
     model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.03, ratio=0.5))
@@ -206,6 +209,7 @@ def test_unbounded_training_stops_at_the_privacy_budget(tiny_mnist, tmp_path):
     assert model.private.steps > 0 and model.private.epsilon(1e-5) <= 3.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, mode", [("opacus", "ghost"), ("auto", "bk")])
 def test_single_forward_modes_train_with_exact_accounting_and_empty_batches(tiny_mnist, tmp_path, backend, mode):
     from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
