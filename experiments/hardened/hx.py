@@ -14,7 +14,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.func import functional_call, grad, vmap
 
 torch.set_num_threads(int(os.environ.get("HX_THREADS", "1")))
@@ -52,8 +51,8 @@ def shift_aug(x, gen, max_shift=2):
     xp = F.pad(x, (p, p, p, p))
     dx = torch.randint(0, 2 * p + 1, (n,), generator=gen)
     dy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(28)[None, :])  # (n, 28)
-    cols = (dx[:, None] + torch.arange(28)[None, :])
+    rows = dy[:, None] + torch.arange(28)[None, :]  # (n, 28)
+    cols = dx[:, None] + torch.arange(28)[None, :]
     idx_r = rows[:, :, None].expand(n, 28, 28)
     idx_c = cols[:, None, :].expand(n, 28, 28)
     b = torch.arange(n)[:, None, None].expand(n, 28, 28)
@@ -68,7 +67,7 @@ def attack(net, x, y, kind, eps, steps, gen, loss="ce", x_nat_logits=None):
     if kind == "fgsm":  # FGSM with random start (Wong et al. 2020), step 1.25 eps
         delta = (torch.rand(x0.shape, generator=gen) * 2 - 1) * eps
         xa = (x0 + delta).clamp(0, 1).requires_grad_(True)
-        g, = torch.autograd.grad(_adv_loss(net, xa, y, loss, x_nat_logits), xa)
+        (g,) = torch.autograd.grad(_adv_loss(net, xa, y, loss, x_nat_logits), xa)
         xa = x0 + (xa.detach() - x0 + 1.25 * eps * g.sign()).clamp(-eps, eps)
         return xa.clamp(0, 1).detach()
     alpha = 2.5 * eps / steps
@@ -78,7 +77,7 @@ def attack(net, x, y, kind, eps, steps, gen, loss="ce", x_nat_logits=None):
         xa = (x0 + (torch.rand(x0.shape, generator=gen) * 2 - 1) * eps).clamp(0, 1)
     for _ in range(steps):
         xa = xa.detach().requires_grad_(True)
-        g, = torch.autograd.grad(_adv_loss(net, xa, y, loss, x_nat_logits), xa)
+        (g,) = torch.autograd.grad(_adv_loss(net, xa, y, loss, x_nat_logits), xa)
         xa = torch.min(torch.max(xa.detach() + alpha * g.sign(), x0 - eps), x0 + eps).clamp(0, 1)
     return xa.detach()
 
@@ -198,12 +197,14 @@ def main(argv=None):
     n = len(ytr)
     K_steps = math.ceil(n / args.batch)
     q = 1.0 / K_steps
-    T = int(round(args.epochs * K_steps))
+    T = round(args.epochs * K_steps)
     from opacus.accountants import PRVAccountant
     from opacus.accountants.utils import get_noise_multiplier
 
     if args.eps > 0:
-        sigma = get_noise_multiplier(target_epsilon=args.eps, target_delta=args.delta, sample_rate=q, steps=T, accountant="prv", epsilon_tolerance=0.005)
+        sigma = get_noise_multiplier(
+            target_epsilon=args.eps, target_delta=args.delta, sample_rate=q, steps=T, accountant="prv", epsilon_tolerance=0.005
+        )
         acc = PRVAccountant()
         acc.history = [(sigma, q, T)]
         eps_spent = acc.get_epsilon(delta=args.delta)
@@ -220,7 +221,10 @@ def main(argv=None):
     mom = {k: torch.zeros_like(v) for k, v in params.items()}
     f = make_loss(net, args.mode, args.ratio, args.beta)
     exp_b = q * n
-    print(f"n={n} B={args.batch} q={q:.4f} T={T} sigma={sigma:.3f} eps={eps_spent:.3f} params={sum(v.numel() for v in params.values())}", flush=True)
+    print(
+        f"n={n} B={args.batch} q={q:.4f} T={T} sigma={sigma:.3f} eps={eps_spent:.3f} params={sum(v.numel() for v in params.values())}",
+        flush=True,
+    )
     norms_log = []
     for t in range(T):
         frac = t / max(T, 1)
@@ -274,13 +278,13 @@ def main(argv=None):
             with torch.no_grad():
                 for k, v in net.named_parameters():
                     v.copy_(params[k])
-            msg = f"step {t+1}/{T} lr={lr:.4f} med|g|={norms_log[-1] if norms_log else 0:.3f} val={accuracy(net, xva, yva):.4f}"
+            msg = f"step {t + 1}/{T} lr={lr:.4f} med|g|={norms_log[-1] if norms_log else 0:.3f} val={accuracy(net, xva, yva):.4f}"
             if ema is not None:
                 for k, v in net.named_parameters():
                     with torch.no_grad():
                         v.copy_(ema[k])
                 msg += f" ema_val={accuracy(net, xva, yva):.4f}"
-            print(msg, f"[{time.time()-t0:.0f}s]", flush=True)
+            print(msg, f"[{time.time() - t0:.0f}s]", flush=True)
     train_s = time.time() - t0
     res = {"name": args.name, "args": vars(args), "n": n, "sigma": sigma, "eps": eps_spent, "T": T, "train_s": round(train_s)}
     with torch.no_grad():
@@ -296,7 +300,7 @@ def main(argv=None):
         res["mia_auc"] = mia_auc(net, xtr, ytr, xte, yte)
     res["wall_s"] = round(time.time() - t0)
     if args.save:
-        torch.save(net.state_dict(), args.save)
+        torch.save(net.state_dict(), os.path.join(HERE, args.save) if not os.path.isabs(args.save) else args.save)
     print("RESULT", json.dumps({k: v for k, v in res.items() if k != "args"}), flush=True)
     with open(os.path.join(HERE, "results.jsonl"), "a") as fh:
         fh.write(json.dumps(res) + "\n")

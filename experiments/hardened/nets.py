@@ -1,6 +1,5 @@
 """Candidate nets for the search (plain nn.Modules on [0, 1] pixels; the chosen ones move to secure_ml/models)."""
 
-import torch
 from torch import nn
 
 MEAN, STD = 0.1307, 0.3081
@@ -29,9 +28,17 @@ def small_cnn(a="tanh", c1=16, c2=32, h=128, gn=0):
 def papernot(a="tanh", c1=16, c2=32, h=32):
     """The tempered-sigmoid net of Papernot et al. 2021 / Tramer & Boneh 2021 for MNIST."""
     return nn.Sequential(
-        Norm(), nn.Conv2d(1, c1, 8, stride=2, padding=2), act(a), nn.MaxPool2d(2, 1),
-        nn.Conv2d(c1, c2, 4, stride=2), act(a), nn.MaxPool2d(2, 1),
-        nn.Flatten(), nn.Linear(c2 * 16, h), act(a), nn.Linear(h, 10),
+        Norm(),
+        nn.Conv2d(1, c1, 8, stride=2, padding=2),
+        act(a),
+        nn.MaxPool2d(2, 1),
+        nn.Conv2d(c1, c2, 4, stride=2),
+        act(a),
+        nn.MaxPool2d(2, 1),
+        nn.Flatten(),
+        nn.Linear(c2 * 16, h),
+        act(a),
+        nn.Linear(h, 10),
     )
 
 

@@ -17,7 +17,6 @@ def defaults():
     if DEFAULTS is None:
         import argparse
 
-        p = argparse.ArgumentParser()
         # parse an empty command line with hx's parser by intercepting parse_args
         real = argparse.ArgumentParser.parse_args
         captured = {}
@@ -48,5 +47,6 @@ def row(r):
 if __name__ == "__main__":
     print("| run | config (differences from hx.py defaults) | clean | FGSM@.0308 | FGSM@.1 | PGD-20@.1 | MIA AUC | ε | wall s |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for line in open(os.path.join(HERE, "results.jsonl")):
-        print(row(json.loads(line)))
+    with open(os.path.join(HERE, "results.jsonl")) as fh:
+        for line in fh:
+            print(row(json.loads(line)))
