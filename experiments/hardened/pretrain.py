@@ -19,10 +19,12 @@ from nets import build  # noqa: E402
 from synth import VERSION, dataset  # noqa: E402
 
 
-def synth_cached(n, seed):
-    path = os.path.join(HERE, f".cache_synth_v{VERSION}_{n}_{seed}.pt")
+def synth_cached(n, seed, version=VERSION):
+    path = os.path.join(HERE, f".cache_synth_v{version}_{n}_{seed}.pt")
     if os.path.exists(path):
         return torch.load(path)
+    if version != VERSION:
+        raise SystemExit(f"no cached digits of generator version {version}: only the current version ({VERSION}) can be drawn")
     t = time.time()
     out = dataset(n, seed)
     torch.save(out, path)
@@ -44,8 +46,14 @@ def main():
     p.add_argument("--aug", default="shift")
     p.add_argument("--out", required=True)
     p.add_argument("--full_eval", action="store_true")
+    p.add_argument(
+        "--synth_version",
+        type=int,
+        default=VERSION,
+        help="an older generator's cached digits (v1: the templates drawn before any digit was looked at)",
+    )
     a = p.parse_args()
-    xs, ys = synth_cached(a.n, a.seed)
+    xs, ys = synth_cached(a.n, a.seed, a.synth_version)
     _, _, xva, yva, xte, yte = load_data(os.path.join(HERE, "../../../shared/data"))
     g = torch.Generator().manual_seed(a.seed)
     torch.manual_seed(a.seed)
