@@ -124,3 +124,36 @@ def test_benchmark_times_dp_step_itself(monkeypatch):
         variants[name]()
         assert calls[-1] == mode, name
     assert sorted(calls) == sorted(m for _, m in bench.DP_VARIANTS.values())
+
+
+def _padded_net(padding_mode):
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3, padding=1, padding_mode=padding_mode), torch.nn.Flatten(), torch.nn.Linear(3 * 6 * 6, 2)
+    )
+
+
+@pytest.mark.parametrize("padding_mode", ["reflect", "replicate", "circular"])
+def test_opacus_modes_refuse_non_zero_padding_and_auto_picks_bk(padding_mode):
+    from opacus import GradSampleModule
+
+    from secure_ml.errors import ConfigError
+    from secure_ml.privacy.modes import resolve_mode
+
+    net = _padded_net(padding_mode)
+    x, y = torch.randn(4, 1, 6, 6), torch.tensor([0, 1, 1, 0])
+    # Why: Opacus's hooks give wrong per-sample gradients for such a layer (the control for the refusal below).
+    reference = []
+    for i in range(4):
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1]).backward()
+        reference.append(net[0].weight.grad.clone())
+    gsm = GradSampleModule(net, loss_reduction="sum")
+    torch.nn.functional.cross_entropy(gsm(x), y, reduction="sum").backward()
+    assert (net[0].weight.grad_sample - torch.stack(reference)).abs().max() > 1e-2
+    gsm._close()
+    for grad_sample_mode in ("hooks", "ghost"):
+        with pytest.raises(ConfigError, match=f"padding_mode='{padding_mode}'.*--model.dp.backend bk"):
+            resolve_mode(DPConfig(backend="opacus", grad_sample_mode=grad_sample_mode), mixed=False, distributed=False, net=net)
+    assert resolve_mode(DPConfig(backend="auto"), mixed=False, distributed=False, net=net).name == "bk"
+    assert resolve_mode(DPConfig(backend="opacus"), mixed=False, distributed=False, net=_padded_net("zeros")).name == "ghost"

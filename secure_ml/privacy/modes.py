@@ -116,6 +116,18 @@ def _bk_refuses(net: nn.Module) -> Optional[str]:
     return None
 
 
+def _opacus_refuses(net: nn.Module) -> Optional[str]:
+    """Opacus's convolution grad sampler unfolds with zero padding whatever the layer's ``padding_mode``, so per-sample
+    gradients (and ghost norms) of reflect/replicate/circular convolutions are silently wrong (tests/test_dp_modes.py)."""
+    for name, m in net.named_modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and m.padding_mode != "zeros":
+            return (
+                f"--model.net layer '{name}' ({type(m).__name__}, padding_mode='{m.padding_mode}'): Opacus computes wrong per-sample "
+                "gradients for non-zero padding; use --model.dp.backend bk or reference, or padding_mode='zeros'"
+            )
+    return None
+
+
 def _all_reduce_sum(tensors) -> None:
     """In-place SUM across ranks, as one flat buffer (one collective per step)."""
     flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -141,8 +153,30 @@ def _bk(s: DPSetup) -> PrivateTraining:
 
 
 register(StepMode("bk", "bk", _bk, steps.bk_step, steps.zero_bk_sum, mixes=True, distributed=True, refuses=_bk_refuses))
-register(StepMode("ghost", "opacus", _opacus("ghost"), steps.ghost_step, steps.zero_summed_grad, mixes=False, distributed=False))
-register(StepMode("hooks", "opacus", _opacus("hooks"), steps.hooks_step, steps.zero_grad_samples, mixes=True, distributed=True))
+register(
+    StepMode(
+        "ghost",
+        "opacus",
+        _opacus("ghost"),
+        steps.ghost_step,
+        steps.zero_summed_grad,
+        mixes=False,
+        distributed=False,
+        refuses=_opacus_refuses,
+    )
+)
+register(
+    StepMode(
+        "hooks",
+        "opacus",
+        _opacus("hooks"),
+        steps.hooks_step,
+        steps.zero_grad_samples,
+        mixes=True,
+        distributed=True,
+        refuses=_opacus_refuses,
+    )
+)
 register(StepMode("reference", "reference", _reference, steps.reference_step, steps.zero_reference_samples, mixes=True, distributed=False))
 
 
