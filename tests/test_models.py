@@ -1,4 +1,4 @@
-"""Every registered net: forward shapes, registry round-trip, Opacus per-sample gradients, non-zero input gradients."""
+"""Every registered net: forward shapes, registry round-trip, Opacus per-sample gradients, non-zero input gradients; TanhCNN in the bk DP mode."""
 
 import pytest
 import torch
@@ -6,10 +6,15 @@ import torch.nn.functional as F
 from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 
+from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
 from secure_ml.attacks import fgsm
 from secure_ml.attacks.evasion import input_gradient
 from secure_ml.errors import ConfigError
 from secure_ml.models import SmallCNN, TanhCNN, build_net, net_spec, registered_nets
+from secure_ml.privacy.bookkeeping import BookKeepingClipper
+from secure_ml.privacy.config import DPConfig
+from secure_ml.privacy.modes import resolve_mode
+from secure_ml.privacy.reference import ReferenceDPOptimizer, per_sample_gradients
 
 NETS = sorted(registered_nets())
 
@@ -78,3 +83,31 @@ def test_tanh_cnn_is_small_and_validates_its_arguments():
         TanhCNN(activation="sigmoid")
     with pytest.raises(ConfigError, match="hidden"):
         TanhCNN(hidden=0)
+
+
+def test_tanh_cnn_trains_in_the_bk_mode_with_the_reference_clipped_sum():
+    """`--model.dp.backend auto` (hardened.yaml) puts TanhCNN in the book-keeping mode; its clipped sum of each person's
+    clean+adversarial gradient equals the torch.func reference (padded strided 8x8 conv, stride-1 max-pools, tanh)."""
+    net = _net("TanhCNN")
+    assert resolve_mode(DPConfig(), mixed=True, distributed=False, net=net).name == "bk"
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(8, 1, 28, 28, generator=g), torch.randint(0, 10, (8,), generator=g)
+    x_adv = adversarial_examples(net, x, y, AdversarialConfig(epsilon=0.1, ratio=0.5, attack="pgd", pgd_steps=2))
+
+    def sample_loss(forward, xi, yi, xai):
+        loss, logits = mixed_loss(forward, xi[None], yi[None], xai[None], 0.5)
+        return loss.sum(), logits[0]
+
+    ref = list(per_sample_gradients(net, sample_loss, x, y, x_adv)[0].values())
+    norms = torch.stack([r.flatten(1).norm(dim=1) for r in ref], 1).norm(dim=1)
+    clip = float(norms.median())
+    assert (norms > clip).any() and (norms < clip).any()  # both branches of the clip factor
+    expected = ReferenceDPOptimizer(torch.optim.SGD(net.parameters(), lr=0.1), 0.0, clip, 8).clip_and_accumulate(ref)
+    clipper = BookKeepingClipper(net, clip)
+    with clipper.recording():
+        loss, _ = mixed_loss(net, x, y, x_adv, 0.5)
+    got, bk_norms = clipper.clipped_sum(loss)
+    clipper.close()
+    torch.testing.assert_close(bk_norms, norms, rtol=1e-4, atol=1e-6)
+    for ours, theirs in zip(got, expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
