@@ -1,7 +1,7 @@
 """The LightningCLI behind ``secure-ml fit / validate / test / predict`` (imported only by those commands).
 
 The scorecard callbacks are CLI-level keys, not entries of ``trainer.callbacks``: ``--robustness.*``,
-``--membership.*``, ``--sponge.*`` and ``--scorecard.*`` (``--scorecard.gates``). A config delta then
+``--membership.*``, ``--reference_mia.*``, ``--audit.*``, ``--sponge.*`` and ``--scorecard.*`` (``--scorecard.gates``). A config delta then
 changes one of them without repeating (or silently dropping) the whole callback list, e.g.
 ``configs/gates.yaml`` holds only ``scorecard: {gates: ...}``. They run after the ``trainer.callbacks``
 list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false`` switches one off.
@@ -11,7 +11,14 @@ from typing import List, Optional
 
 from lightning.pytorch.cli import LightningCLI
 
-from secure_ml.callbacks import MembershipInferenceCallback, RobustnessCallback, Scorecard, SpongeCallback
+from secure_ml.callbacks import (
+    MembershipInferenceCallback,
+    OneRunAuditCallback,
+    ReferenceMIACallback,
+    RobustnessCallback,
+    Scorecard,
+    SpongeCallback,
+)
 from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.data.datamodule import MNISTDataModule
@@ -39,6 +46,8 @@ TRAINING_CALLBACKS = {
 SCORECARD_CALLBACKS = {
     "robustness": RobustnessCallback,
     "membership": MembershipInferenceCallback,
+    "reference_mia": ReferenceMIACallback,
+    "audit": OneRunAuditCallback,
     "sponge": SpongeCallback,
     "scorecard": Scorecard,
 }

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from secure_ml.adversarial import AdversarialConfig
+from secure_ml.attacks.autoattack import AutoAttackConfig
 from secure_ml.callbacks import MembershipInferenceCallback, PrivacyBudget, RobustnessCallback, Scorecard, SpongeCallback
 from secure_ml.cli import main
 from secure_ml.data import MNISTDataModule
@@ -28,7 +29,6 @@ NAMES = [
     "mia/auc",
     "mia/loss_auc",
     "mia/tpr@1%fpr",
-    "mia/tpr@0.1%fpr",
     "mia/advantage",
     "privacy/epsilon_lower_bound",
     "sponge/reject_rate",
@@ -41,7 +41,9 @@ NAMES = [
 
 def _callbacks(**scorecard):
     return [
-        RobustnessCallback(max_samples=64, pgd_max_samples=32, pgd_steps=3),
+        RobustnessCallback(
+            max_samples=64, pgd_max_samples=32, pgd_steps=3, autoattack=AutoAttackConfig(steps=5, target_classes=2, square_queries=50)
+        ),
         MembershipInferenceCallback(max_samples=100),
         SpongeCallback(n_sponges=8, craft_steps=10, calibration_samples=50, max_samples=50),
         Scorecard(**scorecard),
@@ -83,6 +85,7 @@ def test_callbacks_log_every_name_in_fit_validate_and_test(tiny_mnist, tmp_path,
         assert "adv/pgd_acc@0.1" in t.callback_metrics and "sponge/reject_rate" in t.callback_metrics
         t.test(model, dm)
         assert "mia/auc" in t.callback_metrics and "test/acc" in t.callback_metrics
+        assert "adv/autoattack_acc@0.1" in t.callback_metrics  # AutoAttack runs in test (on every test digit), not per epoch
     assert all(0.0 <= float(trainer.callback_metrics[n]) <= 1.0 for n in NAMES if "ratio" not in n and "epsilon" not in n)
 
 
@@ -102,7 +105,7 @@ def test_fgsm_accuracy_falls_as_epsilon_grows(tiny_mnist, tmp_path):
 
 
 def test_empirical_lower_bound_never_exceeds_accountant_epsilon(tiny_mnist, tmp_path):
-    from secure_ml.privacy.audit import empirical_epsilon_lower_bound
+    from secure_ml.privacy.threshold_audit import threshold_epsilon_lower_bound
 
     model = SecureClassifier(dp=DPConfig(enabled=True, noise_multiplier=3.0, noise_seed=0))
     trainer = _trainer(tmp_path, [MembershipInferenceCallback(max_samples=100)], epochs=3)
@@ -110,7 +113,7 @@ def test_empirical_lower_bound_never_exceeds_accountant_epsilon(tiny_mnist, tmp_
     lb, eps = float(trainer.callback_metrics["privacy/epsilon_lower_bound"]), float(trainer.callback_metrics["privacy/epsilon"])
     assert 0.0 <= lb <= eps
     # The check can fail: with 100 + 100 samples a perfect attack would certify more than this ε.
-    perfect = empirical_epsilon_lower_bound(torch.ones(100), torch.zeros(100), delta=1e-5).epsilon_lb
+    perfect = threshold_epsilon_lower_bound(torch.ones(100), torch.zeros(100), delta=1e-5).epsilon_lb
     assert perfect > eps
 
 

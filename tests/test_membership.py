@@ -6,17 +6,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from secure_ml.attacks.low_fpr import dp_tpr_bound, tpr_at_fpr
 from secure_ml.attacks.membership import (
     SCORE_KINDS,
     balance,
     membership_inference,
     membership_metrics,
     membership_scores,
+    model_scores,
     roc_curve,
 )
+from secure_ml.attacks.reference_mia import RMIASettings, rmia, rmia_scores
+from secure_ml.attacks.reference_models import ReferenceRecipe, train_reference_models
 
 
 def sk_auc(m, n):
@@ -164,15 +169,20 @@ def test_membership_inference_end_to_end():
     model, x, y = memorised_model()
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        reports = membership_inference(model, x[:64], y[:64], x[64:], y[64:], batch_size=10, generator=g)
+        result = membership_inference(model, x[:64], y[:64], x[64:], y[64:], batch_size=10, generator=g)
+    reports = result.reports
     assert set(reports) == set(SCORE_KINDS)
+    assert result.member_scores["loss"].shape == result.nonmember_scores["loss"].shape == (64,)
+    assert reports[result.strongest].auc == max(r.auc for r in reports.values())
     for rep in reports.values():
         assert rep.n_members == rep.n_nonmembers == 64  # the 96 non-members were subsampled
     assert reports["loss"].auc > 0.9
     assert reports["modified_entropy"].auc > 0.9
     assert all(p.grad is None for p in model.parameters())
     again = membership_inference(model, x[:64], y[:64], x[64:], y[64:], batch_size=64, generator=torch.Generator().manual_seed(3))
-    assert again["loss"].to_dict() == pytest.approx(reports["loss"].to_dict())
+    assert again.reports["loss"].to_dict() == pytest.approx(reports["loss"].to_dict())
+    capped = membership_inference(model, x[:64], y[:64], x[64:], y[64:], max_samples=20)
+    assert capped.reports["loss"].n_members == capped.reports["loss"].n_nonmembers == 20
 
 
 def test_balance_subsamples_the_larger_set():
@@ -183,3 +193,108 @@ def test_balance_subsamples_the_larger_set():
     assert len(a[0]) == len(a[2]) == 4
     assert torch.equal(a[0], b[0]) and torch.equal(a[0][:, 0].long(), a[1])  # pairs kept together
     assert len(set(a[1].tolist())) == 4 and torch.equal(a[2], nx)
+
+
+# ---- TPR at a low FPR: refused when unresolvable, an interval that covers, the DP ceiling ----------------------
+
+
+def test_tpr_at_low_fpr_is_refused_when_the_nonmembers_cannot_resolve_it():
+    m, n = torch.randn(999, generator=torch.Generator().manual_seed(0)), torch.randn(999)
+    assert tpr_at_fpr(m, n, 0.001) is None  # 999 · 0.001 < 1: not even one false positive to spend
+    rep = tpr_at_fpr(m, torch.randn(1000), 0.001)
+    assert rep is not None and rep.n_nonmembers == 1000
+
+
+def test_tpr_at_fpr_point_matches_the_roc_and_the_interval_brackets_it():
+    members = torch.cat([torch.full((150,), 2000.0), torch.full((850,), -1.0)])
+    rep = tpr_at_fpr(members, torch.arange(1000.0), 0.001, epsilon=1.0, delta=1e-5)
+    assert rep.tpr == pytest.approx(membership_metrics(members, torch.arange(1000.0)).tpr_at_01pct_fpr) == pytest.approx(0.15)
+    assert rep.tpr_low < 0.15 < rep.tpr_high
+    # 1,000 non-members cannot place the 0.1% threshold: with probability 0.999^1000 = 0.37 it flags none of them,
+    # so no TPR there can be excluded from below, and no TPR at 0.1% contradicts ε = 1 at this sample size.
+    assert rep.tpr_low == 0.0 and rep.dp_bound == pytest.approx(math.e * 0.001 + 1e-5) and not rep.violates_dp
+    at_1pct = tpr_at_fpr(members, torch.arange(1000.0), 0.01, epsilon=1.0, delta=1e-5)
+    assert at_1pct.tpr_low > 0.1 > at_1pct.dp_bound and at_1pct.violates_dp  # at 1% the same attack does contradict ε = 1
+    assert not tpr_at_fpr(members, torch.arange(1000.0), 0.01, epsilon=3.0, delta=1e-5).violates_dp
+
+
+def test_tpr_interval_covers_the_true_tpr_at_its_confidence():
+    # Members ~ N(1, 1), non-members ~ N(0, 1): at FPR f the true TPR is 1 − Φ(Φ⁻¹(1 − f) − 1).
+    true_tpr = float(norm.sf(norm.isf(0.01) - 1.0))
+    g = torch.Generator().manual_seed(0)
+    misses, widths = 0, []
+    for _ in range(200):
+        rep = tpr_at_fpr(torch.randn(1000, generator=g) + 1.0, torch.randn(1000, generator=g), 0.01)
+        misses += not rep.tpr_low <= true_tpr <= rep.tpr_high
+        widths.append(rep.tpr_high - rep.tpr_low)
+    assert misses <= 10  # ≤ 5% expected at 95% (binomial slack: 10 of 200)
+    assert np.mean(widths) < 0.2  # informative, not [0, 1]
+
+
+def test_dp_tpr_bound():
+    assert dp_tpr_bound(1.09, 1e-5, 0.001) == pytest.approx(math.exp(1.09) * 0.001 + 1e-5)
+    assert dp_tpr_bound(float("inf"), 0.0, 0.001) == 1.0 and dp_tpr_bound(10.0, 0.0, 0.5) == 1.0
+    with pytest.raises(ValueError, match="epsilon"):
+        dp_tpr_bound(-1.0, 0.0, 0.1)
+
+
+# ---- RMIA with reference models -------------------------------------------------------------------------------
+
+
+def _teacher_data(n=1000, d=20, seed=0):
+    """A linear teacher's labels on Gaussian inputs, 30% replaced by random labels (atypical records)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    y = (x @ torch.randn(d, 10, generator=g)).argmax(1)
+    atypical = torch.rand(n, generator=g) < 0.3
+    y[atypical] = torch.randint(0, 10, (int(atypical.sum()),), generator=g)
+    return x, y
+
+
+def _mlp():
+    return nn.Sequential(nn.Linear(20, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
+def test_dp_reference_models_take_private_steps_reproducibly():
+    """A DP target's references replay DP-SGD (main's dp_step): same seed → same model, σ changes it, global RNG untouched."""
+    x, y = _teacher_data(n=200)
+
+    def train(sigma):
+        recipe = ReferenceRecipe(_mlp, lambda p: torch.optim.SGD(p, lr=0.1), steps=5, batch_size=20, noise_multiplier=sigma)
+        return torch.cat([p.detach().flatten() for p in train_reference_models(recipe, x, y, 1, seed=3)[0].parameters()])
+
+    before = torch.random.get_rng_state()
+    a, b, noisier = train(1.0), train(1.0), train(50.0)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(a, b) and not torch.allclose(a, noisier)
+
+
+@pytest.mark.slow
+def test_rmia_beats_the_threshold_attack_on_an_overfit_model_and_is_chance_without_the_members():
+    x, y = _teacher_data()
+    members, nonmembers, population, z, others = (slice(i, i + 200) for i in range(0, 1000, 200))
+    recipe = ReferenceRecipe(_mlp, lambda p: torch.optim.Adam(p, lr=1e-2), steps=150, batch_size=50)
+    target = train_reference_models(recipe, x[members], y[members], 1, seed=99)[0]
+    control = train_reference_models(recipe, x[others], y[others], 1, seed=98)[0]  # never saw the members
+    refs = train_reference_models(recipe, x[population], y[population], 2, seed=0)
+    ex, ey = torch.cat([x[members], x[nonmembers]]), torch.cat([y[members], y[nonmembers]])
+    strong = rmia(target, refs, ex, ey, x[z], y[z])
+    rmia_report = membership_metrics(strong[:200], strong[200:])
+    loss = model_scores(target, ex, ey)["loss"]
+    loss_report = membership_metrics(loss[:200], loss[200:])
+    assert rmia_report.auc > 0.85
+    assert rmia_report.tpr_at_1pct_fpr > 2 * loss_report.tpr_at_1pct_fpr + 0.05  # calibrating per record pays at low FPR
+    chance = rmia(control, refs, ex, ey, x[z], y[z])
+    assert abs(membership_metrics(chance[:200], chance[200:]).auc - 0.5) < 0.08
+
+
+def test_rmia_score_is_monotone_in_the_likelihood_ratio_and_validates():
+    target_p = torch.tensor([0.9, 0.5, 0.2, 0.9])
+    ref_p = torch.tensor([[0.9], [0.1], [0.2], [0.3]])
+    s = rmia_scores(target_p, ref_p, torch.tensor([0.5, 0.6]), torch.tensor([[0.5], [0.5]]), RMIASettings(offline_a=1.0))
+    # LR = p / p_ref with a = 1: 1.0, 5.0, 1.0, 3.0 — the order of the scores, ties broken consistently
+    assert s[1] > s[3] > max(s[0], s[2])
+    with pytest.raises(ValueError, match="offline_a"):
+        RMIASettings(offline_a=1.5)
+    with pytest.raises(ValueError, match="reference probabilities"):
+        rmia_scores(target_p, torch.ones(3, 1), torch.ones(2), torch.ones(2, 1))

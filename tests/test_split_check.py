@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from secure_ml.data import MNISTDataModule, PoisonConfig, SanitizerConfig
+from secure_ml.data.canaries import CanaryConfig
 from secure_ml.data.split_key import key_id, load_or_create_key, split_tag
 from secure_ml.errors import ConfigError
 
@@ -132,3 +133,24 @@ def test_old_checkpoints_warn_and_bad_key_files_are_refused(tiny_mnist, _key_dir
     (_key_dir / "split.key").write_bytes(b"short")
     with pytest.raises(ConfigError, match="32-byte key"):
         _dm(tiny_mnist).state_dict()
+
+
+def test_split_check_covers_the_canaries_and_brings_back_secret_ones(tiny_mnist):
+    trained = _dm(tiny_mnist, canaries=CanaryConfig(count=40))  # a secret canary seed, as in configs/audit.yaml
+    state, seed = trained.state_dict(), trained.canary_set.seed
+    assert state["split_check"]["canaries"] == {"seed": seed, "count": 40, "kind": "border"}
+    labels = trained.train_dataset.tensors[1]
+    assert len(labels) > len(trained._real_train)  # some canaries were included
+    after = _dm(tiny_mnist, "test", canaries=CanaryConfig(count=40))  # test draws a new secret seed, then the checkpoint is restored
+    assert after.canary_set.seed != seed
+    after.load_state_dict(state)
+    before = MNISTDataModule(data_dir=str(tiny_mnist), download=False, train_size=500, val_size=100, test_size=150)
+    before.poison, before.sanitizer = PoisonConfig(rate=0.1, target_label=0), SanitizerConfig(method="knn")
+    before.load_state_dict(state)  # restored before setup: checked (and the canaries adopted) at the end of setup
+    before.setup("test")
+    for dm in (after, before):
+        assert dm.canary_set.seed == seed and torch.equal(dm.train_dataset.tensors[1], labels)
+    _dm(tiny_mnist, canaries=CanaryConfig(count=40, seed=seed)).load_state_dict(state)  # the same pinned seed: accepted
+    for other in (CanaryConfig(count=40, seed=seed + 1), CanaryConfig(count=41, seed=seed)):  # other canaries, same digits: refused
+        with pytest.raises(ConfigError, match="different data split"):
+            _dm(tiny_mnist, canaries=other).load_state_dict(state)

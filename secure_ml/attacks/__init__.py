@@ -1,5 +1,8 @@
 """Attacks as plain functions on torch tensors: evasion, membership inference, sponges, model extraction.
 
+AutoAttack (``attacks.autoattack``, torchattacks) and the reference-model attack RMIA (``attacks.reference_mia``)
+are imported from their modules.
+
 Imports are lazy (PEP 562): ``from secure_ml.attacks import fgsm`` loads only ``evasion``, so a
 Lightning-free caller (the inference service imports ``attacks.sponge`` through the input policy)
 never pays for ``membership`` (torchmetrics) or ``extraction``.
@@ -10,6 +13,7 @@ import importlib
 _HOME = {
     "fgsm": "evasion",
     "pgd": "evasion",
+    "MembershipInference": "membership",
     "MembershipReport": "membership",
     "membership_inference": "membership",
     "membership_metrics": "membership",

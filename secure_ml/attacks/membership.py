@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
+from secure_ml.attacks.scores import check_scores
+
 SCORE_KINDS = ("confidence", "loss", "entropy", "modified_entropy")
 
 
@@ -52,19 +54,6 @@ class MembershipReport:
         return asdict(self)
 
 
-def _check_scores(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Flatten to float64 on CPU; ValueError on empty or non-finite scores."""
-    out = []
-    for name, s in (("member_scores", member_scores), ("nonmember_scores", nonmember_scores)):
-        s = torch.as_tensor(s).detach().flatten().to("cpu", torch.float64)
-        if s.numel() == 0:
-            raise ValueError(f"{name} is empty; need at least one score")
-        if not torch.isfinite(s).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
-        out.append(s)
-    return out[0], out[1]
-
-
 def _ranked(m: torch.Tensor, n: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Dense ranks of the pooled scores scaled to [0, 1], binary targets (members = 1), ascending distinct scores."""
     uniq, inverse = torch.unique(torch.cat([m, n]), return_inverse=True)
@@ -78,7 +67,7 @@ def roc_curve(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> Tu
 
     One point per distinct score plus the leading (0, 0); computed by torchmetrics on dense ranks.
     """
-    ranks, target, uniq = _ranked(*_check_scores(member_scores, nonmember_scores))
+    ranks, target, uniq = _ranked(*check_scores(member_scores, nonmember_scores))
     fpr, tpr, _ = binary_roc(ranks, target)
     thresholds = torch.cat([torch.tensor([math.inf], dtype=torch.float64), uniq.flip(0)])
     if len(thresholds) != len(fpr):  # torchmetrics' contract: one point per distinct score + (0, 0)
@@ -93,7 +82,7 @@ def _tpr_at(fpr: torch.Tensor, tpr: torch.Tensor, target: float) -> float:
 
 def membership_metrics(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> MembershipReport:
     """AUC, best balanced accuracy, advantage and TPR at 1% / 0.1% FPR of a threshold attack on the scores."""
-    m, n = _check_scores(member_scores, nonmember_scores)
+    m, n = check_scores(member_scores, nonmember_scores)
     fpr, tpr, thresholds = roc_curve(m, n)
     ranks, target, _ = _ranked(m, n)
     auc = binary_auroc(ranks, target).item()
@@ -159,14 +148,17 @@ def balance(
     nonmember_x: torch.Tensor,
     nonmember_y: torch.Tensor,
     generator: Optional[torch.Generator] = None,
+    max_samples: Optional[int] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Subsample the larger of the two sets (without replacement, from ``generator``) to equal counts."""
+    """Subsample (without replacement, from ``generator``) to equal counts: the smaller set's size, capped at ``max_samples``."""
     for name, xs, ys in (("member", member_x, member_y), ("nonmember", nonmember_x, nonmember_y)):
         if len(xs) == 0:
             raise ValueError(f"{name}_x is empty; need at least one sample")
         if len(xs) != len(ys):
             raise ValueError(f"{name}_x has {len(xs)} samples but {name}_y has {len(ys)}")
-    k = min(len(member_x), len(nonmember_x))
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1; got {max_samples}")
+    k = min(len(member_x), len(nonmember_x), max_samples or len(member_x))
 
     def take(xs: torch.Tensor, ys: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         if len(xs) == k:
@@ -180,6 +172,20 @@ def balance(
     return mx, my, nx, ny
 
 
+@dataclass
+class MembershipInference:
+    """Every threshold attack's report, and the per-sample scores they came from (``SCORE_KINDS`` → tensor)."""
+
+    reports: Dict[str, MembershipReport]
+    member_scores: Dict[str, torch.Tensor]
+    nonmember_scores: Dict[str, torch.Tensor]
+
+    @property
+    def strongest(self) -> str:
+        """The score kind with the highest AUC."""
+        return max(self.reports, key=lambda k: self.reports[k].auc)
+
+
 def membership_inference(
     model: nn.Module,
     member_x: torch.Tensor,
@@ -188,15 +194,17 @@ def membership_inference(
     nonmember_y: torch.Tensor,
     batch_size: int = 512,
     generator: Optional[torch.Generator] = None,
-) -> Dict[str, MembershipReport]:
+    max_samples: Optional[int] = None,
+) -> MembershipInference:
     """Run every threshold attack of :data:`SCORE_KINDS` on equal-size member / non-member sets.
 
-    The larger set is subsampled with ``generator`` (a fresh ``torch.Generator`` seeded 0 when
-    ``None``, so results are reproducible). Returns one :class:`MembershipReport` per score kind.
+    Both sets are subsampled with ``generator`` to the smaller one's size, capped at ``max_samples``
+    (a fresh ``torch.Generator`` seeded 0 when ``None``, so results are reproducible). Inputs may live
+    on any device; each batch goes to the model's device.
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    mx, my, nx, ny = balance(member_x, member_y, nonmember_x, nonmember_y, generator)
+    mx, my, nx, ny = balance(member_x, member_y, nonmember_x, nonmember_y, generator, max_samples)
     ms = model_scores(model, mx, my, batch_size)
     ns = model_scores(model, nx, ny, batch_size)
-    return {k: membership_metrics(ms[k], ns[k]) for k in SCORE_KINDS}
+    return MembershipInference({k: membership_metrics(ms[k], ns[k]) for k in SCORE_KINDS}, ms, ns)

@@ -1,29 +1,52 @@
-"""Membership inference every epoch, and the empirical privacy audit (a lower bound on ε) from it."""
+"""Membership inference every epoch, and the threshold (ROC) audit: a lower bound on ε from the loss attack."""
 
 from typing import Optional
 
 import torch
 
-from secure_ml.attacks.membership import SCORE_KINDS, balance, membership_metrics, model_scores
-from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, members, on_device, subsample
+from secure_ml.attacks.low_fpr import dp_tpr_bound, tpr_at_fpr
+from secure_ml.attacks.membership import membership_inference
+from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, members
+from secure_ml.data.canaries import without_canaries
 from secure_ml.errors import ConfigError
-from secure_ml.privacy.audit import empirical_epsilon_lower_bound
+from secure_ml.privacy.engine import epsilon_from_state
+from secure_ml.privacy.threshold_audit import threshold_epsilon_lower_bound
+
+LOW_FPR = 0.001  # the FPR of mia/tpr@0.1%fpr
+
+
+def dp_delta(pl_module, override: Optional[float] = None) -> float:
+    """``override``, else the model's ``dp.delta``, else 1e-5."""
+    return override if override is not None else getattr(getattr(pl_module, "dp", None), "delta", 1e-5)
+
+
+def accountant_epsilon(pl_module, delta: float) -> Optional[float]:
+    """The accountant's ε of the model being evaluated (None for a non-DP model or before the first step)."""
+    private = getattr(pl_module, "private", None)
+    if private is not None:
+        return private.epsilon(delta)
+    state = getattr(pl_module, "_resume_dp_state", None)  # `test --ckpt_path`: the checkpoint's DP state
+    return epsilon_from_state(state, delta) if state is not None else None
 
 
 class MembershipInferenceCallback(EpochMetricCallback):
     """Threshold attacks on training members vs held-out non-members (equal counts).
 
-    Logs ``mia/auc`` (the seed's max-confidence attack), ``mia/loss_auc``,
-    ``mia/entropy_auc``, ``mia/modified_entropy_auc``, and for the strongest of those
-    attacks ``mia/tpr@1%fpr``, ``mia/tpr@0.1%fpr`` and ``mia/advantage``. It also logs
-    ``privacy/epsilon_lower_bound``: the ε that the *loss* attack (fixed in advance, so
-    the bound stays valid) certifies at ``confidence`` via Clopper–Pearson intervals. On
-    a correct DP run it can never exceed the accountant's ``privacy/epsilon``.
+    Logs ``mia/auc`` (the seed's max-confidence attack), ``mia/loss_auc``, ``mia/entropy_auc``,
+    ``mia/modified_entropy_auc``, and for the strongest of those attacks ``mia/tpr@1%fpr``,
+    ``mia/advantage`` and, only when the non-members can resolve 0.1% (≥ 1,000 of them),
+    ``mia/tpr@0.1%fpr`` with its interval ``mia/tpr@0.1%fpr_low`` / ``_high`` (see
+    :mod:`secure_ml.attacks.low_fpr`) and, for a DP model, ``mia/dp_tpr_bound@0.1%fpr`` = e^ε·0.001 + δ,
+    the most any attack may reach there. It also logs ``privacy/epsilon_lower_bound``: the ε
+    that the *loss* threshold attack certifies at ``confidence`` via Clopper–Pearson intervals
+    (the threshold audit; it needs no canaries and is weak by design: 0 on every run of a few
+    thousand digits, DP or not). The one-run canary audit is ``privacy/audit_epsilon_lower_bound``.
+    One-run audit canaries are not counted as members here.
 
     Args:
         max_samples: members and non-members used per side each epoch (the smaller set caps it).
-        delta: δ of the audit; null takes the model's ``dp.delta`` (or 1e-5).
-        confidence: confidence level of the audit's lower bound.
+        delta: δ of the audit and of the DP bound; null takes the model's ``dp.delta`` (or 1e-5).
+        confidence: confidence level of the audit's lower bound and of the TPR interval.
         every_n_epochs: run every n-th epoch (and always on the last one and in test).
         enabled: false switches the callback off (``--<key>.enabled false`` on the CLI).
         seed: seed of the member/non-member subsample.
@@ -49,21 +72,22 @@ class MembershipInferenceCallback(EpochMetricCallback):
 
     def _evaluate(self, pl_module, stage: str) -> dict:
         trainer = pl_module.trainer
-        mx, my = members(trainer)
+        mx, my = without_canaries(trainer.datamodule, *members(trainer))
         nx, ny = held_out(trainer, stage)
-        mx, my = subsample(mx, my, self.max_samples, self.seed)
-        nx, ny = subsample(nx, ny, self.max_samples, self.seed + 1)
-        mx, my, nx, ny = balance(mx, my, nx, ny, torch.Generator().manual_seed(self.seed + 2))
-        net = pl_module.net
-        with torch.no_grad():
-            ms = model_scores(net, *on_device(pl_module, mx, my))
-            ns = model_scores(net, *on_device(pl_module, nx, ny))
-        reports = {kind: membership_metrics(ms[kind], ns[kind]) for kind in SCORE_KINDS}
-        best = max(reports.values(), key=lambda r: r.auc)
-        delta = self.delta if self.delta is not None else getattr(getattr(pl_module, "dp", None), "delta", 1e-5)
-        audit = empirical_epsilon_lower_bound(ms["loss"], ns["loss"], delta=delta, confidence=self.confidence)
+        gen = torch.Generator().manual_seed(self.seed)
+        result = membership_inference(pl_module.net, mx, my, nx, ny, generator=gen, max_samples=self.max_samples)
+        reports, best = result.reports, result.reports[result.strongest]
+        delta = dp_delta(pl_module, self.delta)
+        loss_m, loss_n = result.member_scores["loss"], result.nonmember_scores["loss"]
+        audit = threshold_epsilon_lower_bound(loss_m, loss_n, delta=delta, confidence=self.confidence)
         out = {"mia/auc": reports["confidence"].auc}
-        out.update({f"mia/{kind}_auc": reports[kind].auc for kind in SCORE_KINDS if kind != "confidence"})
-        out.update({"mia/tpr@1%fpr": best.tpr_at_1pct_fpr, "mia/tpr@0.1%fpr": best.tpr_at_01pct_fpr, "mia/advantage": best.advantage})
+        out.update({f"mia/{kind}_auc": rep.auc for kind, rep in reports.items() if kind != "confidence"})
+        out.update({"mia/tpr@1%fpr": best.tpr_at_1pct_fpr, "mia/advantage": best.advantage})
+        low = tpr_at_fpr(result.member_scores[result.strongest], result.nonmember_scores[result.strongest], LOW_FPR, self.confidence)
+        if low is not None:  # refused below 1,000 non-members: 0.1% of them is less than one sample
+            out.update({"mia/tpr@0.1%fpr": low.tpr, "mia/tpr@0.1%fpr_low": low.tpr_low, "mia/tpr@0.1%fpr_high": low.tpr_high})
+            eps = accountant_epsilon(pl_module, delta)
+            if eps is not None:
+                out["mia/dp_tpr_bound@0.1%fpr"] = dp_tpr_bound(eps, delta, LOW_FPR)
         out["privacy/epsilon_lower_bound"] = audit.epsilon_lb
         return out

@@ -1,14 +1,17 @@
-"""FGSM / PGD accuracy on held-out digits every epoch."""
+"""FGSM / PGD accuracy on held-out digits every epoch, and AutoAttack (all test digits in ``secure-ml test``)."""
 
+import time
 from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 
 from secure_ml.attacks import pgd
+from secure_ml.attacks.autoattack import AutoAttackConfig, autoattack
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
 from secure_ml.errors import ConfigError
-from secure_ml.report.metric_names import FGSM_ACC, PGD_ACC, at
+from secure_ml.report.metric_names import AUTOATTACK_ACC, FGSM_ACC, PGD_ACC, at
 
 
 def _accuracy(net, x, y, batch_size) -> float:
@@ -28,7 +31,12 @@ def _input_gradient_and_logits(net, x, y):
 
 
 class RobustnessCallback(EpochMetricCallback):
-    """Logs ``adv/clean_acc``, ``adv/fgsm_acc@<eps>`` for each epsilon and ``adv/pgd_acc@<eps>`` (pixel units).
+    """Logs ``adv/clean_acc``, ``adv/fgsm_acc@<eps>`` for each epsilon, ``adv/pgd_acc@<eps>`` and ``adv/autoattack_acc@<eps>`` (pixel units).
+
+    AutoAttack (APGD-CE, APGD-T, Square; :mod:`secure_ml.attacks.autoattack`) runs on
+    ``autoattack.test_samples`` held-out digits in ``test`` (all by default) and on
+    ``autoattack.val_samples`` digits each validation epoch (0 by default: it is the costliest
+    check, see docs/dev/eval.md for its wall time).
 
     Args:
         epsilons: FGSM radii in pixel units (the seed's 0.0308 and the standard 0.1).
@@ -41,6 +49,7 @@ class RobustnessCallback(EpochMetricCallback):
         every_n_epochs: run every n-th epoch (and always on the last one and in test).
         enabled: false switches the callback off (``--<key>.enabled false`` on the CLI).
         seed: seed of the subsample and of PGD's random start.
+        autoattack: AutoAttack settings (``--robustness.autoattack.epsilon null`` switches it off).
     """
 
     def __init__(
@@ -55,6 +64,7 @@ class RobustnessCallback(EpochMetricCallback):
         every_n_epochs: int = 1,
         seed: int = 0,
         enabled: bool = True,
+        autoattack: AutoAttackConfig = AutoAttackConfig(),
     ):
         for e in list(epsilons) + ([pgd_epsilon] if pgd_epsilon is not None else []):
             if not 0 < e <= 1:
@@ -71,6 +81,7 @@ class RobustnessCallback(EpochMetricCallback):
         self.max_samples, self.pgd_max_samples, self.batch_size = max_samples, pgd_max_samples, batch_size
         self.every_n_epochs, self.seed = every_n_epochs, seed
         self.enabled = enabled
+        self.autoattack = autoattack
 
     def _evaluate(self, pl_module, stage: str) -> dict:
         net = pl_module.net
@@ -106,4 +117,19 @@ class RobustnessCallback(EpochMetricCallback):
                 ]
             )
             out[at(PGD_ACC, self.pgd_epsilon)] = _accuracy(net, adv, yp, self.batch_size)
+        out.update(self._autoattack(net, pl_module, stage))
         return out
+
+    def _autoattack(self, net, pl_module, stage: str) -> dict:
+        cfg = self.autoattack
+        n = cfg.test_samples if stage == "test" else cfg.val_samples
+        if cfg.epsilon is None or n == 0:
+            return {}
+        x, y = held_out(pl_module.trainer, stage)
+        x, y = on_device(pl_module, *subsample(x, y, n if n is not None else len(y), cfg.seed))
+        start = time.perf_counter()
+        result = autoattack(net, x, y, cfg)
+        rank_zero_info(
+            f"secure-ml: AutoAttack on {len(y)} {stage} digits: {result.accuracy:.4f} robust, {time.perf_counter() - start:.0f} s; {result.remaining}"
+        )
+        return {at(AUTOATTACK_ACC, cfg.epsilon): result.accuracy}

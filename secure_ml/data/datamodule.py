@@ -1,6 +1,7 @@
 """MNIST LightningDataModule: reproducible subsets, label-flip poisoning, sanitization, Poisson sampling."""
 
 import secrets
+from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -8,6 +9,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, TensorDataset
 
+from secure_ml.data.canaries import KINDS, CanaryConfig, with_canaries
 from secure_ml.data.mnist import load_mnist
 from secure_ml.data.poisoning import PoisonConfig, flip_labels
 from secure_ml.data.sampling import train_loader
@@ -38,6 +40,7 @@ class MNISTDataModule(LightningDataModule):
         poison: label-flip poisoning of the training part.
         sanitizer: sanitization applied after poisoning.
         poisson_sampling: sample training batches by Poisson sampling (set by the CLI whenever DP is on).
+        canaries: one-run privacy audit canaries, added after sanitization (off by default; see configs/audit.yaml). They are members: the split check covers them.
         num_workers: DataLoader worker processes.
         split_key: file holding the secret key of the checkpoint's split check (created 0600 when missing); null: ``$SECURE_ML_KEY_DIR/split.key`` or ``~/.config/secure-ml/split.key``. Never stored in a checkpoint; copy it (privately) to check a checkpoint on another machine.
     """
@@ -57,6 +60,7 @@ class MNISTDataModule(LightningDataModule):
         poisson_sampling: bool = False,
         num_workers: int = 0,
         split_key: Optional[str] = None,
+        canaries: CanaryConfig = CanaryConfig(),
     ):
         super().__init__()
         # The validation split is the clean non-member set the scorecard needs (the sponge check halves it).
@@ -78,6 +82,8 @@ class MNISTDataModule(LightningDataModule):
         self.poison, self.sanitizer = poison, sanitizer
         self.poisson_sampling = poisson_sampling
         self.split_key = split_key
+        self.canaries, self.canary_set = canaries, None
+        self._real_train: Optional[TensorDataset] = None  # the training set without canaries
         self.train_dataset: Optional[TensorDataset] = None
         self.val_dataset: Optional[TensorDataset] = None
         self.test_dataset: Optional[TensorDataset] = None
@@ -118,10 +124,26 @@ class MNISTDataModule(LightningDataModule):
         self.val_dataset = TensorDataset(x[val_idx], y[val_idx])
         y_train = self._poison(y[train_idx])
         x_train, y_train = self._sanitize(x[train_idx], y_train)
-        self.train_dataset = TensorDataset(x_train, y_train)
+        self._real_train = TensorDataset(x_train, y_train)
         self._split = (val_idx, train_idx[self.kept_indices], y_train, self._test_idx)
+        saved = (self._expected_split or {}).get("canaries")
+        self._add_canaries(self.canaries if saved is None else self._adopt(saved))
         if self._expected_split is not None:
             self._check_split(self._expected_split)
+
+    def _add_canaries(self, cfg: CanaryConfig) -> None:
+        """Append ``cfg``'s canaries (the hook every training row goes through last) and extend the split check with them."""
+        self.train_dataset, self.canary_set = with_canaries(self._real_train, cfg)
+        c = self.canary_set  # without canaries the check is the same as before they existed
+        self._split = self._split[:4] + (
+            () if c is None else (torch.tensor([c.seed, len(c.y), KINDS.index(c.kind), *c.included.tolist()]),)
+        )
+
+    def _adopt(self, saved: dict) -> CanaryConfig:
+        """The checkpoint's canaries unless a seed is pinned: a secret seed cannot be re-entered, so ``test`` and a resumed ``fit`` reuse them."""
+        if self.canaries.seed is not None:
+            return self.canaries
+        return replace(self.canaries, seed=int(saved["seed"]), count=int(saved["count"]), kind=saved["kind"])
 
     def _poison(self, labels: torch.Tensor) -> torch.Tensor:
         """Flip labels of the training part (``poison``); records the ground-truth rows in ``poisoned_indices``."""
@@ -152,7 +174,10 @@ class MNISTDataModule(LightningDataModule):
         if self._split is None:
             return {}
         key = self._split_key_bytes()
-        return {"split_check": {"key_id": key_id(key), "tag": split_tag(key, self._split)}}
+        check = {"key_id": key_id(key), "tag": split_tag(key, self._split)}
+        if self.canary_set is not None:  # the audit needs them again; the checkpoint already holds the weights that saw them
+            check["canaries"] = {"seed": self.canary_set.seed, "count": len(self.canary_set.y), "kind": self.canary_set.kind}
+        return {"split_check": check}
 
     def _split_key_bytes(self) -> bytes:
         if self._key is None:
@@ -174,6 +199,9 @@ class MNISTDataModule(LightningDataModule):
         if self._split is None:  # not set up yet: checked at the end of setup
             self._expected_split = expected
             return
+        saved = expected.get("canaries")
+        if saved is not None and self.canaries.seed is None:
+            self._add_canaries(self._adopt(saved))
         self._check_split(expected)
 
     def _check_split(self, expected: dict) -> None:

@@ -1,4 +1,8 @@
-"""Empirical privacy audit: a statistical lower bound on ε from a membership attack's ROC.
+"""Threshold (ROC) audit: a statistical lower bound on ε from a membership attack on ordinary members vs non-members.
+
+Not to be confused with the one-run canary audit (:mod:`secure_ml.privacy.one_run_audit`), which inserts
+canaries by coin flip and can certify a large ε for a non-private run. This one needs no change to the
+training set: it reads the ROC of a threshold attack on the training members against held-out digits.
 
 For an (ε, δ)-DP mechanism every membership test ("member iff score ≥ t") satisfies
 
@@ -26,6 +30,8 @@ from typing import Dict
 import numpy as np
 import torch
 from scipy.stats import beta
+
+from secure_ml.attacks.scores import check_scores
 
 
 @dataclass
@@ -91,7 +97,7 @@ def epsilon_lower_bound_from_counts(
     return max(float(eps_lb[i_lb]), 0.0), max(float(eps_pt[i_pt]), 0.0), i_lb, i_pt
 
 
-def empirical_epsilon_lower_bound(
+def threshold_epsilon_lower_bound(
     member_scores: torch.Tensor,
     nonmember_scores: torch.Tensor,
     delta: float,
@@ -104,13 +110,7 @@ def empirical_epsilon_lower_bound(
     is a threshold. ``bonferroni=False`` drops the multiple-threshold correction (only valid if
     the threshold was fixed in advance, e.g. chosen on separate data).
     """
-    m = torch.as_tensor(member_scores).detach().flatten().to("cpu", torch.float64).numpy()
-    n = torch.as_tensor(nonmember_scores).detach().flatten().to("cpu", torch.float64).numpy()
-    for name, s in (("member_scores", m), ("nonmember_scores", n)):
-        if s.size == 0:
-            raise ValueError(f"{name} is empty; need at least one score")
-        if not np.isfinite(s).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
+    m, n = (s.numpy() for s in check_scores(member_scores, nonmember_scores))
     thresholds = np.unique(np.concatenate([m, n]))[::-1]  # descending; t = max(...) first
     m_sorted, n_sorted = np.sort(m), np.sort(n)
     tp = len(m) - np.searchsorted(m_sorted, thresholds, side="left")  # count of scores >= t

@@ -1,0 +1,89 @@
+"""Reference ("shadow") models for RMIA: the target's recipe replayed on population data. Lightning-free.
+
+A reference model should look like the target except for the records under test, so it is trained
+with the target's architecture (a fresh instance), optimizer factory, adversarial-training settings
+and, when the target is DP, DP-SGD with the target's noise multiplier and clipping norm (the step
+mode ``--model.dp.backend auto`` resolves to, taken through :func:`secure_ml.privacy.steps.dp_step`
+like every private step; Poisson batches of the target's expected size). ``steps`` defaults to the target's
+step count: the population set is smaller than the target's training set, so matching epochs would
+leave the references under-trained and their probabilities unlike the target's.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
+from secure_ml.data.sampling import train_loader
+from secure_ml.privacy.config import DPConfig
+from secure_ml.privacy.engine import make_private
+from secure_ml.privacy.modes import resolve_mode
+from secure_ml.privacy.steps import dp_step
+
+
+@dataclass
+class ReferenceRecipe:
+    """How the target was trained: net factory, optimizer factory, steps, batch size, adversarial settings, DP (σ, C) or None."""
+
+    make_net: Callable[[], nn.Module]
+    make_optimizer: Callable[[object], torch.optim.Optimizer]
+    steps: int
+    batch_size: int
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    noise_multiplier: Optional[float] = None  # None: no DP
+    max_grad_norm: float = 1.0
+
+
+def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+    torch.manual_seed(seed)  # the caller forks the global generator: init and adversarial starts are reproducible
+    net = recipe.make_net()
+    opt = recipe.make_optimizer(net.parameters())
+    dataset = TensorDataset(x, y)
+    dp = recipe.noise_multiplier is not None
+    loader = train_loader(dataset, recipe.batch_size, seed, dp, poisson_generator=torch.Generator().manual_seed(seed + 1))
+    steps_per_epoch = len(loader)
+    private = None
+    if dp:
+        cfg = DPConfig(
+            enabled=True, noise_multiplier=recipe.noise_multiplier, max_grad_norm=recipe.max_grad_norm, delta=0.1 / len(y), noise_seed=seed
+        )
+        mixed = recipe.adversarial.active and 0 < recipe.adversarial.ratio < 1
+        private = make_private(
+            net, opt, loader, cfg, total_steps=recipe.steps, mode=resolve_mode(cfg, mixed=mixed, distributed=False, net=net)
+        )
+        opt = private.optimizer
+    net.train()
+    step = 0
+    for _ in range(math.ceil(recipe.steps / steps_per_epoch)):
+        for xb, yb in loader:
+            if step == recipe.steps:
+                break
+            step += 1
+            if private is not None:  # empty Poisson batches included: a noise-only step, as in the target's run
+                dp_step(private, net, opt, xb, yb, recipe.adversarial)
+                continue
+            if len(yb) == 0:
+                continue
+            x_adv = adversarial_examples(net, xb, yb, recipe.adversarial) if recipe.adversarial.active else None
+            loss, _ = mixed_loss(net, xb, yb, x_adv, recipe.adversarial.ratio)
+            opt.zero_grad()
+            loss.mean().backward()
+            opt.step()
+    if private is not None:
+        private.close()
+    opt.zero_grad(set_to_none=True)
+    return net.eval()
+
+
+def train_reference_models(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, n_models: int, seed: int = 0) -> List[nn.Module]:
+    """``n_models`` reference models on ``(x, y)`` (population records only), each with its own seed; global RNG untouched."""
+    if n_models < 1:
+        raise ValueError(f"n_models must be >= 1; got {n_models}")
+    if recipe.steps < 1 or recipe.batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1; got {recipe.steps} and {recipe.batch_size}")
+    with torch.random.fork_rng(devices=[]), torch.enable_grad(), torch.inference_mode(False):
+        return [_train_one(recipe, x, y, seed + 1000 * i) for i in range(n_models)]
