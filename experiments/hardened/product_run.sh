@@ -18,7 +18,8 @@ if [ -z "$TEST_ONLY" ]; then
       --data.data_dir $DATA --data.download false --trainer.enable_progress_bar false "$@" > fit.log 2>&1
 fi
 t1=$(date +%s)
-V=$(ls -d lightning_logs/version_* | sort -V | tail -1)
+# the latest fit (a test run adds a version folder too)
+V=$(dirname "$(dirname "$(ls lightning_logs/version_*/checkpoints/last.ckpt | sort -V | tail -1)")")
 # shellcheck disable=SC2086
 $PY -m secure_ml test --config "$V/config.yaml" --config "$ROOT/configs/full_eval.yaml" --ckpt_path "$V/checkpoints/last.ckpt" \
     --trainer.enable_progress_bar false $TEST_ARGS > test.log 2>&1
