@@ -1,8 +1,8 @@
 """Per-epoch security callbacks: thin Lightning shells over the attack and metric functions."""
 
-from secure_ml.callbacks.audit import OneRunAuditCallback
 from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.membership import MembershipInferenceCallback
+from secure_ml.callbacks.one_run_audit import OneRunAuditCallback
 from secure_ml.callbacks.predictions import PredictionWriter
 from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.callbacks.privacy_budget import PrivacyBudget

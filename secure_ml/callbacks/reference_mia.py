@@ -14,7 +14,7 @@ from secure_ml.attacks.reference_models import ReferenceRecipe, train_reference_
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, members, subsample
 from secure_ml.data.canaries import without_canaries
 from secure_ml.errors import ConfigError
-from secure_ml.models.registry import build_net, net_spec
+from secure_ml.models.registry import build_net, device_and_dtype, net_spec
 
 
 def target_recipe(pl_module, datamodule, max_epochs: Optional[int], steps: Optional[int], n_members: int) -> ReferenceRecipe:
@@ -105,7 +105,7 @@ class ReferenceMIACallback(EpochMetricCallback):
             f"secure-ml: RMIA trained {self.reference_models} reference model(s) of {recipe.steps} steps in {time.perf_counter() - start:.0f} s"
         )
         net = pl_module.net
-        device = next(net.parameters()).device
+        device = device_and_dtype(net)[0]
         refs = [r.to(device) for r in refs]
         scores = rmia(
             net, refs, torch.cat([mx, nx]).to(device), torch.cat([my, ny]).to(device), zx.to(device), zy.to(device), self.settings
