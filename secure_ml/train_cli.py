@@ -19,6 +19,8 @@ from secure_ml.callbacks import (
     Scorecard,
     SpongeCallback,
 )
+from secure_ml.callbacks.ema import EMACallback
+from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.module import SecureClassifier
 
@@ -31,6 +33,13 @@ TRAINER_DEFAULTS = {
         "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
+}
+
+# Training aids, also CLI keys (off by default; configs/hardened.yaml turns them on): ``--prior.*`` starts from
+# a net pretrained on procedural digits, ``--ema.*`` evaluates and checkpoints a moving average of the weights.
+TRAINING_CALLBACKS = {
+    "prior": ProceduralPrior,
+    "ema": EMACallback,
 }
 
 # CLI key → callback class, in the order they run (the Scorecard last: it reads the others' metrics).
@@ -57,7 +66,7 @@ class SecureMLCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.dp.enabled", "data.poisson_sampling")
-        for key, callback in SCORECARD_CALLBACKS.items():
+        for key, callback in {**TRAINING_CALLBACKS, **SCORECARD_CALLBACKS}.items():
             parser.add_lightning_class_args(callback, key)
 
 

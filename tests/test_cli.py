@@ -29,7 +29,8 @@ def test_every_training_config_parses(config, capsys):
         main(args)
     assert exc.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["net"]["class_path"] == "secure_ml.models.SmallCNN"
+    own_net = (yaml.safe_load(config.read_text()) or {}).get("model", {}).get("net", {}).get("class_path")
+    assert printed["model"]["net"]["class_path"] == (own_net or "secure_ml.models.SmallCNN")
     assert "data" in printed and "trainer" in printed
     cli = cli_main(["--config", str(BASE)] + (["--config", str(config)] if config != BASE else []), run=False)
     assert cli.datamodule.poisson_sampling == cli.model.dp.enabled  # the link: DP always gets Poisson sampling
@@ -45,7 +46,25 @@ def test_every_serving_config_parses(config, monkeypatch):
 
 
 def test_every_config_is_covered():
-    assert {c.name for c in CONFIGS} >= {"capstone.yaml", "smoke.yaml", "serve.yaml", "gates.yaml"}
+    assert {c.name for c in CONFIGS} >= {"capstone.yaml", "smoke.yaml", "serve.yaml", "gates.yaml", "hardened.yaml"}
+
+
+def test_hardened_is_a_delta_that_keeps_the_capstone_data_and_stays_within_epsilon_1_5(capsys):
+    delta = yaml.safe_load((REPO / "configs" / "hardened.yaml").read_text())
+    assert set(delta.get("data", {})) <= {"batch_size"}  # same digits, same poisoning, same sanitizer
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(BASE), "--config", str(REPO / "configs" / "hardened.yaml"), "--print_config"])
+    printed = yaml.safe_load(capsys.readouterr().out)
+    capstone = yaml.safe_load(BASE.read_text())
+    for key in ("train_size", "val_size", "test_size"):
+        assert printed["data"][key] == capstone["data"][key]
+    for key in ("poison", "sanitizer"):
+        assert {k: printed["data"][key][k] for k in capstone["data"][key]} == capstone["data"][key]
+    dp = printed["model"]["dp"]
+    assert dp["enabled"] and dp["target_epsilon"] <= 1.5 and dp["delta"] == 1e-5
+    assert printed["model"]["net"]["class_path"] == "secure_ml.models.TanhCNN"
+    assert printed["prior"]["enabled"] and printed["ema"]["enabled"]
+    assert not printed["model"]["dp"].get("noise_seed") and not printed["data"].get("sampling_seed")  # DP randomness stays secret
 
 
 def test_capstone_has_the_seed_numbers():

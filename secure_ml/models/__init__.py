@@ -6,5 +6,6 @@ it can be exported in a release artifact and served. A new net goes in its own f
 
 from secure_ml.models.registry import build_net, device_and_dtype, net_spec, registered_nets
 from secure_ml.models.small_cnn import MNIST_MEAN, MNIST_STD, SmallCNN
+from secure_ml.models.tanh_cnn import TanhCNN
 
-__all__ = ["MNIST_MEAN", "MNIST_STD", "SmallCNN", "build_net", "device_and_dtype", "net_spec", "registered_nets"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "SmallCNN", "TanhCNN", "build_net", "device_and_dtype", "net_spec", "registered_nets"]
