@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from secure_ml.attacks import pgd  # noqa: E402
 from secure_ml.attacks.autoattack import AutoAttackConfig, autoattack  # noqa: E402
 from secure_ml.data import MNISTDataModule  # noqa: E402
-from secure_ml.serving.model_loading import load_model  # noqa: E402
+from secure_ml.release.checkpoint import build_model, net_description, net_state, read_checkpoint  # noqa: E402
 
 VARIANTS = {
     "standard": {},
@@ -42,7 +42,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = load_model(args.ckpt, "cpu").eval()
+    ckpt = read_checkpoint(Path(args.ckpt))
+    model = build_model(net_description(ckpt), net_state(ckpt, Path(args.ckpt)), f"--ckpt: '{args.ckpt}'").eval()
     dm = MNISTDataModule(data_dir=args.data_dir, download=False)
     dm.setup("predict")
     x, y = dm.test_dataset.tensors
