@@ -16,6 +16,7 @@ from secure_ml.errors import SecureMLError
 COMMANDS = {
     "serve": ("secure_ml.serving.cli", "serve_main"),
     "extract": ("secure_ml.serving.cli", "extract_main"),
+    "sweep": ("secure_ml.sweep.cli", "sweep_main"),
 }
 
 
