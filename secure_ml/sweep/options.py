@@ -65,14 +65,18 @@ class OptionChecker:
             raise ConfigError(f"the base configs {', '.join(map(str, bases))} do not parse: {_first_lines(exc)}") from None
         self.parser = cli.parser
         self.config = cli.config
+        self._seen: Dict[str, Optional[str]] = {}
 
     def check(self, overrides: Mapping[str, Any]) -> Optional[str]:
-        """None when ``overrides`` parse on top of the bases, else the parser's complaint in one line."""
-        try:
-            self.parser.parse_args(self.base + cli_args(overrides))
-        except Exception as exc:
-            return _first_lines(exc)
-        return None
+        """None when ``overrides`` parse on top of the bases, else the parser's complaint in one line (remembered per set of overrides)."""
+        sig = json.dumps(overrides, sort_keys=True, default=str)
+        if sig not in self._seen:
+            try:
+                self.parser.parse_args(self.base + cli_args(overrides))
+                self._seen[sig] = None
+            except Exception as exc:
+                self._seen[sig] = _first_lines(exc)
+        return self._seen[sig]
 
     def seed(self) -> Optional[int]:
         """The bases' ``seed_everything`` (None when unset or ``true``)."""
@@ -89,20 +93,23 @@ def _first_lines(exc: BaseException) -> str:
 
 
 def check_all(checker: OptionChecker, where: str, items: Iterable[Tuple[str, Mapping[str, Any]]]) -> None:
-    """Check every ``(section, overrides)`` pair one key at a time, then each set of overrides together; ConfigError naming the key."""
-    seen: Dict[str, None] = {}
-    pairs = list(items)
-    for section, overrides in pairs:
+    """Parse each ``(section, overrides)`` as a whole; when one fails, find the key that does and raise ConfigError naming it."""
+    for section, overrides in items:
+        if not overrides or checker.check(overrides) is None:
+            continue
         for key, value in overrides.items():
-            sig = json.dumps([key, value], sort_keys=True, default=str)
-            if sig in seen:
-                continue
-            seen[sig] = None
             problem = checker.check({key: value})
             if problem is not None:
                 raise ConfigError(f"{where}: {section} '{key}' = {cli_value(value)}: {problem}")
-    for section, overrides in pairs:
-        if len(overrides) > 1:
-            problem = checker.check(overrides)
-            if problem is not None:
-                raise ConfigError(f"{where}: {section} does not parse as a whole: {problem}")
+        raise ConfigError(f"{where}: {section} does not parse as a whole: {checker.check(overrides)}")
+
+
+_CHECKERS: Dict[Tuple[str, ...], OptionChecker] = {}
+
+
+def checker_for(bases: Sequence[Path]) -> OptionChecker:
+    """One :class:`OptionChecker` per stack of base configs in this process (parsing is the slow part; results are remembered)."""
+    key = tuple(str(Path(b).resolve()) for b in bases)
+    if key not in _CHECKERS:
+        _CHECKERS[key] = OptionChecker(bases)
+    return _CHECKERS[key]

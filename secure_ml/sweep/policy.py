@@ -1,9 +1,11 @@
 """Exercise 4: evaluation-only sweep of the input policy's thresholds (no retraining per point).
 
 One model is trained once (``<out>/model/``, reused on resume; or ``policy.checkpoint``). Each point
-builds an :class:`~secure_ml.defenses.input_policy.InputPolicy` with one check (``variance``,
-``energy``, ``density``) or ``all`` of them, either calibrated on the clean validation digits at a
-target false-positive rate (``policy.false_positive_rate``) or with an explicit limit
+builds an :class:`~secure_ml.defenses.input_policy.InputPolicy` with one check (each ``max_<check>``
+limit the policy has: ``variance``, ``energy``, ``density``, ...) or ``all`` of them (the deployed
+policy), either calibrated on the clean validation digits at a target false-positive rate
+(``policy.false_positive_rate``; the pixel-variance limit is that quantile of the clean variances,
+computed here) or with an explicit limit
 (``policy.threshold``: e.g. the seed's variance threshold), and measures on non-members it was not
 calibrated on: the share of clean test digits rejected (``sponge/false_positive_rate``, ≥ 2,000 with
 the capstone's test split) and of sponges rejected: crafted by gradient ascent on the activation
@@ -22,8 +24,16 @@ from secure_ml.errors import ConfigError
 from secure_ml.sweep.options import cli_args, config_args
 from secure_ml.sweep.runner import PointResult, _last_checkpoint, one_line, output_to
 
-CHECKS = {"variance": "max_variance", "energy": "max_energy", "density": "max_density"}
 KEYS = ("policy.check", "policy.false_positive_rate", "policy.threshold")
+
+
+def checks() -> Dict[str, str]:
+    """``{check: InputPolicy field}`` for every limit the policy has (``variance``, ``energy``, ``density``, ...)."""
+    from dataclasses import fields
+
+    from secure_ml.defenses.input_policy import InputPolicy
+
+    return {f.name[len("max_") :]: f.name for f in fields(InputPolicy) if f.name.startswith("max_") and f.name != "max_value"}
 
 
 @dataclass
@@ -72,15 +82,15 @@ def check_point(label: str, overrides: Mapping[str, Any], where: str) -> None:
     for key in policy_keys:
         if key not in KEYS:
             raise ConfigError(f"{where}: point '{label}': '{key}' is not a policy sweep key (known: {', '.join(KEYS)})")
-    check = policy_keys.get("policy.check")
-    if check not in (*CHECKS, "all"):
-        raise ConfigError(f"{where}: point '{label}': policy.check must be one of {', '.join(CHECKS)}, all; got {check!r}")
+    check, known = policy_keys.get("policy.check"), checks()
+    if check not in (*known, "all"):
+        raise ConfigError(f"{where}: point '{label}': policy.check must be one of {', '.join(known)}, all; got {check!r}")
     fpr, threshold = policy_keys.get("policy.false_positive_rate"), policy_keys.get("policy.threshold")
     if (fpr is None) == (threshold is None):
         raise ConfigError(f"{where}: point '{label}': give exactly one of policy.false_positive_rate and policy.threshold")
     if fpr is not None and not (isinstance(fpr, (int, float)) and 0 < fpr < 1):
         raise ConfigError(f"{where}: point '{label}': policy.false_positive_rate must be in (0, 1); got {fpr!r}")
-    if threshold is not None and (check == "all" or not isinstance(threshold, (int, float)) or threshold <= 0):
+    if threshold is not None and (check in ("all", "layer_density") or not isinstance(threshold, (int, float)) or threshold <= 0):
         raise ConfigError(f"{where}: point '{label}': policy.threshold must be a positive limit for a single check; got {threshold!r}")
 
 
@@ -136,15 +146,23 @@ class PolicyEvaluator:
         return self._sponges[seed]
 
     def policy(self, overrides: Mapping[str, Any]):
+        """The point's policy: an explicit limit, the pixel-variance quantile, or ``InputPolicy.calibrate`` with the other limits off."""
+        import torch
+
         from secure_ml.defenses.input_policy import InputPolicy
 
-        check = overrides["policy.check"]
+        check, fields = overrides["policy.check"], checks()
+        off = {name: None for name in fields.values()}
         if "policy.threshold" in overrides:
-            limits = {name: None for name in CHECKS.values()}
-            limits[CHECKS[check]] = float(overrides["policy.threshold"])
-            return InputPolicy(**limits)
-        off = {} if check == "all" else {name: None for c, name in CHECKS.items() if c != check}
-        return InputPolicy.calibrate(self.net, self.calib, false_positive_rate=float(overrides["policy.false_positive_rate"]), **off)
+            return InputPolicy(**{**off, fields[check]: float(overrides["policy.threshold"])})
+        fpr = float(overrides["policy.false_positive_rate"])
+        if check == "variance":  # a fixed pixel statistic: its limit is the (k+1)-th largest clean variance, k = ⌊fpr·N⌋
+            variances = self.calib.flatten(1).double().var(1, correction=0)
+            k = min(int(fpr * len(variances)), len(variances) - 1)
+            return InputPolicy(**{**off, "max_variance": float(torch.sort(variances, descending=True).values[k])})
+        if check == "all":
+            return InputPolicy.calibrate(self.net, self.calib, false_positive_rate=fpr)
+        return InputPolicy.calibrate(self.net, self.calib, false_positive_rate=fpr, **{n: None for c, n in fields.items() if c != check})
 
     def evaluate(self, overrides: Mapping[str, Any], seed: int) -> PointResult:
         result = PointResult()
@@ -164,7 +182,7 @@ class PolicyEvaluator:
                 "sponge/reject_rate_gaussian": gaussian,
                 "sponge/reject_rate": (crafted * n_c + gaussian * n_g) / (n_c + n_g),
             }
-            limits = {k: v for k, v in policy.to_dict().items() if k in CHECKS.values() and v is not None}
+            limits = {k: v for k, v in policy.to_dict().items() if k in checks().values() and isinstance(v, (int, float))}
             result.extra = {"limit." + k: v for k, v in limits.items()} | {"clean_digits": len(self.measure), "sponges": n_c + n_g}
         except Exception as exc:
             result.error = one_line(exc)

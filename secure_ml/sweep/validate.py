@@ -2,7 +2,7 @@
 
 from secure_ml.errors import ConfigError
 from secure_ml.report.metric_names import check_known
-from secure_ml.sweep.options import OptionChecker, check_all
+from secure_ml.sweep.options import OptionChecker, check_all, checker_for
 from secure_ml.sweep.plan import Plan
 
 REPORT_METRIC_KEYS = ("metrics", "y", "focus", "clean", "x")
@@ -30,7 +30,9 @@ def check_report(plan: Plan) -> None:
         columns += [spec["axis"]] if kind == "ablation" and "axis" in spec else []
         for column in columns:
             if column not in axes and not plan.sweep.is_search:
-                raise ConfigError(f"{where}: report[{i}] ({kind}) names '{column}', which is not an axis of the grid (axes: {', '.join(sorted(axes))})")
+                raise ConfigError(
+                    f"{where}: report[{i}] ({kind}) names '{column}', which is not an axis of the grid (axes: {', '.join(sorted(axes))})"
+                )
         for name in names:
             if isinstance(name, str):
                 check_known(name, f"{where}: report[{i}] ({kind})")
@@ -44,8 +46,8 @@ def validate(plan: Plan) -> OptionChecker:
     sweep = plan.sweep
     where = str(sweep.path)
     check_report(plan)
-    checker = OptionChecker(sweep.bases)
-    items = [("set", sweep.set), ("--set", plan.options.set)]
+    checker = checker_for(sweep.bases)
+    items = [("set", sweep.set), ("--set", plan.options.set)]  # then every point with them
     if sweep.kind == "policy":
         from secure_ml.sweep import policy as pol
 
@@ -55,9 +57,8 @@ def validate(plan: Plan) -> OptionChecker:
             items.append((f"grid point '{p.label}'", pol.training_overrides(p.overrides)))
     else:
         items += [(f"grid point '{p.label}'", {**sweep.set, **p.overrides}) for p in sweep.points]
-        items += [(f"grid point '{p.label}' (test)", p.test_overrides) for p in sweep.points if p.test_overrides]
-        items.append(("test.set", sweep.test_set))
-        items += [("test.grid", combo) for combo in sweep.test_grid]
+        items += [(f"grid point '{p.label}' (test)", {**sweep.set, **sweep.test_set, **p.test_overrides}) for p in sweep.points]
+        items += [("test.grid", {**sweep.set, **sweep.test_set, **combo}) for combo in sweep.test_grid]
     if sweep.is_search:
         for name, p in sweep.search.space.items():
             values = list(p.choices) if p.kind == "categorical" else [int(p.low), int(p.high)] if p.kind == "int" else [p.low, p.high]
