@@ -356,3 +356,136 @@ def test_tiny_sweep_with_two_worker_processes(tiny_mnist, tmp_path, monkeypatch)
     assert {r["worker"] for r in rows} <= {"0", "1"}  # scheduling across processes is pinned by the fake-runner test above
     assert {r["seed_everything"] for r in rows} == {"3"} and {r["model.dp.noise_seed"] for r in rows} == {"3"}
     assert (out / "logs" / "worker-0.log").exists() and (out / "logs" / "worker-1.log").exists() and _count(out) == 2
+
+
+# ---- report kinds on synthetic results (the sentences follow the numbers) -------------------------
+
+
+def _ctx(tmp_path, rows, axes, plan=None):
+    import pandas as pd
+
+    from secure_ml.sweep.report.common import Context
+
+    return Context(pd.DataFrame(rows), tmp_path, axes, plan)
+
+
+def test_attack_curve_flags_a_model_that_pgd_at_full_range_cannot_break(tmp_path):
+    from secure_ml.sweep.report.attack import attack_section
+
+    rows = []
+    for model, acc, masked in (("honest", 0.98, 0.0), ("masked", 0.97, 0.45)):
+        for r in range(2):
+            rows.append(
+                {"point": model, "model": model, "status": "ok", "test/acc": acc, "adv/fgsm_acc@0.1": 0.5 + r * 0.01}
+                | {"adv/pgd_acc@0.1": 0.40 + r * 0.01, "adv/pgd_acc@1": masked + r * 0.01}
+            )
+    (section,) = attack_section(_ctx(tmp_path, rows, ["model"]), {"rows": ["model"], "masking_epsilon": 1.0, "reference_epsilon": 0.1})
+    assert "Suspected gradient masking" in section.sentence and "masked (0.455" in section.sentence and "honest (" not in section.sentence
+    assert "| honest | PGD | 0.980 ± 0.000 | 0.405 ± 0.007 |" in section.table
+    assert (tmp_path / section.figure).stat().st_size > 1000
+    rows = [r for r in rows if r["model"] == "honest"]
+    (section,) = attack_section(_ctx(tmp_path, rows, ["model"]), {"rows": ["model"], "masking_epsilon": 1.0})
+    assert "no sign of gradient masking" in section.sentence
+
+
+def test_ablation_names_the_defence_whose_removal_hurts_most(tmp_path):
+    from secure_ml.sweep.report.ablation import ablation_section
+
+    base = {"status": "ok", "test/acc": 0.80, "mia/auc": 0.50, "privacy/epsilon": 1.0, "adv/pgd_acc@0.1": 0.50}
+    rows = []
+    for r in range(3):
+        rows.append({**base, "point": "all-on", "defence": "all-on", "mia/auc": 0.50 + 0.005 * r})
+        rows.append({**base, "point": "no-dp", "defence": "no-dp", "mia/auc": 0.60 + 0.005 * r, "privacy/epsilon": float("nan")})
+        rows.append({**base, "point": "no-adv", "defence": "no-adv", "adv/pgd_acc@0.1": 0.20 + 0.01 * r, "mia/auc": 0.50 + 0.004 * r})
+    spec = {
+        "axis": "defence",
+        "reference": "all-on",
+        "metrics": {"evasion": "adv/pgd_acc@0.1", "membership": "mia/auc", "privacy": "privacy/epsilon"},
+    }
+    (section,) = ablation_section(_ctx(tmp_path, rows, ["defence"]), spec)
+    assert "No-adv contributes most to evasion" in section.sentence or "no-adv contributes most to evasion" in section.sentence
+    assert "no-dp contributes most to membership" in section.sentence and "no-dp contributes most to privacy" in section.sentence
+    assert "ε = ∞ (no guarantee)" in section.table
+
+
+def test_frontier_sentence_catches_an_audit_above_the_accountant(tmp_path):
+    from secure_ml.sweep.report.privacy import frontier_section
+
+    rows = [
+        {"point": "s1", "status": "ok", "privacy/epsilon": 0.5, "test/acc": 0.6, "mia/auc": 0.5, "privacy/epsilon_lower_bound": 0.1},
+        {"point": "s2", "status": "ok", "privacy/epsilon": 4.0, "test/acc": 0.9, "mia/auc": 0.52, "privacy/epsilon_lower_bound": 4.5},
+        {"point": "no-dp", "status": "ok", "test/acc": 0.97, "mia/auc": 0.56},
+    ]
+    (section,) = frontier_section(_ctx(tmp_path, rows, []), {"y": ["test/acc", "mia/auc"]})
+    assert section.table.splitlines()[2].startswith("| s1 | 0.500 |") and "∞ (no DP)" in section.table
+    assert "From ε = 0.50 (s1) to ε = 4.00 (s2), Clean accuracy changes by +0.300" in section.sentence
+    assert "exceeds the accountant's ε for s2 (4.50 > 4.00)" in section.sentence
+
+
+def test_pareto_front_points_become_config_deltas(tmp_path):
+    from types import SimpleNamespace
+
+    from secure_ml.sweep.report.privacy import pareto_section
+    from secure_ml.sweep.search import Param
+
+    space = {
+        "model.optimizer.init_args.lr": Param("model.optimizer.init_args.lr", "float", low=0.01, high=0.3),
+        "data.batch_size": Param("data.batch_size", "categorical", choices=(64, 128)),
+    }
+    search = SimpleNamespace(objectives={"test/acc": "maximize", "privacy/epsilon": "minimize"}, space=space)
+    sweep = SimpleNamespace(
+        name="pareto",
+        bases=[REPO / "configs" / "capstone.yaml", REPO / "configs" / "smoke.yaml"],
+        set={"trainer.max_epochs": 2},
+        search=search,
+    )
+    rows = [
+        {
+            "point": "trial 0",
+            "trial": 0,
+            "status": "ok",
+            "pareto": True,
+            "test/acc": 0.9,
+            "privacy/epsilon": 3.0,
+            "model.optimizer.init_args.lr": 0.1,
+            "data.batch_size": 64,
+        },
+        {
+            "point": "trial 1",
+            "trial": 1,
+            "status": "ok",
+            "pareto": True,
+            "test/acc": 0.7,
+            "privacy/epsilon": 0.5,
+            "model.optimizer.init_args.lr": 0.02,
+            "data.batch_size": 128,
+        },
+        {
+            "point": "trial 2",
+            "trial": 2,
+            "status": "ok",
+            "pareto": False,
+            "test/acc": 0.6,
+            "privacy/epsilon": 3.5,
+            "model.optimizer.init_args.lr": 0.2,
+            "data.batch_size": 64,
+        },
+    ]
+    (section,) = pareto_section(_ctx(tmp_path, rows, [], SimpleNamespace(sweep=sweep)), {})
+    assert "2 of 3 finished trials are Pareto-optimal" in section.sentence
+    front0 = yaml.safe_load((tmp_path / "front-0.yaml").read_text())  # sorted by ε: trial 1 first
+    assert front0["model"]["optimizer"]["init_args"]["lr"] == 0.02 and front0["data"]["batch_size"] == 128
+    assert front0["trainer"]["max_epochs"] == 2 and front0["data"]["train_size"] == 1200  # the sweep's set and smoke.yaml's delta
+    assert (tmp_path / "front-0.yaml").read_text().startswith("# Pareto front point 0 of sweep 'pareto' (trial 1)")
+    assert not (tmp_path / "front-2.yaml").exists()
+
+
+@pytest.mark.slow
+def test_a_front_file_reproduces_its_trial_through_the_cli(tmp_path):
+    from secure_ml.cli import cli_main
+
+    delta = {"model": {"optimizer": {"init_args": {"lr": 0.05}}, "dp": {"noise_multiplier": 0.7}}, "data": {"batch_size": 128}}
+    (tmp_path / "front-0.yaml").write_text(yaml.safe_dump(delta))
+    cli = cli_main(["--config", str(REPO / "configs" / "capstone.yaml"), "--config", str(tmp_path / "front-0.yaml")], run=False)
+    assert cli.model.dp.noise_multiplier == 0.7 and cli.datamodule.batch_size == 128
+    assert cli.config["model"]["optimizer"]["init_args"]["lr"] == 0.05 and cli.config["model"]["optimizer"]["init_args"]["momentum"] == 0.9

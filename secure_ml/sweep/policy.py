@@ -15,6 +15,7 @@ the ROC of the defence. Only the public functions ``InputPolicy.calibrate``/``ch
 ``craft_sponges``, ``gaussian_sponges`` and ``activation_energy`` are used.
 """
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,20 +96,26 @@ def check_point(label: str, overrides: Mapping[str, Any], where: str) -> None:
 
 
 def train_model(bases, overrides: Mapping[str, Any], out_dir: Path) -> Path:
-    """The sweep's one model: ``<out>/model/lightning_logs/fit/checkpoints/last.ckpt``, trained now unless it exists."""
+    """The sweep's one model: ``<out>/model/lightning_logs/fit/checkpoints/last.ckpt``, trained now unless a finished one exists.
+
+    ``<out>/model/done`` marks a finished fit; a fit that was interrupted is started afresh.
+    """
     from secure_ml.sweep.runner import FIT_ONLY, QUIET, _run_args, build_cli
 
     run_dir = out_dir / "model"
     log_dir = run_dir / "lightning_logs" / "fit"
-    if (log_dir / "checkpoints").is_dir() and any((log_dir / "checkpoints").glob("*.ckpt")):
+    if (run_dir / "done").is_file():
         return _last_checkpoint(log_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
     try:
         with output_to(run_dir / "log.txt"):
             cli = build_cli([*config_args(bases), *cli_args({**overrides, **QUIET, **FIT_ONLY, **_run_args(run_dir, "fit")})])
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     except Exception as exc:
         raise ConfigError(f"training the policy sweep's model failed: {one_line(exc)} (see {run_dir / 'log.txt'})") from None
-    return _last_checkpoint(log_dir)
+    ckpt = _last_checkpoint(log_dir)
+    (run_dir / "done").write_text(str(ckpt) + "\n")
+    return ckpt
 
 
 class PolicyEvaluator:

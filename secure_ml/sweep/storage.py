@@ -48,7 +48,10 @@ def open_storage(url: str):
         if url.startswith("sqlite:///"):
             _wal(Path(url[len("sqlite:///") :]))
             kwargs["engine_kwargs"] = {"connect_args": {"timeout": 300}}  # several workers write to one file
-        return optuna.storages.RDBStorage(url, **kwargs)
+        storage = optuna.storages.RDBStorage(url, **kwargs)
+        if url.startswith("sqlite:///"):
+            _normal_sync(storage.engine)
+        return storage
     except Exception as exc:
         raise ConfigError(f"--storage '{url}' cannot be opened: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
@@ -61,6 +64,20 @@ def _wal(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with closing(sqlite3.connect(path, timeout=300)) as con:
         con.execute("PRAGMA journal_mode=WAL")
+
+
+def _normal_sync(engine) -> None:
+    """``PRAGMA synchronous=NORMAL`` on every connection: in WAL mode a commit no longer waits for an fsync (a power cut may
+    lose the last commits, never corrupt the file); bookkeeping of a point drops from ~25 fsyncs to a few."""
+    from sqlalchemy import event
+
+    def _pragma(connection, _record) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", _pragma)
+    engine.dispose()  # connections opened before the listener are dropped
 
 
 class Heartbeat:

@@ -48,7 +48,7 @@ def _sentence(op, marks, points, info, fpr, tpr) -> str:
             )
     for m in marks:
         if m in points:
-            out.append(f"{m} rejects {tpr[(m,)].text()} of crafted sponges at {fpr[(m,)].text()} clean false positives.")
+            out.append(f"The point '{m}' rejects {tpr[(m,)].text()} of crafted sponges at {fpr[(m,)].text()} clean false positives.")
     return " ".join(out) or "No operating point was evaluated."
 
 
