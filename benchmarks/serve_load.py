@@ -8,13 +8,19 @@ driven for ``--duration / 3`` seconds by ``--clients`` closed-loop threads (one 
 2. ``guards on``: everything on (audit file, PRADA detector, variance policy), rate limit set high
    enough not to bind, so the difference with phase 1 is the guards' cost;
 3. ``rate limit``: guards on with the seed's limit (``--max-qps`` 100, ``--burst`` 10 per client): the
-   observed allowed rate per client, ``(200s - burst) / duration``, against the configured rate.
+   observed allowed rate per client, ``(200s - burst) / duration``, against the configured rate;
+4. with ``--redis-url``: ``guards on`` again with ``rate_limit.storage`` in Redis (the replicas' setting),
+   so its ratio to phase 2 is the cost of the shared store.
 
-Reported per phase: requests/s (all answers and 200s only), client-side p50/p99 latency, status counts,
+``--rounds N`` alternates phases 1 and 2 N times and reports the median off/on ratio (for loaded machines).
+
+The server serves a release artifact (``secure-ml export``'s format), as a deployment would.
+
+Reported per phase: seconds from launch to the "listening" line, requests/s (all answers and 200s only), client-side p50/p99 latency, status counts,
 and the server's RSS (``/proc/<pid>/status``) after warm-up and at the end. All traffic is 127.0.0.1;
 every loop is bounded by the phase deadline.
 
-    python benchmarks/serve_load.py [--ckpt_path CKPT] [--duration 20] [--clients 4] [--json out.json]
+    python benchmarks/serve_load.py [--ckpt_path RELEASE_OR_CKPT] [--duration 20] [--clients 4] [--rounds 1] [--redis-url URL] [--json out.json]
 """
 
 import argparse
@@ -23,6 +29,7 @@ import json
 import os
 import random
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,6 +54,7 @@ def start_server(ckpt: str, cfg: dict, keys, tmp: Path):
     cfg_path = tmp / f"serve-{len(list(tmp.iterdir()))}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "SECURE_ML_API_KEYS": ",".join(keys)}
+    t0 = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, "-m", "secure_ml.serving.cli", "serve", "--ckpt_path", ckpt, "--config", str(cfg_path), "--port", "0"],
         stderr=subprocess.PIPE,
@@ -54,11 +62,16 @@ def start_server(ckpt: str, cfg: dict, keys, tmp: Path):
         env=env,
         cwd=REPO,
     )
-    line = proc.stderr.readline()
-    match = re.search(r"http://127\.0\.0\.1:(\d+)", line)
+    seen = []
+    for line in proc.stderr:  # warnings (a training checkpoint), then "secure-ml serve: listening on http://127.0.0.1:PORT"
+        seen.append(line)
+        if "listening on" in line:
+            break
+    match = re.search(r"http://127\.0\.0\.1:(\d+)", seen[-1] if seen else "")
     if not match:
         proc.kill()
-        raise SystemExit(f"server did not start: {line}{proc.stderr.read()}")
+        raise SystemExit(f"server did not start: {''.join(seen)}{proc.stderr.read()}")
+    startup_s = time.monotonic() - t0
     threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining
     port = int(match.group(1))
     deadline = time.monotonic() + 30
@@ -70,7 +83,7 @@ def start_server(ckpt: str, cfg: dict, keys, tmp: Path):
                 break
         except OSError:
             time.sleep(0.1)
-    return proc, port
+    return proc, port, startup_s
 
 
 def client_loop(port, key, bodies, deadline, out):
@@ -101,7 +114,7 @@ def percentile(values, q):
 
 def run_phase(name, ckpt, cfg, n_clients, seconds, bodies, tmp, warmup_s=1.0):
     keys = [f"bench-client-{i:02d}-{'k' * 16}" for i in range(n_clients + 1)]  # the last one only warms up
-    proc, port = start_server(ckpt, cfg, keys, tmp)
+    proc, port, startup_s = start_server(ckpt, cfg, keys, tmp)
     try:
         # disjoint, shuffled digits per client: replaying one image is (rightly) what PRADA flags
         order = random.Random(0).sample(bodies, len(bodies))
@@ -132,6 +145,7 @@ def run_phase(name, ckpt, cfg, n_clients, seconds, bodies, tmp, warmup_s=1.0):
     per_client_ok = [sum(1 for s, _ in r if s == 200) for r in results]
     return {
         "phase": name,
+        "startup_s": round(startup_s, 2),
         "seconds": round(elapsed, 2),
         "requests": len(flat),
         "rps": len(flat) / elapsed,
@@ -177,11 +191,18 @@ def main(argv=None):
         help="default: a SmallCNN trained for ~2 s on 2,000 digits (seeded). An untrained "
         "net predicts nearly one class, which skews PRADA's per-class distances into false alarms",
     )
-    p.add_argument("--duration", type=float, default=20.0, help="total driving time, split over the three phases")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=20.0,
+        help="driving time of the three main phases together (each runs --duration / 3 s; the Redis phase as long)",
+    )
     p.add_argument("--clients", type=int, default=4)
     p.add_argument("--rl-clients", type=int, default=2, help="clients in the rate-limit phase (each must offer > --max-qps)")
     p.add_argument("--max-qps", type=float, default=100.0)
     p.add_argument("--burst", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=1, help="guards off/on phase pairs, alternated (median ratio reported)")
+    p.add_argument("--redis-url", default=None, help="also measure guards on with rate_limit.storage at this Redis")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
 
@@ -192,8 +213,10 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     ckpt = args.ckpt_path
     if ckpt is None:
-        ckpt = str(tmp / "model.ckpt")
-        torch.save({"state_dict": {"net." + k: v for k, v in quick_model(load_mnist).state_dict().items()}}, ckpt)
+        from secure_ml.release.artifact import write_release
+
+        ckpt = str(tmp / "release")
+        write_release(Path(ckpt), quick_model(load_mnist), None, {"dp": False})
     x = torch.cat([load_mnist(str(DATA), train=False, download=False)[0], load_mnist(str(DATA), train=True, download=False)[0]])
     bodies = [json.dumps({"image": [[round(v, 4) for v in row] for row in img[0].tolist()]}).encode() for img in x]
     seconds = args.duration / 3
@@ -204,16 +227,24 @@ def main(argv=None):
         ("guards on", {**base, "rate_limit": no_bind}),
         ("rate limit", {**base, "rate_limit": {"burst": args.burst, "max_qps": args.max_qps}}),
     ]
+    if args.redis_url:
+        phases.append(("on, redis", {**base, "rate_limit": {**no_bind, "storage": args.redis_url}}))
+    order = [phases[0], phases[1]] * args.rounds + phases[2:]  # off/on alternate: a load change hits both alike
     results = [
-        run_phase(name, ckpt, cfg, args.rl_clients if name == "rate limit" else args.clients, seconds, bodies, tmp) for name, cfg in phases
+        run_phase(name, ckpt, cfg, args.rl_clients if name == "rate limit" else args.clients, seconds, bodies, tmp) for name, cfg in order
     ]
-    off, on, rl = results
+    offs = [r for r in results if r["phase"] == "guards off"]
+    ons = [r for r in results if r["phase"] == "guards on"]
+    off, on = offs[len(offs) // 2], ons[len(ons) // 2]
+    rl = next(r for r in results if r["phase"] == "rate limit")
+    redis_on = next((r for r in results if r["phase"] == "on, redis"), None)
     accuracy = [(n - args.burst) / rl["seconds"] / args.max_qps for n in rl["per_client_ok"]]
     summary = {
         "clients": args.clients,
         "phase_seconds": round(seconds, 2),
         "phases": results,
-        "guard_cost_throughput_ratio": off["ok_rps"] / on["ok_rps"] if on["ok_rps"] else None,
+        "guard_cost_throughput_ratio_per_round": [round(a["ok_rps"] / b["ok_rps"], 3) for a, b in zip(offs, ons) if b["ok_rps"]],
+        "guard_cost_throughput_ratio": statistics.median(a["ok_rps"] / b["ok_rps"] for a, b in zip(offs, ons) if b["ok_rps"]),
         "guard_cost_p50_ratio": on["ok_p50_ms"] / off["ok_p50_ms"],
         "guard_cost_p99_ratio": on["ok_p99_ms"] / off["ok_p99_ms"],
         "rate_limit_configured_qps": args.max_qps,
@@ -221,24 +252,33 @@ def main(argv=None):
         "rate_limit_observed_qps_per_client": [round((n - args.burst) / rl["seconds"], 1) for n in rl["per_client_ok"]],
         "rate_limit_accuracy": [round(a, 3) for a in accuracy],
     }
+    if args.redis_url:
+        summary["redis_cost_throughput_ratio"] = ons[-1]["ok_rps"] / redis_on["ok_rps"] if redis_on["ok_rps"] else None
+        summary["redis_cost_p50_ratio"] = redis_on["ok_p50_ms"] / ons[-1]["ok_p50_ms"]
     print(
         f"secure-ml serve load benchmark: {args.clients} clients ({args.rl_clients} in the rate-limit phase), "
         f"{seconds:.1f} s per phase, loopback, {os.cpu_count()} CPUs"
     )
-    print(f"{'phase':<11} {'req/s':>8} {'200/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'growth':>7}  statuses")
+    print(f"{'phase':<11} {'start s':>7} {'req/s':>8} {'200/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'RSS MiB':>8} {'growth':>7}  statuses")
     for r in results:
         print(
-            f"{r['phase']:<11} {r['rps']:>8.1f} {r['ok_rps']:>8.1f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
+            f"{r['phase']:<11} {r['startup_s']:>7.2f} {r['rps']:>8.1f} {r['ok_rps']:>8.1f} {r['p50_ms']:>7.2f} {r['p99_ms']:>7.2f} "
             f"{r['rss_after_mib']:>8.1f} {r['rss_growth_mib']:>+7.1f}  {r['statuses']}"
         )
     print(
-        f"guard cost: throughput off/on = {summary['guard_cost_throughput_ratio']:.2f}x, "
+        f"guard cost: throughput off/on = {summary['guard_cost_throughput_ratio']:.2f}x "
+        f"(median of rounds {summary['guard_cost_throughput_ratio_per_round']}), "
         f"p50 on/off = {summary['guard_cost_p50_ratio']:.2f}x, p99 on/off = {summary['guard_cost_p99_ratio']:.2f}x"
     )
     print(
         f"rate limit: configured {args.max_qps:g} QPS (burst {args.burst}) per client; observed allowed "
         f"{summary['rate_limit_observed_qps_per_client']} QPS -> accuracy {summary['rate_limit_accuracy']}"
     )
+    if args.redis_url:
+        print(
+            f"shared store: throughput memory/redis = {summary['redis_cost_throughput_ratio']:.2f}x, "
+            f"p50 redis/memory = {summary['redis_cost_p50_ratio']:.2f}x"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2))
     return summary

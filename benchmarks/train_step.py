@@ -16,10 +16,13 @@ A step is forward, backward, optimizer step and zero_grad, with SGD(lr=0.01, mom
                        has one forward, as in the capstone): norms without per-sample gradients, two backward passes.
 4. ``ref-dp+fgsm``     the project's ``backend="reference"`` path: ``per_sample_gradients`` + ``ReferenceDPOptimizer``.
 5. ``seed-loop+fgsm``  the seed notebook's ``dp_sgd_step`` (a Python loop over samples, per-tensor clipping).
+6. ``bk+fgsm``         book-keeping clipping (:mod:`secure_ml.privacy.bookkeeping`): norms and clipped sum from one backward.
 
 Every variant times a step on the same fixed batch. Variants are interleaved step by step (the order
 rotating every round) so machine noise hits them alike; the table reports medians, and then checks the
-targets for each Opacus mode: Opacus ≤ 1.5× plain+FGSM, reference ≤ 1.2× Opacus, and both ≥ 1.3× faster than the seed loop.
+targets for each Opacus mode: Opacus ≤ 1.5× plain+FGSM, reference ≤ 1.2× Opacus, and both ≥ 1.3× faster than the seed loop;
+and for BK (issue 10): bk+fgsm ≤ 1.25× plain+fgsm, equal to the reference clipper (σ = 0) to 1e-5, and peak memory
+≤ 1.2× plain+fgsm's (one subprocess per variant, see ``benchmarks/bk_bench.py``; ``--no-memory`` skips it).
 ``--malloc-heap`` (diagnostic, glibc only) shows how much of the DP cost on CPU is page faults on the
 large per-sample gradient buffers rather than arithmetic.
 """
@@ -40,6 +43,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bk_bench import bk_equals_reference, bk_variant, measure_memory, memory_probe  # noqa: E402 (this folder is on sys.path)
 from opacus.data_loader import DPDataLoader  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
@@ -174,6 +178,7 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
     variants["opacus-ghost+fgsm"] = ghost_fgsm
     variants["ref-dp+fgsm"] = reference_fgsm
     variants["seed-loop+fgsm"] = seed_fgsm
+    variants["bk+fgsm"] = bk_variant(*fresh(), x, y, EPSILON, RATIO, dp4.expected_batch_size)
     return variants
 
 
@@ -230,6 +235,8 @@ def main(argv=None) -> int:
         action="store_true",
         help="diagnostic: tell glibc to keep blocks up to 1 GiB in the heap (no mmap page faults per step)",
     )
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes (one subprocess per variant)")
+    ap.add_argument("--memory-probe", metavar="VARIANT", help=argparse.SUPPRESS)  # internal: measure one variant, print JSON
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.batch_size < 1:
         ap.error("--steps and --batch-size must be >= 1, --warmup >= 0")
@@ -244,6 +251,11 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     init = SmallCNN().state_dict()
     variants = build_variants(init, pool_x, pool_y, x, y, args.batch_size, device)
+    if args.memory_probe:
+        step = variants.pop(args.memory_probe)
+        variants.clear()
+        print(json.dumps(memory_probe(step, device)))
+        return 0
 
     t_start = time.perf_counter()
     times = measure(variants, args.steps, args.warmup, device, args.max_seconds)
@@ -269,9 +281,34 @@ def main(argv=None) -> int:
             (f"{mode} >= 1.3x faster than seed loop", seed / opacus, seed >= 1.3 * opacus),
         ]
     targets.append(("ref-dp+fgsm >= 1.3x faster than seed loop", seed / ref, seed >= 1.3 * ref))
+    bk = ms["bk+fgsm"]
+    diff = bk_equals_reference(init, x, y, EPSILON, RATIO)
+    targets.append(("bk+fgsm <= 1.25x plain+fgsm", bk / base, bk <= 1.25 * base))
+    memory = {}
+    if not args.no_memory:
+        probe_argv = ["--batch-size", str(args.batch_size), "--data-dir", args.data_dir, "--device", str(device)]
+        memory = measure_memory(["plain+fgsm"] + [n for n in times if n.endswith("+fgsm") and n != "plain+fgsm"], __file__, probe_argv)
+        print(
+            f"\n{'variant':<18} {'peak MB':>9} {'step MB':>9} {'peak x':>7} {'step x':>7}   (peak: whole process; step: tensors a step allocates)"
+        )
+        ref_mem = memory["plain+fgsm"]
+        for name, m in memory.items():
+            if m is not None and ref_mem is not None:
+                print(
+                    f"{name:<18} {m['peak_mb']:9.1f} {m['step_mb']:9.1f} {m['peak_mb'] / ref_mem['peak_mb']:6.2f}x {m['step_mb'] / ref_mem['step_mb']:6.2f}x"
+                )
+        if ref_mem is not None and memory.get("bk+fgsm") is not None:
+            m = memory["bk+fgsm"]
+            targets += [
+                ("bk+fgsm peak memory <= 1.2x plain+fgsm", m["peak_mb"] / ref_mem["peak_mb"], m["peak_mb"] <= 1.2 * ref_mem["peak_mb"]),
+                ("bk+fgsm step memory <= 1.2x plain+fgsm", m["step_mb"] / ref_mem["step_mb"], m["step_mb"] <= 1.2 * ref_mem["step_mb"]),
+            ]
     print()
     for label, ratio, ok in targets:
         print(f"{'PASS' if ok else 'FAIL'}  {label}  (ratio {ratio:.2f})")
+    print(
+        f"{'PASS' if diff <= 1e-5 else 'FAIL'}  bk+fgsm clipped sum and norms equal the reference clipper (sigma=0) to 1e-5  (max diff {diff:.1e})"
+    )
 
     if args.json:
         Path(args.json).write_text(
@@ -288,6 +325,8 @@ def main(argv=None) -> int:
                     "all_ms": times,
                     "ratio_to_plain_fgsm": {k: v / base for k, v in ms.items()},
                     "targets": [{"target": label, "ratio": ratio, "pass": ok} for label, ratio, ok in targets],
+                    "memory_mb": memory,
+                    "bk_max_diff_to_reference": diff,
                 },
                 indent=2,
             )

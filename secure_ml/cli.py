@@ -15,7 +15,8 @@ from secure_ml.errors import SecureMLError
 # name: (module, function taking argv and returning an exit status)
 COMMANDS = {
     "serve": ("secure_ml.serving.cli", "serve_main"),
-    "extract": ("secure_ml.serving.cli", "extract_main"),
+    "extract": ("secure_ml.tools.extract", "extract_main"),
+    "export": ("secure_ml.release.cli", "export_main"),
     "sweep": ("secure_ml.sweep.cli", "sweep_main"),
 }
 

@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from secure_ml.serving.body_limit import BodyLimitMiddleware
+from secure_ml.serving.middleware import BodyLimitMiddleware
 from tests.helpers.serving import KEY_A, ZEROS, base_config, post, raw_http, running, status_of
 
 pytestmark = pytest.mark.serving

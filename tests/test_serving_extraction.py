@@ -1,5 +1,6 @@
 """PRADA extraction detection: unit behaviour, actions over HTTP, and the attack simulator vs a benign replay."""
 
+import asyncio
 import json
 
 import httpx
@@ -8,9 +9,10 @@ import pytest
 
 from secure_ml.errors import ConfigError
 from secure_ml.serving.auth import client_id
-from secure_ml.serving.config import ExtractionConfig
-from secure_ml.serving.extraction import ExtractionDetector, shapiro_w
-from secure_ml.serving.simulator import SimulatorConfig, check_loopback, format_report, run_simulation
+from secure_ml.serving.blocklist import MemoryBlockList
+from secure_ml.serving.extraction_detector import ExtractionDetector, shapiro_w
+from secure_ml.serving.settings import ExtractionConfig
+from secure_ml.tools.extract import SimulatorConfig, check_loopback, format_report, parse_metrics, run_simulation
 from tests.helpers.data import REAL_DATA
 from tests.helpers.serving import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, running, trained_checkpoint
 
@@ -59,15 +61,13 @@ def test_memory_is_bounded():
 def test_block_expires_and_other_signals():
     clock = FakeClock()
     det = ExtractionDetector(
-        ExtractionConfig(
-            block_seconds=10, rate_max_queries=3, rate_window_s=1.0, novelty_window=4, novelty_max_fraction=0.5, min_distances=100
-        ),
-        clock=clock,
+        ExtractionConfig(rate_max_queries=3, rate_window_s=1.0, novelty_window=4, novelty_max_fraction=0.5, min_distances=100), clock=clock
     )
-    det.block("c")
-    assert det.is_blocked("c") and not det.is_blocked("d")
+    blocks = MemoryBlockList(clock)
+    asyncio.run(blocks.block("c", 10))
+    assert asyncio.run(blocks.is_blocked("c")) and not asyncio.run(blocks.is_blocked("d")) and blocks.issued_active() == 1
     clock.advance(10)
-    assert not det.is_blocked("c")
+    assert not asyncio.run(blocks.is_blocked("c")) and blocks.issued_active() == 0
     x = np.zeros(784, dtype=np.float32)
     signals = [det.observe("r", x + i / 100, 0, 0.99).signals for i in range(4)]
     assert signals[3] == ["rate"] and signals[2] == []
@@ -81,12 +81,12 @@ def test_flag_logs_one_alert_and_keeps_answering(tmp_path):
     cfg = base_config(tmp_path, extraction={"action": "flag", "min_distances": 20, "window": 20})
     with running(cfg) as srv:
         codes = [httpx.post(srv.url + "/predict", json=ZEROS, headers={"X-API-Key": KEY_A}).status_code for _ in range(25)]
-        metrics = httpx.get(srv.url + "/metrics", headers={"X-API-Key": ADMIN}).text
+        metrics = parse_metrics(httpx.get(srv.url + "/metrics", headers={"X-API-Key": ADMIN}).text)
     assert codes == [200] * 25
     alerts = [json.loads(line) for line in (tmp_path / "audit.alerts.jsonl").read_text().splitlines()]
     assert len(alerts) == 1 and alerts[0]["client"] == client_id(KEY_A) and alerts[0]["query_index"] == 21
     assert [line.get("alert") for line in audit_lines(tmp_path / "audit.jsonl")][19:22] == [None, "prada", "prada"]
-    assert f'secure_ml_extraction_first_alert_query{{client="{client_id(KEY_A)}"}} 21' in metrics
+    assert metrics[("secure_ml_extraction_first_alert_query", (("client", client_id(KEY_A)),))] == 21
 
 
 def test_throttle_shrinks_only_that_clients_rate(tmp_path):
@@ -95,8 +95,12 @@ def test_throttle_shrinks_only_that_clients_rate(tmp_path):
         for _ in range(21):
             httpx.post(srv.url + "/predict", json=ZEROS, headers={"X-API-Key": KEY_A})
         limiter = srv.service.limiter
-        assert limiter.limits_for(client_id(KEY_A)) == (10.0, pytest.approx(100.0))
-        assert limiter.limits_for(client_id(KEY_B)) == (1000.0, 10000.0)
+        assert asyncio.run(limiter.limits_for(client_id(KEY_A))) == (10.0, pytest.approx(100.0))
+        assert asyncio.run(limiter.limits_for(client_id(KEY_B))) == (1000.0, 10000.0)
+        # the throttle bites over HTTP (the clock is frozen: no refill): 10 tokens left for A, B untouched
+        a = [httpx.post(srv.url + "/predict", json=ZEROS, headers={"X-API-Key": KEY_A}).status_code for _ in range(11)]
+        b = [httpx.post(srv.url + "/predict", json=ZEROS, headers={"X-API-Key": KEY_B}).status_code for _ in range(11)]
+    assert a == [200] * 10 + [429] and b == [200] * 11
 
 
 def test_block_answers_403(tmp_path):
@@ -142,3 +146,38 @@ def test_simulator_refuses_non_loopback():
         check_loopback("http://example.com:8000")
     check_loopback("http://127.0.0.1:1")
     check_loopback("http://[::1]:1")
+
+
+# ---- the attack itself (secure_ml.attacks.extraction), in process ----------------------------------------
+def test_steal_copies_the_model_and_stops_at_a_refusal():
+    """Against an open oracle the Jacobian attack's copy agrees with the victim far above chance; a refusal ends it."""
+    import torch
+
+    from secure_ml.attacks.extraction import Answer, agreement, steal, train_copy
+    from secure_ml.serving.startup import load_served_model
+    from secure_ml.tools.digits import load_test_digits
+
+    victim = load_served_model(str(trained_checkpoint()), "cpu").model
+    x, _ = load_test_digits(str(REAL_DATA))
+    seeds, held_out = x[:40], x[1000:1400]
+    with torch.no_grad():
+        truth = victim(held_out).argmax(1)
+
+    def oracle(q):
+        with torch.no_grad():
+            return Answer(label=int(victim(q[None]).argmax(1)))
+
+    stolen = steal(oracle, seeds, budget=160, epochs=3)
+    assert stolen.sent == 160 and len(stolen.y) == 160 and stolen.refused_at is None  # seeds, then 2 Jacobian rounds
+    copied = agreement(train_copy(stolen.x, stolen.y, 5, 0), held_out, truth)
+    chance = agreement(train_copy(seeds[:0], stolen.y[:0], 5, 0), held_out, truth)  # an untrained copy: the control
+    assert copied > 0.5 and copied > chance + 0.3, (copied, chance)  # measured 0.59 vs 0.145
+
+    calls = []
+
+    def refusing(q):
+        calls.append(1)
+        return Answer(refused=len(calls) > 25) if len(calls) > 25 else oracle(q)
+
+    blocked = steal(refusing, seeds, budget=160, epochs=1)
+    assert blocked.refused_at == 26 and len(blocked.y) == 25 and len(calls) == 26

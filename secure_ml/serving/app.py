@@ -1,26 +1,24 @@
-"""The secure inference service: FastAPI routes inside pure-ASGI audit and body-limit layers.
+"""The secure inference service: FastAPI routes inside three pure-ASGI layers, and the one statement of the guard order.
 
-Why FastAPI on uvicorn: an OpenAPI schema (``/openapi.json``, ``/docs``) for free; pydantic models
-document the request and response; any ASGI middleware composes with it, which is how the body limit
-counts bytes before the framework reads them; and uvicorn is a mature ASGI server with keep-alive
-handling and an h11 parser that this process serves from one asyncio loop, the model running on a
-small thread pool so the loop never blocks. (Flask/WSGI would read bodies through a file-like object
-with no clean streaming limit and block a worker per request.)
+Why FastAPI on uvicorn: pydantic models document the request and response (``/docs`` when
+``server.docs`` is on); any ASGI middleware composes with it, which is how the gate and the body limit
+act before the framework reads a byte of the body; and uvicorn is a mature ASGI server that serves
+from one asyncio loop, the model running on a small thread pool so the loop never blocks.
 
-Request path for ``POST /predict``, each guard refusing with a JSON ``{"error", "reason", "detail"}``:
+Guard order for every request except the public ``/health`` (and ``/docs``, ``/openapi.json`` when on);
+each refusal is ``errors.error_response``'s JSON ``{"error", "reason", "detail"}`` (see :data:`GUARD_ORDER`):
 
-    AuditMiddleware      one JSON line per request, written before the response leaves (fail closed)
-    BodyLimitMiddleware  413 past ``body.max_body_bytes`` while streaming (Content-Length, chunked, lies)
-    1. auth              401 ``missing_api_key`` / ``invalid_api_key`` (X-API-Key, constant time)
-    2. blocked client    403 ``blocked`` (the extraction detector's ``block`` action)
-    3. rate limit        429 ``rate_limited`` with ``Retry-After`` (per-client token bucket)
-    4. payload + policy  422 ``json`` / ``schema`` / ``shape`` / ``dtype`` / ``non_finite`` / ``range`` /
-                         ``variance`` / ``energy``; 503 ``overloaded``; 504 ``timeout``
-    5. prediction        200 ``{"label", "probabilities"}`` (rounded or left out: ``output.*``)
-    6. detector          alert line + ``flag`` / ``throttle`` / ``block`` (this request then gets 403)
+1. request log: one JSON line per request, written before the response leaves; 503 ``audit_unavailable`` if not
+2. API key (headers only, before any body byte): 401 ``missing_api_key`` / ``invalid_api_key``; 429 ``auth_rate_limited``
+3. blocked client: 403 ``blocked`` (the detector's ``block``; every replica sees it through Redis)
+4. rate limit: 429 ``rate_limited`` + ``Retry-After``; 503 ``limits_unavailable`` when Redis fails (fail closed)
+5. body limit: 413 ``body_too_large`` / 408 ``body_timeout`` / 400 ``content_length_mismatch`` while streaming
+6. payload: 422 ``json`` / ``schema`` / ``shape`` / ``dtype`` / ``non_finite`` / ``range``
+7. input policy: 422 ``range`` / ``variance`` / ``energy`` (the check's name, never a statistic or a limit); 503 / 504
+8. prediction: 200 ``{"label", "probabilities"}`` (rounded or left out: ``output.*``)
+9. extraction detector: alert line, then ``flag`` / ``throttle`` / ``block`` (403 ``extraction_suspected``)
 
-``guards: false`` (the benchmark's baseline) removes the body limit, auth, rate limit, policy, audit
-file and detector, keeping only parsing and the thread-pooled forward.
+``guards: false`` (the benchmark's baseline) keeps only the request parsing and the thread-pooled forward.
 """
 
 import logging
@@ -30,24 +28,47 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp
 from torch import nn
 
-from secure_ml.serving.audit import AuditLog, AuditMiddleware, audit_context, now_iso, sha256_hex
-from secure_ml.serving.auth import API_KEY_HEADER, Authenticator
-from secure_ml.serving.body_limit import BodyLimitMiddleware
-from secure_ml.serving.config import ServeConfig
-from secure_ml.serving.errors import ServiceError
-from secure_ml.serving.extraction import ExtractionDetector
+from secure_ml.errors import ConfigError
+from secure_ml.serving.auth import Authenticator
+from secure_ml.serving.blocklist import BlockList, MemoryBlockList, RedisBlockList
+from secure_ml.serving.errors import ServiceError, error_response
+from secure_ml.serving.extraction_detector import ExtractionDetector
 from secure_ml.serving.inference import InferenceEngine
-from secure_ml.serving.metrics import Metrics
+from secure_ml.serving.metrics import CONTENT_TYPE, Metrics, detector_source, gauge
+from secure_ml.serving.middleware import BodyLimitMiddleware, ClientGateMiddleware, RequestLogMiddleware
 from secure_ml.serving.payload import PayloadError, parse_image
-from secure_ml.serving.rate_limit import MemoryBucketStorage, RateLimiter, storage_from_uri
+from secure_ml.serving.rate_limit import MemoryBucketStorage, RateLimiter, RedisBucketStorage, StoreUnavailable, redis_client
+from secure_ml.serving.request_log import RequestLog, now_iso, request_context, sha256_hex
+from secure_ml.serving.settings import ServeConfig
 
 logger = logging.getLogger("secure_ml.serving")
-ANONYMOUS = "anonymous"
-UNAUTHENTICATED = "unauthenticated"  # the shared bucket of requests with a missing or wrong key
+
+GUARD_ORDER = (
+    "request log",
+    "API key",
+    "blocked client",
+    "rate limit",
+    "body limit",
+    "payload",
+    "input policy",
+    "prediction",
+    "extraction detector",
+)
+DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
+POLICY_DETAIL = {  # what a 422 of the input policy says: the check, never the statistic or the limit
+    "shape": "the image does not have the accepted shape",
+    "dtype": "the pixel values are not floating point numbers",
+    "non_finite": "the image or the model's answer to it is not finite",
+    "range": "a pixel value lies outside the accepted range",
+    "variance": "the image's pixel statistics lie outside the accepted range",
+    "energy": "the image's activation statistics lie outside the accepted range",
+}
 
 
 class PredictRequest(BaseModel):
@@ -74,39 +95,41 @@ ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 408, 413, 4
 class Service:
     cfg: ServeConfig
     api: FastAPI
-    asgi: Callable
+    asgi: ASGIApp
     engine: InferenceEngine
     metrics: Metrics
     auth: Optional[Authenticator]
     limiter: Optional[RateLimiter]
+    blocklist: Optional[BlockList]
     detector: Optional[ExtractionDetector]
-    audit: Optional[AuditLog]
+    log: Optional[RequestLog]
 
 
-def _error_response(exc: ServiceError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+def _stores(cfg: ServeConfig, clock: Callable[[], float]):
+    """``(bucket storage, block list, redis client or None)`` for ``rate_limit.storage``."""
+    rl = cfg.rate_limit
+    if rl.storage.startswith("memory://"):
+        return MemoryBucketStorage(clock=clock, max_keys=rl.max_clients), MemoryBlockList(clock), None
+    try:
+        client = redis_client(rl.storage, rl.redis_timeout_s)
+    except (ImportError, ValueError) as exc:
+        raise ConfigError(f"serve.yaml: rate_limit.storage: cannot use {rl.storage!r} ({type(exc).__name__})") from None
+    return RedisBucketStorage(client, rl.redis_timeout_s), RedisBlockList(client, rl.redis_timeout_s, clock=clock), client
 
 
-def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Optional[Callable[[], float]] = None) -> Service:
+def build_service(
+    cfg: ServeConfig, model: nn.Module, policy=None, clock: Optional[Callable[[], float]] = None, num_classes: int = 10
+) -> Service:
     """Wire the guards around ``model``. ``policy``: an InputPolicy (None: no policy); ``clock``: for tests."""
     clock = clock or time.monotonic
-    metrics = Metrics()
+    storage, blocks, redis = _stores(cfg, clock)
     auth = Authenticator(*cfg.auth.resolved_keys()) if cfg.guard_on("auth") else None
-    limiter = (
-        RateLimiter(
-            storage_from_uri(cfg.rate_limit.storage, clock, cfg.rate_limit.max_clients), cfg.rate_limit.max_qps, cfg.rate_limit.burst
-        )
-        if cfg.guard_on("rate_limit")
-        else None
-    )
-    # One shared bucket for refused keys: key guessing and bad-key floods are slowed (429) without touching
-    # any valid client's bucket.
-    failed_auth = (
-        RateLimiter(MemoryBucketStorage(clock=clock, max_keys=1), cfg.auth.failed_qps, cfg.auth.failed_burst) if auth is not None else None
-    )
-    num_classes = int(list(model.parameters())[-1].shape[0])
+    limiter = RateLimiter(storage, cfg.rate_limit.max_qps, cfg.rate_limit.burst) if cfg.guard_on("rate_limit") else None
+    # One bucket (per replica) for refused keys: key guessing is slowed (429) without touching any valid client's bucket.
+    failed_auth = RateLimiter(MemoryBucketStorage(clock=clock, max_keys=1), cfg.auth.failed_qps, cfg.auth.failed_burst) if auth else None
     detector = ExtractionDetector(cfg.extraction, num_classes, clock) if cfg.guard_on("extraction") else None
-    audit = AuditLog(cfg.audit.path, cfg.audit.alert_path, cfg.audit.fsync) if cfg.guard_on("audit") else None
+    blocklist = blocks if detector is not None and cfg.extraction.action == "block" else None
+    log = RequestLog(cfg.audit.path, cfg.audit.alert_path, cfg.audit.fsync) if cfg.guard_on("audit") else None
     engine = InferenceEngine(
         model,
         policy if cfg.guard_on("policy") else None,
@@ -116,79 +139,51 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
         cfg.inference.max_pending,
         cfg.model.torch_threads,
     )
-    out = cfg.output
+    metrics = Metrics()
+    metrics.add_source(gauge("secure_ml_inference_pending", "Jobs queued or running on the inference threads.", lambda: engine.pending))
+    if detector is not None:
+        metrics.add_source(detector_source(detector.snapshot))
+        metrics.add_source(
+            gauge("secure_ml_extraction_blocked_clients", "Clients this replica blocked (still blocked).", blocks.issued_active)
+        )
+    out, ext = cfg.output, cfg.extraction
 
     @asynccontextmanager
     async def lifespan(_app):
         yield
         engine.close()
+        if redis is not None:
+            await redis.aclose()
 
+    docs = cfg.server.docs
     api = FastAPI(
         title="secure-ml inference",
         version="0.1.0",
+        docs_url="/docs" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
         redoc_url=None,
         lifespan=lifespan,
-        description="MNIST triage classifier behind size, auth, rate, input and extraction guards.",
+        description="Digit classifier behind key, rate, size, input and extraction guards.",
     )
 
-    async def on_service_error(_request: Request, exc: ServiceError) -> JSONResponse:  # async: no thread-pool hop
-        return _error_response(exc)
+    async def on_service_error(_request: Request, exc: ServiceError) -> Response:  # async: no thread-pool hop
+        return exc.response()
+
+    async def on_http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        reason = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, f"http_{exc.status_code}")
+        return error_response(exc.status_code, reason, reason, headers=getattr(exc, "headers", None))
+
+    async def on_unhandled(_request: Request, _exc: Exception) -> Response:  # a bug or a failing model: no text of it leaves
+        return error_response(500, "internal_error", "internal_error", "the server failed on this request")
 
     api.add_exception_handler(ServiceError, on_service_error)
+    api.add_exception_handler(StarletteHTTPException, on_http_error)
+    api.add_exception_handler(Exception, on_unhandled)
 
-    def authenticate(request: Request, admin: bool = False) -> str:
-        ctx = audit_context(request.scope)
-        if auth is None:
-            return ANONYMOUS
-        presented = request.headers.get(API_KEY_HEADER)
-        client = None if presented is None else (auth.admin(presented) if admin else auth.client(presented))
-        if client is None:
-            allowed, retry_after = failed_auth.check(UNAUTHENTICATED)
-            if not allowed:
-                ctx.reject("auth_rate_limited")
-                raise ServiceError(
-                    429,
-                    "rate_limited",
-                    "auth_rate_limited",
-                    "too many requests with a missing or wrong API key",
-                    headers={"Retry-After": str(retry_after)},
-                )
-        if presented is None:
-            ctx.reject("missing_api_key")
-            raise ServiceError(
-                401, "unauthorized", "missing_api_key", "send an API key in the X-API-Key header", headers={"WWW-Authenticate": "ApiKey"}
-            )
-        if client is None:
-            ctx.reject("invalid_api_key")
-            raise ServiceError(
-                401,
-                "unauthorized",
-                "invalid_api_key",
-                "the API key is not valid" + (" for /metrics" if admin else ""),
-                headers={"WWW-Authenticate": "ApiKey"},
-            )
-        ctx.client = client
-        return client
-
-    def rate_limit(request: Request, client: str) -> None:
-        if limiter is None:
-            return
-        allowed, retry_after = limiter.check(client)
-        if not allowed:
-            audit_context(request.scope).reject("rate_limited")
-            raise ServiceError(
-                429,
-                "rate_limited",
-                "rate_limited",
-                f"over the rate limit; retry in {retry_after} s",
-                headers={"Retry-After": str(retry_after)},
-                extra={"retry_after": retry_after},
-            )
-
-    def react(request: Request, client: str, verdict) -> None:
-        ctx = audit_context(request.scope)
+    async def react(request: Request, client: str, verdict) -> None:
+        """The detector's alarm: alert line (on onset), then the configured action."""
+        ctx = request_context(request.scope)
         ctx.alert = ",".join(verdict.signals)
-        action = cfg.extraction.action
         if verdict.new_signals:
             record = {
                 "ts": now_iso(),
@@ -197,41 +192,35 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
                 "signals": verdict.signals,
                 "query_index": verdict.query_index,
                 "shapiro_w": verdict.w,
-                "action": action,
+                "action": ext.action,
                 "request_id": ctx.request_id,
             }
             logger.warning(
-                "extraction alert: client %s signals %s at query %d (W=%s), action %s",
-                client,
-                verdict.signals,
-                verdict.query_index,
-                verdict.w,
-                action,
+                "extraction alert: client %s signals %s at query %d, action %s", client, verdict.signals, verdict.query_index, ext.action
             )
-            if audit is not None:
+            if log is not None:
                 try:
-                    audit.alert(record)
+                    log.alert(record)
                 except OSError as exc:
-                    logger.error("extraction alert log write failed (%s)", exc)
+                    logger.error("extraction alert log write failed (%s)", type(exc).__name__)
                     raise ServiceError(503, "audit_unavailable", "audit_unavailable", "the alert log cannot be written") from None
-        if action == "throttle" and limiter is not None:
-            limiter.throttle(client, cfg.extraction.throttle_factor)
-        elif action == "block":
-            detector.block(client)
-            ctx.reject("extraction_suspected")
+        try:
+            if ext.action == "throttle":
+                await limiter.throttle(client, ext.throttle_factor)
+            elif ext.action == "block":
+                await blocklist.block(client, ext.block_seconds)
+        except StoreUnavailable:
+            raise ServiceError(503, "unavailable", "limits_unavailable", "the rate-limit store is unavailable; retry later") from None
+        if ext.action == "block":
             raise ServiceError(403, "forbidden", "extraction_suspected", "this client's queries look like model extraction; it is blocked")
 
-    @api.get("/health", summary="Liveness (no auth)")
+    @api.get("/health", summary="Liveness (no key)")
     async def health():
         return {"status": "ok"}
 
-    @api.get("/metrics", summary="Prometheus metrics (admin key)", response_class=PlainTextResponse, responses=ERRORS)
-    async def metrics_endpoint(request: Request):
-        client = authenticate(request, admin=True)
-        rate_limit(request, client)
-        lines = detector.prometheus_lines() if detector is not None else []
-        lines += ["# TYPE secure_ml_inference_pending gauge", f"secure_ml_inference_pending {engine.pending}"]
-        return PlainTextResponse(metrics.render(lines), media_type="text/plain; version=0.0.4")
+    @api.get("/metrics", summary="Prometheus metrics (admin key)", responses=ERRORS)
+    async def metrics_endpoint():
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @api.post(
         "/predict",
@@ -242,27 +231,24 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": PredictRequest.model_json_schema()}}}},
     )
     async def predict(request: Request):
-        ctx = audit_context(request.scope)
+        ctx = request_context(request.scope)
         body = await request.body()
         ctx.input_sha256, ctx.bytes_in = sha256_hex(body), len(body)
-        client = authenticate(request)
-        if detector is not None and detector.is_blocked(client):
-            ctx.reject("blocked")
-            raise ServiceError(403, "forbidden", "blocked", "this client is blocked (suspected model extraction)")
-        rate_limit(request, client)
         try:
             x = parse_image(body)
         except PayloadError as exc:
             ctx.reject(exc.reason)
             raise ServiceError(422, "invalid_input", exc.reason, exc.detail) from None
-        outcome = await engine.run(x, None if auth is None else client)
+        outcome = await engine.run(x, ctx.client if detector is not None else None)
         if not outcome.allowed:
             ctx.reject(outcome.reason)
             if outcome.reason == "timeout":
                 raise ServiceError(504, "timeout", "timeout", "the prediction was abandoned at its deadline")
-            raise ServiceError(422, "invalid_input", outcome.reason, outcome.detail)
+            raise ServiceError(
+                422, "invalid_input", outcome.reason, POLICY_DETAIL.get(outcome.reason, "the input policy refused the image")
+            )
         if outcome.verdict is not None and outcome.verdict.alarm:
-            react(request, client, outcome.verdict)  # under ``block`` this raises: the label never leaves
+            await react(request, ctx.client, outcome.verdict)  # under ``block`` this raises: the label never leaves
         ctx.label = outcome.label
         result = {"label": outcome.label}
         if out.probabilities:
@@ -270,6 +256,9 @@ def build_service(cfg: ServeConfig, model: nn.Module, policy=None, clock: Option
             result["probabilities"] = [round(p, out.precision) for p in probs] if out.precision is not None else probs
         return result
 
-    inner = BodyLimitMiddleware(api, cfg.body.max_body_bytes, cfg.body.body_timeout_s) if cfg.guard_on("body") else api
-    asgi = AuditMiddleware(inner, audit, metrics)
-    return Service(cfg, api, asgi, engine, metrics, auth, limiter, detector, audit)
+    asgi: ASGIApp = BodyLimitMiddleware(api, cfg.body.max_body_bytes, cfg.body.body_timeout_s) if cfg.guard_on("body") else api
+    if auth is not None or limiter is not None or blocklist is not None:
+        public = frozenset(("/health", *(DOCS_PATHS if docs else ())))
+        asgi = ClientGateMiddleware(asgi, auth, failed_auth, blocklist, limiter, public, frozenset({"/metrics"}))
+    asgi = RequestLogMiddleware(asgi, log, metrics)
+    return Service(cfg, api, asgi, engine, metrics, auth, limiter, blocklist, detector, log)

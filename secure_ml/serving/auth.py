@@ -32,9 +32,6 @@ class KeyRing:
     def __init__(self, keys: Iterable[str]):
         self._digests: List[bytes] = [_digest(k) for k in keys]
 
-    def __len__(self) -> int:
-        return len(self._digests)
-
     def match(self, presented: Optional[str]) -> Optional[str]:
         if presented is None:
             return None

@@ -18,15 +18,15 @@ from typing import Optional
 import torch
 from torch import nn
 
+from secure_ml.models.registry import device_and_dtype
 from secure_ml.serving.errors import ServiceError
-from secure_ml.serving.extraction import ExtractionDetector, Verdict
+from secure_ml.serving.extraction_detector import ExtractionDetector, Verdict
 
 
 @dataclass
 class Outcome:
     allowed: bool
-    reason: str = "ok"
-    detail: str = ""
+    reason: str = "ok"  # "ok" or the failed check's name; never the policy's statistic or limit
     probabilities: Optional[torch.Tensor] = None
     label: Optional[int] = None
     verdict: Optional[Verdict] = None
@@ -48,8 +48,7 @@ class InferenceEngine:
         self.detector = detector
         self.timeout_s = timeout_s
         self.max_pending = max_pending
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
+        self.device, self.dtype = device_and_dtype(model)
         init = (lambda: torch.set_num_threads(torch_threads)) if torch_threads else None
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="secure-ml-infer", initializer=init)
         self._pending = 0
@@ -59,14 +58,14 @@ class InferenceEngine:
         if self.policy is not None:
             decision = self.policy.check(x, self.model)
             if not decision.allowed:
-                return Outcome(False, decision.reason, decision.detail)
+                return Outcome(False, decision.reason)  # decision.detail may hold a statistic: it stays here
         if cancelled.is_set():
             return Outcome(False, "timeout")
         with torch.no_grad():
             logits = self.model(x.unsqueeze(0).to(device=self.device, dtype=self.dtype))
             probs = torch.softmax(logits.double(), dim=1)[0].cpu()
         if not torch.isfinite(probs).all():
-            return Outcome(False, "non_finite", "the model's output is not finite for this input")
+            return Outcome(False, "non_finite")
         label = int(probs.argmax())
         verdict = None
         if self.detector is not None and client is not None and not cancelled.is_set():
@@ -88,7 +87,7 @@ class InferenceEngine:
                     503,
                     "overloaded",
                     "overloaded",
-                    f"{self._pending} requests are already being computed; retry later",
+                    "too many requests are being computed; retry later",
                     headers={"Retry-After": "1"},
                 )
             self._pending += 1

@@ -1,105 +1,134 @@
-"""Service counters and latency percentiles, rendered in the Prometheus text exposition format.
+"""``/metrics``: the service's counters, latency quantiles and detector state, exposed with ``prometheus-client``.
 
-Fed once per request by the audit layer (so the counts match the audit log line for line). Label
-values are bounded: endpoints outside the known routes count as ``other``, so a fuzzer walking random
-paths cannot grow memory. Latencies are a ring buffer of the last ``window`` requests; the quantiles
-are computed over it on each scrape.
+One ``CollectorRegistry`` per service (two services in one process never mix counts). The request
+counters are fed once per request by the request-log layer, so they match the log line for line.
+Label values are bounded: endpoints outside the known routes count as ``other`` (a fuzzer walking
+random paths cannot grow memory), reasons and statuses are fixed strings of this package, and the
+detector's ``client`` label covers at most ``extraction.max_clients`` key hashes (its LRU).
+
+``prometheus_client``'s ``Summary`` exports no quantiles, so ``secure_ml_predict_latency_seconds``
+comes from a custom collector over a ring buffer of the last ``window`` requests (quantiles computed
+on each scrape), like the detector's per-client series.
 """
 
 import math
 import threading
-from collections import Counter, deque
-from typing import Dict, Iterable, List, Optional, Tuple
+from collections import deque
+from typing import Callable, Dict, Iterator, List
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 KNOWN_ENDPOINTS = ("/predict", "/health", "/metrics", "/docs", "/openapi.json")
+QUANTILES = (0.5, 0.9, 0.99)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
 def _quantile(sorted_values: List[float], q: float) -> float:
     if not sorted_values:
         return math.nan
-    idx = min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))
-    return sorted_values[idx]
-
-
-def _fmt(value: float) -> str:
-    return "NaN" if isinstance(value, float) and math.isnan(value) else repr(value) if isinstance(value, float) else str(value)
-
-
-def _labels(pairs: Iterable[Tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{v!s}"' for k, v in pairs)
-    return "{" + inner + "}" if inner else ""
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
 
 
 class Metrics:
-    def __init__(self, window: int = 10_000):
-        self._lock = threading.Lock()
-        self.requests: Counter = Counter()  # (endpoint, status)
-        self.rejections: Counter = Counter()  # reason
-        self.rate_limited = 0
-        self.audit_failures = 0
-        self.latencies: deque = deque(maxlen=window)  # /predict only, seconds
-        self.latency_sum = 0.0
-        self.latency_count = 0
+    """Request counters plus collectors for latency, the inference queue and the extraction detector."""
 
+    def __init__(self, window: int = 10_000):
+        self.registry = CollectorRegistry()
+        self._requests = Counter(
+            "secure_ml_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=self.registry
+        )
+        self._rejections = Counter("secure_ml_rejections", "Requests answered 4xx/5xx, by reason.", ["reason"], registry=self.registry)
+        self._rate_limited = Counter("secure_ml_rate_limited", "Requests answered 429.", registry=self.registry)
+        self._audit_failures = Counter(
+            "secure_ml_audit_failures", "Requests failed closed because the request-log line could not be written.", registry=self.registry
+        )
+        self._lock = threading.Lock()
+        self._latencies: deque = deque(maxlen=window)  # /predict only, seconds
+        self._latency_sum = 0.0
+        self._latency_count = 0
+        self._sources: List[Callable[[], Iterator[Metric]]] = [self._latency_metrics]
+        self.registry.register(self)
+
+    # ---- fed by the request-log layer --------------------------------------------------------------
     def observe(self, record: Dict) -> None:
         endpoint = record["endpoint"] if record["endpoint"] in KNOWN_ENDPOINTS else "other"
         status = int(record["status"])
-        with self._lock:
-            self.requests[(endpoint, status)] += 1
-            if status >= 400:
-                self.rejections[str(record.get("reason"))[:64]] += 1
-            if status == 429:
-                self.rate_limited += 1
-            if endpoint == "/predict":
-                seconds = record["latency_ms"] / 1000.0
-                self.latencies.append(seconds)
-                self.latency_sum += seconds
-                self.latency_count += 1
+        self._requests.labels(endpoint, str(status)).inc()
+        if status >= 400:
+            self._rejections.labels(str(record.get("reason"))[:64]).inc()
+        if status == 429:
+            self._rate_limited.inc()
+        if endpoint == "/predict":
+            seconds = record["latency_ms"] / 1000.0
+            with self._lock:
+                self._latencies.append(seconds)
+                self._latency_sum += seconds
+                self._latency_count += 1
 
     def audit_failure(self) -> None:
+        self._audit_failures.inc()
+
+    # ---- custom collectors ---------------------------------------------------------------------------
+    def add_source(self, source: Callable[[], Iterator[Metric]]) -> None:
+        """Another generator of metric families, collected on every scrape."""
+        self._sources.append(source)
+
+    def collect(self) -> Iterator[Metric]:  # the prometheus_client collector protocol
+        for source in self._sources:
+            yield from source()
+
+    def describe(self) -> List[Metric]:
+        return []  # unknown until collected: no name clash is possible within this registry
+
+    def _latency_metrics(self) -> Iterator[Metric]:
         with self._lock:
-            self.audit_failures += 1
+            values, total, count = sorted(self._latencies), self._latency_sum, self._latency_count
+        m = Metric("secure_ml_predict_latency_seconds", "/predict latency (quantiles over the recent window).", "summary")
+        for q in QUANTILES:
+            m.add_sample("secure_ml_predict_latency_seconds", {"quantile": str(q)}, _quantile(values, q))
+        m.add_sample("secure_ml_predict_latency_seconds_sum", {}, total)
+        m.add_sample("secure_ml_predict_latency_seconds_count", {}, count)
+        yield m
 
-    def latency_quantiles(self, qs=(0.5, 0.9, 0.99)) -> Dict[float, float]:
-        with self._lock:
-            values = sorted(self.latencies)
-        return {q: _quantile(values, q) for q in qs}
-
-    def render(self, detector_lines: Optional[List[str]] = None) -> str:
-        with self._lock:
-            requests = sorted(self.requests.items())
-            rejections = sorted(self.rejections.items())
-            rate_limited, audit_failures = self.rate_limited, self.audit_failures
-            lsum, lcount = self.latency_sum, self.latency_count
-        out = ["# HELP secure_ml_requests_total HTTP requests by endpoint and status.", "# TYPE secure_ml_requests_total counter"]
-        out += [f"secure_ml_requests_total{_labels([('endpoint', e), ('status', s)])} {n}" for (e, s), n in requests]
-        out += ["# HELP secure_ml_rejections_total Requests answered 4xx/5xx, by reason.", "# TYPE secure_ml_rejections_total counter"]
-        out += [f"secure_ml_rejections_total{_labels([('reason', r)])} {n}" for r, n in rejections]
-        out += [
-            "# HELP secure_ml_rate_limited_total Requests answered 429.",
-            "# TYPE secure_ml_rate_limited_total counter",
-            f"secure_ml_rate_limited_total {rate_limited}",
-            "# HELP secure_ml_audit_failures_total Requests failed closed because the audit line could not be written.",
-            "# TYPE secure_ml_audit_failures_total counter",
-            f"secure_ml_audit_failures_total {audit_failures}",
-            "# HELP secure_ml_predict_latency_seconds /predict latency (quantiles over the recent window).",
-            "# TYPE secure_ml_predict_latency_seconds summary",
-        ]
-        for q, v in self.latency_quantiles().items():
-            out.append(f"secure_ml_predict_latency_seconds{_labels([('quantile', q)])} {_fmt(v)}")
-        out += [f"secure_ml_predict_latency_seconds_sum {lsum!r}", f"secure_ml_predict_latency_seconds_count {lcount}"]
-        out += detector_lines or []
-        return "\n".join(out) + "\n"
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
-def parse_prometheus(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
-    """Inverse of ``render`` for our own lines: ``{(name, ((label, value), ...)): number}`` (for clients and tests)."""
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, value = line.rpartition(" ")
-        name, _, rest = head.partition("{")
-        labels = tuple(tuple(kv.split("=", 1)) for kv in rest.rstrip("}").split(",") if kv) if rest else ()
-        out[(name, tuple((k, v.strip('"')) for k, v in labels))] = float(value)
-    return out
+def gauge(name: str, doc: str, value: Callable[[], float]) -> Callable[[], Iterator[Metric]]:
+    """A source yielding one unlabelled gauge read at scrape time."""
+
+    def source() -> Iterator[Metric]:
+        yield GaugeMetricFamily(name, doc, value=value())
+
+    return source
+
+
+def detector_source(snapshot: Callable[[], Dict[str, Dict]]) -> Callable[[], Iterator[Metric]]:
+    """The extraction detector's per-client series (``client`` = key hash; at most ``extraction.max_clients``)."""
+
+    def source() -> Iterator[Metric]:
+        snap = snapshot()
+        queries = CounterMetricFamily(
+            "secure_ml_extraction_queries", "Answered queries seen by the detector, per client.", labels=["client"]
+        )
+        alarmed = CounterMetricFamily(
+            "secure_ml_extraction_alarmed_queries", "Queries answered while in alarm, per client.", labels=["client"]
+        )
+        alerts = CounterMetricFamily("secure_ml_extraction_alerts", "Alarm onsets per client and signal.", labels=["client", "signal"])
+        first = GaugeMetricFamily(
+            "secure_ml_extraction_first_alert_query", "Index of the client's query that first raised an alarm.", labels=["client"]
+        )
+        w = GaugeMetricFamily("secure_ml_extraction_shapiro_w", "Last Shapiro-Wilk W of the client's distances.", labels=["client"])
+        for client, v in snap.items():
+            queries.add_metric([client], v["queries"])
+            alarmed.add_metric([client], v["alarmed_queries"])
+            for signal, n in sorted(v["alerts"].items()):
+                alerts.add_metric([client, signal], n)
+            if v["first_alert_query"] is not None:
+                first.add_metric([client], v["first_alert_query"])
+            if v["w"] is not None:
+                w.add_metric([client], v["w"])
+        yield from (queries, alarmed, alerts, first, w)
+
+    return source

@@ -1,35 +1,51 @@
-"""Per-client token-bucket rate limiting behind a swappable storage interface.
+"""Per-client token buckets (and the detector's throttle factors) in memory or in Redis shared by every replica.
 
-Why not a ``limits`` strategy: ``limits`` 5.8 offers fixed-window, moving-window and sliding-window-
-counter limiters, and a ``RateLimitItem`` is "N per k seconds" with whole-second granularity. None is a
-token bucket: the seed's intent (sustained 100 QPS, burst 10) would need "10 per 0.1 s", which cannot be
-expressed, and "100 per second" lets a client fire 100 requests back to back. So the bucket is ours,
-about thirty lines, with ``tokens = min(capacity, tokens + elapsed * rate)`` and a ``Retry-After`` of
-``ceil((cost - tokens) / rate)`` seconds (at least 1).
+Why not a ``limits`` strategy: ``limits`` offers fixed-window, moving-window and sliding-window-counter
+limiters whose items are "N per k seconds" at whole-second granularity. None is a token bucket: the
+seed's intent (sustained 100 QPS, burst 10) would need "10 per 0.1 s", which cannot be expressed, and
+"100 per second" lets a client fire 100 requests back to back. So the bucket is ours, a few lines:
+``tokens = min(capacity, tokens + elapsed * rate)`` and a ``Retry-After`` of ``ceil((cost - tokens) / rate)``
+seconds (at least 1).
 
-Storage interface (``BucketStorage.take``): one atomic "refill, then take ``cost`` tokens if there are
-enough" per call. ``MemoryBucketStorage`` is the default (one process; an injectable clock makes tests
-deterministic). ``RedisBucketStorage`` is how replicas share limits: the same arithmetic as a Lua script
-run atomically inside Redis (time from ``redis.call('TIME')``, so replica clocks don't matter), with the
-connection built by ``limits``'s own ``RedisStorage`` from the URI (``redis://``, ``rediss://``,
-``redis+unix://``, ``valkey://``). Select it with ``rate_limit.storage: redis://host:6379/0``; it needs
-the ``redis`` package, which is not a dependency and is not exercised by the tests.
+``MemoryBucketStorage`` (default) keeps the buckets in this process (an injectable clock makes tests
+deterministic). ``RedisBucketStorage`` runs the same arithmetic as one Lua script inside Redis (time
+from ``redis.call('TIME')``, so replica clocks don't matter; the client's throttle factor is read in the
+same script), so one key's burst is shared by every replica. Any Redis failure or a call slower than
+``rate_limit.redis_timeout_s`` raises :class:`StoreUnavailable`, which the gate answers with 503: the
+limit fails closed, never open.
 """
 
+import asyncio
 import math
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Callable, Dict, Tuple
+from typing import Awaitable, Callable, Dict, Tuple, TypeVar
 
-from secure_ml.errors import ConfigError
+T = TypeVar("T")
+PREFIX = "secure_ml:"
 
 
-class BucketStorage(ABC):
-    @abstractmethod
-    def take(self, key: str, capacity: float, rate: float, cost: float = 1.0) -> Tuple[bool, float]:
-        """Refill ``key``'s bucket, take ``cost`` if available: ``(allowed, seconds until cost tokens exist)``."""
+class StoreUnavailable(Exception):
+    """The shared store (Redis) did not answer correctly in time; the request must fail closed."""
+
+
+def redis_client(uri: str, timeout_s: float):
+    """An asyncio Redis client for ``uri`` that never retries (a failure must surface within ``timeout_s``)."""
+    from redis.asyncio import from_url
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return from_url(uri, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 0))
+
+
+async def redis_call(call: Awaitable[T], timeout_s: float) -> T:
+    """Await one Redis call; any error or overrun becomes :class:`StoreUnavailable`."""
+    try:
+        return await asyncio.wait_for(call, timeout_s)
+    except Exception as exc:  # redis.exceptions.*, OSError, TimeoutError: all mean "no answer to trust"
+        raise StoreUnavailable(type(exc).__name__) from exc
 
 
 def _refill_and_take(tokens: float, elapsed: float, capacity: float, rate: float, cost: float) -> Tuple[float, bool, float]:
@@ -39,6 +55,24 @@ def _refill_and_take(tokens: float, elapsed: float, capacity: float, rate: float
     return tokens, False, (cost - tokens) / rate
 
 
+def _scaled(capacity: float, rate: float, factor: float) -> Tuple[float, float]:
+    return (max(1.0, math.floor(capacity * factor)), rate * factor) if factor < 1.0 else (capacity, rate)
+
+
+class BucketStorage(ABC):
+    @abstractmethod
+    async def take(self, key: str, capacity: float, rate: float, cost: float = 1.0) -> Tuple[bool, float]:
+        """Refill ``key``'s bucket (scaled by its throttle factor), take ``cost``: ``(allowed, seconds until cost tokens exist)``."""
+
+    @abstractmethod
+    async def throttle(self, key: str, factor: float) -> None:
+        """From now on ``key``'s capacity and rate are multiplied by ``factor`` (the smallest factor given wins)."""
+
+    @abstractmethod
+    async def factor(self, key: str) -> float:
+        """``key``'s throttle factor (1.0 when not throttled)."""
+
+
 class MemoryBucketStorage(BucketStorage):
     """In-process buckets; at most ``max_keys`` (least recently used evicted: an idle bucket is a full one)."""
 
@@ -46,10 +80,13 @@ class MemoryBucketStorage(BucketStorage):
         self.clock = clock
         self.max_keys = max_keys
         self._buckets: OrderedDict[str, Tuple[float, float]] = OrderedDict()
+        self._factors: Dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def take(self, key: str, capacity: float, rate: float, cost: float = 1.0) -> Tuple[bool, float]:
+    def take_now(self, key: str, capacity: float, rate: float, cost: float = 1.0) -> Tuple[bool, float]:
+        """:meth:`take` without the event loop (the arithmetic is a few float operations under a lock)."""
         with self._lock:
+            capacity, rate = _scaled(capacity, rate, self._factors.get(key, 1.0))
             now = self.clock()
             tokens, last = self._buckets.pop(key, (capacity, now))
             tokens, allowed, wait = _refill_and_take(tokens, now - last, capacity, rate, cost)
@@ -58,44 +95,55 @@ class MemoryBucketStorage(BucketStorage):
                 self._buckets.popitem(last=False)
             return allowed, wait
 
+    async def take(self, key: str, capacity: float, rate: float, cost: float = 1.0) -> Tuple[bool, float]:
+        return self.take_now(key, capacity, rate, cost)
+
+    async def throttle(self, key: str, factor: float) -> None:
+        with self._lock:
+            self._factors[key] = min(factor, self._factors.get(key, 1.0))
+
+    async def factor(self, key: str) -> float:
+        return self._factors.get(key, 1.0)
+
 
 TOKEN_BUCKET_LUA = """
-local key, capacity, rate, cost = KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local capacity, rate, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local factor = tonumber(redis.call('GET', KEYS[2]))
+if factor and factor < 1 then capacity = math.max(1, math.floor(capacity * factor)); rate = rate * factor end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local state = redis.call('HMGET', key, 'tokens', 'ts')
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens, ts = tonumber(state[1]) or capacity, tonumber(state[2]) or now
 tokens = math.min(capacity, tokens + math.max(0, now - ts) * rate)
 local allowed, wait = 0, 0
 if tokens >= cost then tokens = tokens - cost; allowed = 1 else wait = (cost - tokens) / rate end
-redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', key, math.ceil(capacity / rate) + 1)
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(capacity / rate) + 1)
 return {allowed, tostring(wait)}
 """
 
 
 class RedisBucketStorage(BucketStorage):
-    """Shared buckets in Redis (one Lua call per request); see the module docstring."""
+    """Buckets shared by every replica: one atomic Lua call per request (see the module docstring)."""
 
-    def __init__(self, uri: str, prefix: str = "secure_ml:bucket:"):
-        try:
-            from limits.storage import storage_from_string
+    def __init__(self, client, timeout_s: float, prefix: str = PREFIX):
+        self.client, self.timeout_s, self.prefix = client, timeout_s, prefix
+        self._script = client.register_script(TOKEN_BUCKET_LUA)
 
-            self._conn = storage_from_string(uri).get_connection()
-        except Exception as exc:  # limits raises ConfigurationError when redis-py is missing
-            raise ConfigError(f"serve.yaml: rate_limit.storage: cannot use {uri!r} ({exc})") from None
-        self._script = self._conn.register_script(TOKEN_BUCKET_LUA)
-        self.prefix = prefix
+    def _keys(self, key: str) -> list:
+        return [f"{self.prefix}bucket:{key}", f"{self.prefix}throttle:{key}"]
 
-    def take(self, key: str, capacity: float, rate: float, cost: float = 1.0) -> Tuple[bool, float]:
-        allowed, wait = self._script(keys=[self.prefix + key], args=[capacity, rate, cost])
+    async def take(self, key: str, capacity: float, rate: float, cost: float = 1.0) -> Tuple[bool, float]:
+        allowed, wait = await redis_call(self._script(keys=self._keys(key), args=[capacity, rate, cost]), self.timeout_s)
         return bool(int(allowed)), float(wait)
 
+    async def throttle(self, key: str, factor: float) -> None:
+        current = await self.factor(key)
+        await redis_call(self.client.set(self._keys(key)[1], repr(min(factor, current))), self.timeout_s)
 
-def storage_from_uri(uri: str, clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000) -> BucketStorage:
-    if uri.startswith("memory://"):
-        return MemoryBucketStorage(clock=clock, max_keys=max_keys)
-    return RedisBucketStorage(uri)
+    async def factor(self, key: str) -> float:
+        value = await redis_call(self.client.get(self._keys(key)[1]), self.timeout_s)
+        return float(value) if value is not None else 1.0
 
 
 class RateLimiter:
@@ -105,17 +153,15 @@ class RateLimiter:
         self.storage = storage
         self.max_qps = float(max_qps)
         self.burst = int(burst)
-        self._factors: Dict[str, float] = {}
 
-    def throttle(self, client: str, factor: float) -> None:
-        self._factors[client] = min(factor, self._factors.get(client, 1.0))
+    async def throttle(self, client: str, factor: float) -> None:
+        await self.storage.throttle(client, factor)
 
-    def limits_for(self, client: str) -> Tuple[float, float]:
-        f = self._factors.get(client, 1.0)
-        return max(1.0, math.floor(self.burst * f)), self.max_qps * f
+    async def limits_for(self, client: str) -> Tuple[float, float]:
+        """``(capacity, rate)`` of ``client``'s bucket, its throttle applied."""
+        return _scaled(float(self.burst), self.max_qps, await self.storage.factor(client))
 
-    def check(self, client: str) -> Tuple[bool, int]:
+    async def check(self, client: str) -> Tuple[bool, int]:
         """``(allowed, retry_after)``: retry_after is whole seconds, at least 1, when refused."""
-        capacity, rate = self.limits_for(client)
-        allowed, wait = self.storage.take(client, capacity, rate)
+        allowed, wait = await self.storage.take(client, self.burst, self.max_qps)
         return allowed, 0 if allowed else max(1, math.ceil(wait))

@@ -2,7 +2,9 @@
 
 The listening socket is bound here, before uvicorn starts, so a busy port is one clear error and port 0
 gives a free port whose number is known. The HTTP parser is pinned to h11: its framing rules are the
-ones the body-limit layer documents (Transfer-Encoding wins over Content-Length).
+ones the body-limit layer documents (Transfer-Encoding wins over Content-Length). ``server.limit_concurrency``
+(128 by default, never unbounded) caps open connections plus running tasks: beyond it uvicorn answers
+503 itself.
 """
 
 import socket

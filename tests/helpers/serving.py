@@ -1,4 +1,4 @@
-"""Serving test helpers: checkpoints, a quickly trained model, a server factory, raw HTTP."""
+"""Serving test helpers: checkpoints and release artifacts, a quickly trained model, a server factory, raw HTTP, Redis."""
 
 import contextlib
 import functools
@@ -11,15 +11,17 @@ from typing import Optional
 
 import httpx
 import numpy as np
+import pytest
 import torch
 
-from secure_ml.models import SmallCNN
+from secure_ml.models import SmallCNN, net_spec
 from secure_ml.serving.app import build_service
-from secure_ml.serving.config import config_from_dict
-from secure_ml.serving.model_loading import load_checkpoint
-from secure_ml.serving.policy import build_policy
 from secure_ml.serving.server import ServerThread
+from secure_ml.serving.settings import config_from_dict
+from secure_ml.serving.startup import build_policy, load_served_model
 from tests.helpers.data import real_data_dir
+
+REDIS_URL_ENV = "SECURE_ML_TEST_REDIS_URL"
 
 KEY_A = "client-a-key-0123456789"
 KEY_B = "client-b-key-9876543210"
@@ -38,13 +40,20 @@ class FakeClock:
 
 
 def write_checkpoint(path: Path, model: Optional[torch.nn.Module] = None, **extra) -> Path:
-    """A checkpoint shaped like `secure-ml fit`'s: ``state_dict`` with ``net.`` keys."""
+    """A checkpoint shaped like `secure-ml fit`'s: ``state_dict`` with ``net.`` keys, the net's description in the hyper-parameters."""
     torch.manual_seed(0)
     model = model or SmallCNN()
-    torch.save(
-        {"state_dict": {"net." + k: v for k, v in model.state_dict().items()}, "hyper_parameters": {"net": "SmallCNN"}, **extra}, path
-    )
+    state = {"net." + k: v for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": {"net": net_spec(model)}, **extra}, path)
     return path
+
+
+def release_of(ckpt: Path, out_dir: Path) -> Path:
+    """The release artifact of a test checkpoint (trained without DP, so exported with ``allow_non_dp``)."""
+    from secure_ml.release.cli import export_checkpoint
+
+    export_checkpoint(str(ckpt), str(out_dir), allow_non_dp=True)
+    return out_dir
 
 
 @functools.lru_cache(maxsize=1)
@@ -74,6 +83,30 @@ def trained_checkpoint() -> Path:
     return write_checkpoint(path, model.eval())
 
 
+@functools.lru_cache(maxsize=1)
+def fit_checkpoint() -> Path:
+    """``last.ckpt`` of one real tiny DP `secure-ml fit` (capstone + smoke, 300/100/100 real digits), run once per session."""
+    import sys
+
+    from secure_ml.cli import cli_main
+    from tests.helpers.data import REPO
+
+    root = Path(tempfile.mkdtemp(prefix="secure-ml-fit-"))
+    sizes = ["--data.train_size", "300", "--data.val_size", "100", "--data.test_size", "100"]
+    argv, cwd = sys.argv, os.getcwd()
+    sys.argv = ["secure-ml"]
+    os.chdir(root)
+    try:
+        cli_main(
+            ["fit", "--config", str(REPO / "configs/capstone.yaml"), "--config", str(REPO / "configs/smoke.yaml")]
+            + ["--data.data_dir", str(real_data_dir()), "--trainer.default_root_dir", str(root), *sizes]
+        )
+    finally:
+        sys.argv = argv
+        os.chdir(cwd)
+    return next(root.glob("lightning_logs/version_*/checkpoints/last.ckpt"))
+
+
 def base_config(tmp_path: Path, **sections) -> dict:
     cfg = {
         "model": {"torch_threads": 1},
@@ -94,12 +127,13 @@ def running(cfg_dict: dict, ckpt: Optional[Path] = None, model=None, clock=None,
     """Start the service on 127.0.0.1:<free port> in a thread; yields the ServerThread (``.url``, ``.service``)."""
     threads = torch.get_num_threads()
     cfg = config_from_dict(cfg_dict)
-    stored = None
+    stored, num_classes = None, 10
     if model is None:
-        model, stored = load_checkpoint(str(ckpt or trained_checkpoint()), "auto")
+        served = load_served_model(str(ckpt or trained_checkpoint()), "auto")
+        model, stored, num_classes = served.model, served.stored_policy, served.num_classes
     if policy == "config":
-        policy = build_policy(cfg.policy, model, stored)
-    service = build_service(cfg, model, policy, clock=clock)
+        policy = build_policy(cfg.policy, model, stored)[0] if cfg.guard_on("policy") else None
+    service = build_service(cfg, model, policy, clock=clock, num_classes=num_classes)
     srv = ServerThread(service).start()
     try:
         yield srv
@@ -146,3 +180,13 @@ def post(srv, body=ZEROS, key=KEY_A, **kw):
     if isinstance(body, (bytes, str)):
         return httpx.post(srv.url + "/predict", content=body, headers={**headers, "Content-Type": "application/json"}, **kw)
     return httpx.post(srv.url + "/predict", json=body, headers=headers, **kw)
+
+
+def redis_url() -> str:
+    """The test Redis (``$SECURE_ML_TEST_REDIS_URL``, started by .ci/run); in CI its absence fails, elsewhere it skips."""
+    url = os.environ.get(REDIS_URL_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"${REDIS_URL_ENV} is not set: .ci/run must start a redis-server for the `redis` tests")
+        pytest.skip(f"no Redis for this test (set ${REDIS_URL_ENV}, e.g. redis://127.0.0.1:6390/0)")
+    return url

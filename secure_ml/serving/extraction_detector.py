@@ -15,12 +15,17 @@ last ``novelty_window`` queries, the fraction whose top probability is below ``l
 
 Bounded memory: ``G_c`` is a ring buffer of uint8 images (784 B each; ``max_queries_per_client`` per
 client split over the classes), ``D`` keeps the last ``window`` distances, and at most ``max_clients``
-clients are tracked (least recently seen forgotten; block decisions are kept apart and survive it).
+clients are tracked (least recently seen forgotten; block decisions live in ``blocklist`` and survive it).
 Worst case ``max_clients * max_queries_per_client * 784`` bytes. A Sybil attacker with many keys splits
 its queries across clients: per-key detection cannot see that; rate-limit key issuance.
+
+Per replica: each replica's detector sees only the queries routed to it. Its *decisions* (throttle,
+block) reach every replica through ``rate_limit.storage: redis://...``; to keep *detection* as fast as
+on one replica, route each API key to one replica (sticky routing on the ``X-API-Key`` header). Without
+it, an attacker spread over R replicas needs about R times as many queries before any replica has
+``min_distances`` of them.
 """
 
-import math
 import threading
 import time
 from collections import Counter, OrderedDict, deque
@@ -30,7 +35,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 from scipy import stats
 
-from secure_ml.serving.config import ExtractionConfig
+from secure_ml.serving.settings import ExtractionConfig
 
 
 @dataclass
@@ -93,22 +98,7 @@ class ExtractionDetector:
         self.num_classes = num_classes
         self.clock = clock
         self._clients: OrderedDict[str, _ClientState] = OrderedDict()
-        self._blocked: Dict[str, float] = {}  # client -> unblock time (inf = until restart)
         self._lock = threading.Lock()
-
-    # ---- blocking --------------------------------------------------------------------------------
-    def block(self, client: str) -> None:
-        seconds = self.cfg.block_seconds
-        with self._lock:
-            self._blocked[client] = math.inf if seconds == 0 else self.clock() + seconds
-
-    def is_blocked(self, client: str) -> bool:
-        with self._lock:
-            until = self._blocked.get(client)
-            if until is not None and self.clock() >= until:
-                del self._blocked[client]
-                return False
-            return until is not None
 
     # ---- observing queries -----------------------------------------------------------------------
     def _state(self, client: str) -> _ClientState:
@@ -176,37 +166,3 @@ class ExtractionDetector:
                 }
                 for c, s in self._clients.items()
             }
-
-    def prometheus_lines(self) -> List[str]:
-        snap = self.snapshot()
-        with self._lock:
-            blocked = sum(1 for c in list(self._blocked) if self._blocked[c] > self.clock())
-        out = [
-            "# HELP secure_ml_extraction_queries_total Answered queries seen by the detector, per client (key hash).",
-            "# TYPE secure_ml_extraction_queries_total counter",
-        ]
-        out += [f'secure_ml_extraction_queries_total{{client="{c}"}} {v["queries"]}' for c, v in snap.items()]
-        out += ["# TYPE secure_ml_extraction_alarmed_queries_total counter"]
-        out += [f'secure_ml_extraction_alarmed_queries_total{{client="{c}"}} {v["alarmed_queries"]}' for c, v in snap.items()]
-        out += [
-            "# HELP secure_ml_extraction_alerts_total Alarm onsets per client and signal.",
-            "# TYPE secure_ml_extraction_alerts_total counter",
-        ]
-        out += [
-            f'secure_ml_extraction_alerts_total{{client="{c}",signal="{sig}"}} {n}'
-            for c, v in snap.items()
-            for sig, n in sorted(v["alerts"].items())
-        ]
-        out += [
-            "# HELP secure_ml_extraction_first_alert_query Index of the client's query that first raised an alarm.",
-            "# TYPE secure_ml_extraction_first_alert_query gauge",
-        ]
-        out += [
-            f'secure_ml_extraction_first_alert_query{{client="{c}"}} {v["first_alert_query"]}'
-            for c, v in snap.items()
-            if v["first_alert_query"] is not None
-        ]
-        out += ["# TYPE secure_ml_extraction_shapiro_w gauge"]
-        out += [f'secure_ml_extraction_shapiro_w{{client="{c}"}} {v["w"]!r}' for c, v in snap.items() if v["w"] is not None]
-        out += ["# TYPE secure_ml_extraction_blocked_clients gauge", f"secure_ml_extraction_blocked_clients {blocked}"]
-        return out
