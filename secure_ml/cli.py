@@ -18,6 +18,7 @@ COMMANDS = {
     "extract": ("secure_ml.tools.extract", "extract_main"),
     "export": ("secure_ml.release.cli", "export_main"),
     "sweep": ("secure_ml.sweep.cli", "sweep_main"),
+    "preflight": ("secure_ml.preflight.cli", "preflight_main"),
 }
 
 

@@ -195,15 +195,23 @@ def test_gridsampler_internals_the_scheduler_relies_on():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+@pytest.mark.parametrize("storage", ["sqlite", "journal", pytest.param("redis", marks=pytest.mark.redis)])
 def test_two_worker_processes_share_one_study_without_duplicates_or_losses(tmp_path, storage):
-    url = f"sqlite:///{tmp_path / 'study.db'}" if storage == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    import uuid
+
+    if storage == "redis":
+        from tests.helpers.serving import redis_url
+
+        url = redis_url()
+    else:
+        url = f"sqlite:///{tmp_path / 'study.db'}" if storage == "sqlite" else f"journal:{tmp_path / 'study.log'}"
+    name = f"s-{uuid.uuid4().hex[:8]}"  # a shared Redis may hold earlier runs' studies
     labels, repeats = [f"p{i}" for i in range(8)], 2
-    open_grid_study(url, "s", labels, repeats)  # created once, as the coordinator does
+    open_grid_study(url, name, labels, repeats)  # created once, as the coordinator does
     marks = tmp_path / "marks"
     ctx = mp.get_context("spawn")
     start_at = time.time() + 4.0
-    procs = [ctx.Process(target=fake_worker, args=(url, "s", labels, repeats, i, str(marks), 0.05, start_at)) for i in range(2)]
+    procs = [ctx.Process(target=fake_worker, args=(url, name, labels, repeats, i, str(marks), 0.05, start_at)) for i in range(2)]
     for p in procs:
         p.start()
     for p in procs:
@@ -213,7 +221,7 @@ def test_two_worker_processes_share_one_study_without_duplicates_or_losses(tmp_p
     assert runs == {f"{x}-{r}": 1 for x in labels for r in range(repeats)}  # none twice, none lost
     pids = {p.name.split("-")[2] for p in marks.iterdir()}
     assert len(pids) == 2  # both workers took part
-    study = open_grid_study(url, "s", labels, repeats)
+    study = open_grid_study(url, name, labels, repeats)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) == len(labels) * repeats
 
 
