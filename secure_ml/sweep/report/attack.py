@@ -60,6 +60,8 @@ def _compare(curves, models, radii, reference: float) -> str:
     if len(ranked) < 2:
         return ""
     (best, b), (worst, w) = ranked[0], ranked[-1]
+    if b.mean == w.mean:
+        return f"Under {name} at ε = {reference:g}, every model is at {b.mean:.3f} accuracy."
     return (
         f"Under {name} at ε = {reference:g}, {name_of(best)} keeps the most accuracy ({b.text()}) and {name_of(worst)} the least "
         f"({w.text()}): {verdict(diff(w, b))}."

@@ -24,7 +24,9 @@ def metrics_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
     else:
         best, b, worst, w = ex
         sentence = (
-            f"{label(focus)} is best for {name_of(best)} ({b.text()}) and worst for {name_of(worst)} ({w.text()}): {verdict(diff(w, b))}."
+            f"{label(focus)} is {b.mean:.3f} for every row: no difference."
+            if b.mean == w.mean
+            else f"{label(focus)} is best for {name_of(best)} ({b.text()}) and worst for {name_of(worst)} ({w.text()}): {verdict(diff(w, b))}."
         )
     figure = None
     if spec.get("figure", True) and groups:
