@@ -8,7 +8,8 @@ from secure_ml.sweep.stats import Cell, Diff, better, diff, label, verdict
 
 
 def ablation_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
-    """``axis``: the named axis of variants; ``reference``: its all-on label; ``metrics``: ``{threat: metric}``."""
+    """``axis``: the named axis of variants; ``reference``: its all-on label; ``metrics``: ``{threat: metric}``;
+    ``names``: optional ``{variant: defence}`` (default: the variant's label without ``no-``)."""
     axis = need(spec, "axis", "ablation")
     reference = need(spec, "reference", "ablation")
     threats: Dict[str, str] = need(spec, "metrics", "ablation")
@@ -33,7 +34,7 @@ def ablation_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
             deltas[metric][v] = d
             row.append(verdict(d))
         table_rows.append(row)
-        findings.append(_finding(threat, metric, deltas[metric]))
+        findings.append(_finding(threat, metric, deltas[metric], spec.get("names") or {}))
     assumed = _assumed(ctx, axis)
     table = md_table(["threat", "metric", f"{reference} (all on)"] + [f"{v}: Δ" for v in variants], table_rows)
     sentence = "; ".join(findings) + "."
@@ -43,18 +44,27 @@ def ablation_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
     return [Section(spec.get("title", "Defence ablation"), table, sentence[0].upper() + sentence[1:], figure)]
 
 
-def _finding(threat: str, metric: str, deltas) -> str:
+def defence_name(variant: str, names: Dict[str, str]) -> str:
+    """The defence a variant switches off: ``names[variant]``, else the label without its ``no-`` prefix."""
+    if variant in names:
+        return names[variant]
+    return variant[3:].replace("-", " ") if variant.startswith("no-") else f"the '{variant}' variant"
+
+
+def _finding(threat: str, metric: str, deltas, names: Dict[str, str]) -> str:
     direction = better(metric)
     if direction is None or not deltas:
         return f"{threat}: no direction to rank {label(metric)} by"
     harm = {v: (-d.value if direction else d.value) for v, d in deltas.items()}  # > 0: turning the defence off hurts
     worst = max(harm, key=harm.get)
-    d = deltas[worst]
+    d, who = deltas[worst], defence_name(worst, names)
     if math.isinf(d.value):
-        return f"{worst} contributes most to {threat} (without it there is no finite {label(metric)})"
-    if harm[worst] <= 0 or d.measurable is False:
-        return f"for {threat}, turning off no single defence measurably worsens {label(metric)} (largest: {worst}, {verdict(d)})"
-    return f"{worst} contributes most to {threat} ({label(metric)} {verdict(d)} without it)"
+        return f"{who} contributes most to {threat} (without it there is no finite {label(metric)})"
+    if harm[worst] <= 0:
+        return f"for {threat}, switching off no single defence worsens {label(metric)}"
+    if d.measurable is False:
+        return f"for {threat}, switching off no single defence measurably worsens {label(metric)} (largest: {who}, {verdict(d)})"
+    return f"{who} contributes most to {threat} ({label(metric)} {verdict(d)} without it)"
 
 
 def _assumed(ctx: Context, axis: str) -> str:
