@@ -500,3 +500,28 @@ def test_a_front_file_reproduces_its_trial_through_the_cli(tmp_path):
     cli = cli_main(["--config", str(REPO / "configs" / "capstone.yaml"), "--config", str(tmp_path / "front-0.yaml")], run=False)
     assert cli.model.dp.noise_multiplier == 0.7 and cli.datamodule.batch_size == 128
     assert cli.config["model"]["optimizer"]["init_args"]["lr"] == 0.05 and cli.config["model"]["optimizer"]["init_args"]["momentum"] == 0.9
+
+
+@pytest.mark.slow
+def test_ctrl_c_marks_the_running_point_interrupted_and_the_next_run_resumes_it(tiny_mnist, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from secure_ml.sweep.cli import sweep_main
+
+    path = _tiny(tmp_path, tiny_mnist, {"model.adversarial.epsilon": [0.0, 0.05]})
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "secure_ml", "sweep", "--config", str(path)], cwd=tmp_path, env=env)
+    log = tmp_path / "sweeps" / "tiny" / "runs" / "0000" / "log.txt"
+    deadline = time.time() + 300
+    while not (log.exists() and "Seed set" in log.read_text(errors="replace")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)  # while the first point trains
+    assert proc.wait(120) == 130
+    rows = _rows(tmp_path / "sweeps" / "tiny" / "results.csv")
+    assert "interrupted" in {r["status"] for r in rows} and "failed" not in {r["status"] for r in rows}
+    monkeypatch.chdir(tmp_path)
+    assert sweep_main(["--config", str(path)]) == 0  # the interrupted point runs again, the finished one (if any) does not
+    assert sorted(r["status"] for r in _rows(tmp_path / "sweeps" / "tiny" / "results.csv")) == ["ok", "ok"]

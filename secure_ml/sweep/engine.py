@@ -96,9 +96,10 @@ def _runner(plan: Plan) -> Callable:
         )
 
     if sweep.is_search:
+        seeds = plan.seeds(0) if plan.options.seed is not None else {}  # --seed: every trial replayable
 
         def run_params(params: Dict[str, Any], number: int, attrs) -> Any:
-            overrides = {**sweep.set, **params, **plan.options.set}
+            overrides = {**sweep.set, **params, **seeds, **plan.options.set}
             tests = [{**sweep.test_set, **combo} for combo in sweep.test_grid]
             return run_train_point(sweep.bases, overrides, tests, runs / f"{number:04d}", plan.options.keep_checkpoints)
 

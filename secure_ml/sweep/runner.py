@@ -11,7 +11,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -67,6 +69,28 @@ def output_to(path: Path) -> Iterator[None]:
             os.dup2(saved[1], 2)
             for fd in saved:
                 os.close(fd)
+
+
+@contextmanager
+def interruptible() -> Iterator[Dict[str, bool]]:
+    """Notice Ctrl-C during a point even though Lightning turns it into ``SystemExit(1)`` and then ignores SIGINT.
+
+    Yields a flag set by our SIGINT handler; afterwards Python's default handler is back in place.
+    """
+    hit = {"interrupted": False}
+
+    def handler(signum, frame):
+        hit["interrupted"] = True
+        raise KeyboardInterrupt
+
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGINT, handler)
+    try:
+        yield hit
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def scalar_metrics(metrics: Mapping[str, Any]) -> Dict[str, float]:
@@ -150,9 +174,10 @@ def run_train_point(
 
     result = PointResult()
     start = time.perf_counter()
+    hit = {"interrupted": False}
     common = config_args(bases) + cli_args({**overrides, **QUIET})
     try:
-        with output_to(run_dir / "log.txt"):
+        with interruptible() as hit, output_to(run_dir / "log.txt"):
             fit = build_cli([*common, *cli_args({**FIT_ONLY, **_run_args(run_dir, "fit")})])
             fit.trainer.fit(fit.model, datamodule=fit.datamodule)
             result.metrics.update(scalar_metrics(fit.trainer.callback_metrics))
@@ -170,6 +195,8 @@ def run_train_point(
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from the parser included: the point fails, the sweep goes on
+        if hit["interrupted"]:  # Lightning turned Ctrl-C into SystemExit(1)
+            raise KeyboardInterrupt from None
         result.error = one_line(exc)
         with open(run_dir / "log.txt", "a") as f:
             traceback.print_exception(exc, file=f)
