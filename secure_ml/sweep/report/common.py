@@ -107,4 +107,7 @@ def save(fig, ctx: Context, name: str) -> str:
 
 
 def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-").replace("--", "-")[:60] or "figure"
+    text = "".join(c if c.isascii() and c.isalnum() else "-" for c in text.lower())
+    while "--" in text:
+        text = text.replace("--", "-")
+    return text.strip("-")[:60] or "figure"

@@ -136,10 +136,15 @@ def write_fronts(ctx: Context, front, objectives) -> str:
         scores = ", ".join(f"{o} = {r[o]:.4g}" for o in objectives)
         head = (
             f"# Pareto front point {k} of sweep '{plan.sweep.name}' (trial {r['trial']}): {scores}.\n"
-            f"#   secure-ml fit --config {first.name if first.parent.name == 'configs' else first} --config {ctx.out_dir / f'front-{k}.yaml'}\n"
+            f"#   secure-ml fit --config {_shown(first)} --config {ctx.out_dir / f'front-{k}.yaml'}\n"
         )
         (ctx.out_dir / f"front-{k}.yaml").write_text(head + yaml.safe_dump(delta, sort_keys=False))
-    return f"{ctx.out_dir}/front-<k>.yaml, a config delta over {first.name}"
+    return f"{ctx.out_dir}/front-<k>.yaml, a config delta over {_shown(first)}"
+
+
+def _shown(path) -> str:
+    """``configs/capstone.yaml`` for a config of the project's configs/ folder, else the path as given."""
+    return f"configs/{path.name}" if path.parent.name == "configs" else str(path)
 
 
 def _native(v: Any) -> Any:
