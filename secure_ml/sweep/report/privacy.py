@@ -7,7 +7,7 @@ import yaml
 
 from secure_ml.sweep.report.common import Context, Section, cells, md_table, name_of, save, slug
 from secure_ml.sweep.spec import nest
-from secure_ml.sweep.stats import diff, label, verdict
+from secure_ml.sweep.stats import better, diff, label, verdict
 
 EPS = "privacy/epsilon"
 
@@ -59,22 +59,29 @@ def _frontier_figure(ctx: Context, spec, groups, eps, cols, ys) -> str:
     fig, axes = plt.subplots(1, len(ys), figsize=(4.6 * len(ys), 3.4), squeeze=False)
     for ax, y in zip(axes[0], ys):
         pts = [(eps[g].mean if not eps[g].empty else nodp_x, cols[y][g], g) for g in groups if not cols[y][g].empty]
-        ax.errorbar(
-            [x for x, _, _ in pts],
-            [c.mean for _, c, _ in pts],
-            yerr=[0 if math.isnan(c.std) else c.std for _, c, _ in pts],
-            fmt="o",
-            capsize=3,
-        )
+        families = list(dict.fromkeys(name_of(g).split("=")[0] for _, _, g in pts))
+        for fam in families:  # e.g. noise_multiplier=..., target_epsilon=..., no-dp: one colour each
+            mine = [(x, c) for x, c, g in pts if name_of(g).split("=")[0] == fam]
+            ax.errorbar(
+                [x for x, _ in mine],
+                [c.mean for _, c in mine],
+                yerr=[0 if math.isnan(c.std) else c.std for _, c in mine],
+                fmt="o",
+                capsize=3,
+                label=fam,
+            )
         for x, c, g in pts:
-            ax.annotate(name_of(g) if not eps[g].empty else "no DP", (x, c.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        front = _front([(x, c.mean) for x, c, g in pts if not eps[g].empty], maximize=True)
+            text = name_of(g).split("=")[-1] if not eps[g].empty else "no DP"
+            ax.annotate(text, (x, c.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        front = _front([(x, c.mean) for x, c, g in pts if not eps[g].empty], maximize=better(y) is not False)
         if front:
             ax.plot(*zip(*front), "--", color="grey", linewidth=1)
         ax.set_xscale("log")
         ax.set_xlabel("ε (accountant, log scale; no DP at the right)", fontsize=8)
         ax.set_ylabel(label(y), fontsize=8)
         ax.grid(alpha=0.3)
+        if len(families) > 1:
+            ax.legend(fontsize=6)
     fig.suptitle(spec.get("title", "Privacy-utility frontier"), fontsize=9)
     return save(fig, ctx, slug(spec.get("title", "frontier")))
 
