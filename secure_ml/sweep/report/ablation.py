@@ -78,16 +78,21 @@ def _assumed(ctx: Context, axis: str) -> str:
 def _figure(ctx: Context, spec, deltas, variants) -> str:
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in deltas if deltas[m]]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(2.8 * max(1, len(metrics)) + 1, 3.2), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
+    metrics = [m for m in deltas if deltas[m]] or list(deltas)[:1]
+    cols = min(4, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols + 0.5, 2.9 * rows), squeeze=False)
+    for ax in axes.flat[len(metrics) :]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, metrics):
         vs = [v for v in variants if v in deltas[m] and not math.isinf(deltas[m][v].value)]
         vals = [deltas[m][v].value for v in vs]
         errs = [0 if math.isnan(deltas[m][v].spread) else deltas[m][v].spread for v in vs]
-        ax.bar(range(len(vs)), vals, yerr=errs, capsize=3, color=["#c44e52" if x < 0 else "#4c72b0" for x in vals])
+        worse = [(x < 0) if better(m) is not False else (x > 0) for x in vals]  # red: worse without the defence
+        ax.bar(range(len(vs)), vals, yerr=errs, capsize=3, color=["#c44e52" if w else "#4c72b0" for w in worse])
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_xticks(range(len(vs)), vs, rotation=35, ha="right", fontsize=7)
         ax.set_title(f"Δ {label(m)}", fontsize=8)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(spec.get("title", "Defence ablation") + " (difference to all on)", fontsize=9)
+    fig.suptitle(spec.get("title", "Defence ablation") + ": each variant minus all on (red: worse without the defence)", fontsize=9)
     return save(fig, ctx, slug(spec.get("title", "ablation")))
