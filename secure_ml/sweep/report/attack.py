@@ -47,7 +47,7 @@ def attack_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
     sentences = [_compare(curves, models, radii, reference)]
     sentences.append(_masking(df, by, models, families, masking, chance))
     sentences += _pgd_vs_fgsm(curves, models, radii)
-    figure = _figure(ctx, spec, curves, models, radii)
+    figure = _figure(ctx, spec, curves, models, radii, chance)
     return [Section(spec.get("title", "Accuracy under attack"), table, " ".join(s for s in sentences if s), figure)]
 
 
@@ -96,7 +96,7 @@ def _pgd_vs_fgsm(curves, models, radii) -> List[str]:
     return out
 
 
-def _figure(ctx: Context, spec, curves, models, radii) -> str:
+def _figure(ctx: Context, spec, curves, models, radii, chance: float) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 3.4), sharey=True, squeeze=False)
@@ -112,7 +112,8 @@ def _figure(ctx: Context, spec, curves, models, radii) -> str:
                 capsize=3,
                 label=name_of(g),
             )
-        ax.set_title(f"{name} accuracy vs attack ε", fontsize=9)
+        ax.axhline(chance, linestyle=":", color="grey", linewidth=1)
+        ax.set_title(f"{name} accuracy vs attack ε (dotted: chance)", fontsize=9)
         ax.set_xlabel("ε (pixel units, L∞)", fontsize=8)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("accuracy", fontsize=8)
