@@ -22,3 +22,9 @@ def tiny_mnist(tmp_path) -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _split_key_in_tmp(tmp_path_factory, monkeypatch):
+    """Runs that `fit` create the split-check key; keep it in a per-session temp folder, never in the user's home."""
+    monkeypatch.setenv("SECURE_ML_KEY_DIR", str(tmp_path_factory.getbasetemp() / "secure-ml-keys"))

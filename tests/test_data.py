@@ -6,6 +6,12 @@ from secure_ml.data.mnist import load_mnist
 from secure_ml.errors import ConfigError, DataNotFoundError
 
 
+@pytest.fixture(autouse=True)
+def _private_key_dir(tmp_path, monkeypatch):
+    """setup("fit") finds or creates the split key: keep it out of the user's home."""
+    monkeypatch.setenv("SECURE_ML_KEY_DIR", str(tmp_path / "keys"))
+
+
 def _dm(root, **kw):
     kw.setdefault("train_size", 500)
     kw.setdefault("val_size", 100)
@@ -129,3 +135,24 @@ def test_sizes_validated(tiny_mnist):
         _dm(tiny_mnist, val_size=1)
     with pytest.raises(ConfigError, match="--data.batch_size"):
         _dm(tiny_mnist, batch_size=0)
+
+
+def test_datamodule_runs_confident_knn_on_its_training_part(tmp_path):
+    from tests.helpers.data import write_idx
+    from tests.helpers.segments import segment_digits
+
+    raw = tmp_path / "MNIST" / "raw"
+    for prefix, n, seed in (("train", 700, 0), ("t10k", 50, 1)):
+        x, y = segment_digits(n, seed)
+        write_idx(raw, prefix, (x[:, 0] * 255).round().to(torch.uint8).numpy(), y.to(torch.uint8).numpy())
+    dm = _dm(
+        tmp_path,
+        train_size=700,
+        test_size=50,
+        poison=PoisonConfig(rate=0.1, target_label=0),
+        sanitizer=SanitizerConfig(method="confident_knn"),
+    )
+    dm.setup("fit")
+    rep = dm.sanitization_report
+    assert (rep.precision, rep.recall) == (1.0, 1.0) and rep.removed == 60
+    assert len(dm.train_dataset) == 540 and set(dm.kept_indices.tolist()).isdisjoint(dm.poisoned_indices.tolist())

@@ -1,112 +1,34 @@
 """Sponge examples: inputs that maximise a network's activation energy (Shumailov et al., 2021).
 
-"Sponge Examples: Energy-Latency Attacks on Neural Networks" (EuroS&P 2021) crafts
-inputs that make as many activations as possible non-zero (L0, defeating zero-skipping
-accelerators) or as large as possible (L2, the energy proxy). We keep the seed's naive
-Gaussian "sponges" for comparison and add the real gradient-ascent attack.
-
-Capturing activations. ``SmallCNN`` calls ``torch.relu`` functionally, so forward hooks
-on ``nn.ReLU`` modules would see nothing, and hooks on the layers that *feed* a ReLU
-need to know the architecture. Instead, :class:`ReluRecorder` is a
-``torch.overrides.TorchFunctionMode`` active during one forward pass: every call to
-``torch.relu``, ``F.relu``, ``Tensor.relu`` (and their in-place forms) passes through it,
-and ``nn.ReLU.forward`` calls ``F.relu``, so module and functional ReLUs are covered with
-no knowledge of the model. A mode is not re-entered while it handles a call, so
-``F.relu`` → ``torch.relu`` is recorded once. Recorded tensors stay in the autograd
-graph, which is what the attack differentiates. Torch-function modes are thread-local.
+"Sponge Examples: Energy-Latency Attacks on Neural Networks" (EuroS&P 2021) crafts inputs that make
+as many activations as possible non-zero (L0, defeating zero-skipping accelerators) or as large as
+possible (L2, the energy proxy). The energy is defined once, in :mod:`secure_ml.defenses.energy`
+(hidden activations = inputs of every weight layer but the first, captured with forward hooks, so
+any activation function works). Here: the seed's naive Gaussian "sponges" for comparison, the
+gradient-ascent attack (signed gradient or Adam, L2 or L0 objective) and the clean-vs-sponge report.
+The attacker who knows the input policy is :mod:`secure_ml.attacks.sponge_adaptive`.
 """
 
 import statistics
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
-_RELUS = {torch.relu, torch.relu_, F.relu, F.relu_, torch.Tensor.relu, torch.Tensor.relu_}
+from secure_ml.defenses.energy import EnergyUndefined, activation_energy, eval_mode, l0_objective, l2_objective, record
+from secure_ml.models.registry import device_and_dtype
+
 OBJECTIVES = ("l2", "l0")
+OPTIMIZERS = ("sign", "adam")
+__all__ = ["EnergyUndefined", "activation_energy", "craft_sponges", "gaussian_sponges", "sponge_objective", "sponge_report"]
 
 
-class ReluRecorder(TorchFunctionMode):
-    """Records ``(pre_activation, post_activation)`` of every ReLU call made while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: List[Tuple[torch.Tensor, torch.Tensor]] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func in _RELUS:
-            inp = args[0] if args else kwargs["input"]
-            if func in (torch.relu_, F.relu_, torch.Tensor.relu_) or kwargs.get("inplace") or (len(args) > 1 and args[1] is True):
-                inp = inp.clone()  # in-place ReLU overwrites its input
-            out = func(*args, **kwargs)
-            self.records.append((inp, out))
-            return out
-        return func(*args, **kwargs)
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Temporarily put ``model`` in eval mode (dropout/batch-norm fixed), restoring every submodule's flag after."""
-    flags = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, training in flags:
-            m.training = training
-
-
-def _model_device_dtype(model: nn.Module, x: torch.Tensor) -> Tuple[torch.device, torch.dtype]:
-    """Device and floating dtype of the model's first parameter (``x``'s when it has none)."""
-    p = next(model.parameters(), None)
-    return (p.device, p.dtype) if p is not None else (x.device, x.dtype if x.is_floating_point() else torch.float32)
-
-
-def _records(model: nn.Module, x: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
-    """Run ``model(x)`` under a :class:`ReluRecorder` and return its records (ValueError if none)."""
-    recorder = ReluRecorder()
-    with recorder:
-        model(x)
-    if not recorder.records:
-        raise ValueError(f"{type(model).__name__} made no ReLU calls; activation energy is undefined for it")
-    return recorder.records
-
-
-def _per_sample(t: torch.Tensor) -> torch.Tensor:
-    """Sum every dimension but the first."""
-    return t.flatten(1).sum(1)
-
-
-def _objective(records: List[Tuple[torch.Tensor, torch.Tensor]], objective: str, temperature: float) -> torch.Tensor:
-    """Per-sample sponge objective: sum of squared post-ReLU values (l2) or of sigmoid(pre/T) (l0)."""
-    if objective == "l2":
-        return sum(_per_sample(out.pow(2)) for _, out in records)
-    # Differentiable count of positive pre-activations; unlike tanh(post-ReLU) it still has a
-    # gradient for dead units (ReLU's gradient is zero there), so it can switch them on.
-    return sum(_per_sample(torch.sigmoid(inp / temperature)) for inp, _ in records)
-
-
-def activation_energy(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-    """Per-sample ``l2_energy`` (Σ post-ReLU²), ``nonzero`` (count > 0) and ``density`` (share > 0), on CPU.
-
-    One forward pass under ``torch.no_grad()`` in eval mode on the model's device.
-    """
-    if x.dim() < 2:
-        raise ValueError(f"x must be a batch (B, ...); got shape {tuple(x.shape)}")
-    device, dtype = _model_device_dtype(model, x)
-    with torch.no_grad(), _eval_mode(model):
-        records = _records(model, x.to(device=device, dtype=dtype))
-        # float32 on the device (MPS has no float64), float64 once on the CPU.
-        l2 = sum(_per_sample(out.float().pow(2)) for _, out in records).cpu().double()
-        nonzero = sum(_per_sample(out > 0) for _, out in records).cpu()
-        total = sum(out[0].numel() for _, out in records)
-    return {"l2_energy": l2, "nonzero": nonzero, "density": nonzero.double() / total}
+def sponge_objective(model: nn.Module, x: torch.Tensor, objective: str, temperature: float = 0.1) -> torch.Tensor:
+    """Per-sample differentiable sponge objective of ``model(x)``: L2 energy, or the smooth count of positive pre-activations (l0)."""
+    calls = record(model, x)
+    return l2_objective(calls) if objective == "l2" else l0_objective(calls, temperature)
 
 
 def gaussian_sponges(
@@ -133,26 +55,38 @@ def gaussian_sponges(
     return x.to(device) if device is not None else x
 
 
+def _per_sample(choice: Union[str, Sequence[str]], allowed: Tuple[str, ...], name: str, n: int) -> List[str]:
+    """``choice`` as one entry per sample (a single string is repeated); ValueError on an unknown entry or length."""
+    values = [choice] * n if isinstance(choice, str) else list(choice)
+    if len(values) != n or any(v not in allowed for v in values):
+        raise ValueError(f"{name} must be one of {allowed} or a list of them, one per sample; got {choice!r}")
+    return values
+
+
 def craft_sponges(
     model: nn.Module,
     x_init: torch.Tensor,
     steps: int = 50,
     lr: float = 0.01,
-    objective: str = "l2",
+    objective: Union[str, Sequence[str]] = "l2",
     clamp: bool = True,
     epsilon: Optional[float] = None,
     temperature: float = 0.1,
+    optimizer: Union[str, Sequence[str]] = "sign",
 ) -> torch.Tensor:
-    """Signed-gradient ascent on the activation energy from ``x_init``; returns detached sponges like ``x_init`` (device, dtype).
+    """Gradient ascent on the activation energy from ``x_init``; returns detached sponges like ``x_init`` (device, dtype).
 
-    ``objective`` is ``"l2"`` (Σ post-ReLU²) or ``"l0"`` (Σ sigmoid(pre-activation / temperature));
-    ``clamp`` keeps pixels in [0, 1]; ``epsilon`` optionally bounds ‖x − x_init‖∞ (stealthy sponges).
-    The gradient is taken w.r.t. the input only (``torch.autograd.grad``), so no ``.grad`` is left
-    on the parameters, and the attack works inside ``torch.no_grad()``. The sign step makes ``lr``
-    a per-pixel step size, independent of the objective's scale.
+    ``objective`` is ``"l2"`` (Σ hidden activation²) or ``"l0"`` (Σ sigmoid(pre-activation / temperature));
+    ``optimizer`` is ``"sign"`` (signed gradient, ``lr`` a per-pixel step) or ``"adam"`` (``torch.optim.Adam``
+    on the pixels, ``lr`` its step size). Either may be a list with one entry per sample: the variants
+    then share one batched forward per step (images do not interact in eval mode, and Adam is
+    element-wise), which costs far less on a CPU than one small batch per variant. ``clamp`` keeps
+    pixels in [0, 1]; ``epsilon`` optionally bounds ‖x − x_init‖∞ (stealthy sponges). The gradient is
+    taken w.r.t. the input only, so no ``.grad`` is left on the parameters, and the attack works
+    inside ``torch.no_grad()``.
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}; got {objective!r}")
+    objectives = _per_sample(objective, OBJECTIVES, "objective", len(x_init))
+    optimizers = _per_sample(optimizer, OPTIMIZERS, "optimizer", len(x_init))
     if steps < 0:
         raise ValueError(f"steps must be >= 0; got {steps}")
     if lr <= 0:
@@ -163,23 +97,32 @@ def craft_sponges(
         raise ValueError(f"temperature must be > 0; got {temperature}")
     if not x_init.is_floating_point():
         raise ValueError(f"x_init must be a floating-point tensor; got {x_init.dtype}")
-    out_device = x_init.device
-    device, dtype = _model_device_dtype(model, x_init)
+    device, dtype = device_and_dtype(model, x_init)
     x0 = x_init.detach().to(device=device, dtype=dtype)
     if clamp:
         x0 = x0.clamp(0.0, 1.0)
-    x = x0.clone()
-    with torch.enable_grad(), _eval_mode(model):
+    x = x0.clone().requires_grad_(True)
+    l0_rows = torch.tensor([o == "l0" for o in objectives], device=device)
+    sign_rows = torch.tensor([o == "sign" for o in optimizers], device=device).reshape(-1, *[1] * (x.dim() - 1))
+    adam = torch.optim.Adam([x], lr=lr, maximize=True) if "adam" in optimizers else None
+    with torch.enable_grad(), eval_mode(model):
         for _ in range(steps):
-            x.requires_grad_(True)
-            score = _objective(_records(model, x), objective, temperature).sum()
-            (grad,) = torch.autograd.grad(score, x)
-            x = x.detach() + lr * grad.sign()
-            if epsilon is not None:
-                x = torch.min(torch.max(x, x0 - epsilon), x0 + epsilon)
-            if clamp:
-                x = x.clamp(0.0, 1.0)
-    return x.detach().to(device=out_device, dtype=x_init.dtype)
+            calls = record(model, x)
+            gain = l2_objective(calls) if not l0_rows.any() else torch.where(l0_rows, l0_objective(calls, temperature), l2_objective(calls))
+            (grad,) = torch.autograd.grad(gain.sum(), x)
+            with torch.no_grad():
+                signed = x + lr * grad.sign()
+                if adam is not None:
+                    x.grad = grad
+                    adam.step()
+                    x.copy_(torch.where(sign_rows, signed, x))
+                else:
+                    x.copy_(signed)
+                if epsilon is not None:
+                    x.copy_(torch.min(torch.max(x, x0 - epsilon), x0 + epsilon))
+                if clamp:
+                    x.clamp_(0.0, 1.0)
+    return x.detach().to(device=x_init.device, dtype=x_init.dtype)
 
 
 def _paired_latency(model: nn.Module, a: torch.Tensor, b: torch.Tensor, repeats: int) -> Tuple[float, float]:
@@ -236,8 +179,8 @@ def sponge_report(model: nn.Module, clean_x: torch.Tensor, sponge_x: torch.Tenso
     clean, sponge = activation_energy(model, clean_x), activation_energy(model, sponge_x)
     ce, se = clean["l2_energy"].mean().item(), sponge["l2_energy"].mean().item()
     cd, sd = clean["density"].mean().item(), sponge["density"].mean().item()
-    device, dtype = _model_device_dtype(model, clean_x)
-    with _eval_mode(model):
+    device, dtype = device_and_dtype(model, clean_x)
+    with eval_mode(model):
         cl, sl = _paired_latency(model, clean_x.to(device=device, dtype=dtype), sponge_x.to(device=device, dtype=dtype), repeats)
     ratio = lambda a, b: a / b if b > 0 else float("inf")  # noqa: E731
     return SpongeReport(ce, se, ratio(se, ce), cd, sd, ratio(sd, cd), cl, sl, ratio(sl, cl))

@@ -1,38 +1,48 @@
-"""Sponge defence check every epoch: calibrate the input policy on clean digits, then attack it."""
+"""Sponge defence check every epoch: calibrate the input policy on clean non-member digits, then attack it."""
 
 from typing import Any, Dict, List, Optional
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from secure_ml.attacks.sponge import craft_sponges, gaussian_sponges, sponge_report
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
-from secure_ml.defenses.input_policy import InputPolicy
+from secure_ml.defenses.calibration import ACTIVATION_CHECKS, activation_scores, budget_k, leave_one_out_rejected
+from secure_ml.defenses.energy import EnergyUndefined, activation_energy
+from secure_ml.defenses.input_policy import HEADROOM, InputPolicy
 from secure_ml.errors import ConfigError
+
+# (optimizer, objective) of the crafted sponges, taken in turn from noise and from digits.
+VARIANTS = (("sign", "l2"), ("adam", "l2"), ("sign", "l0"), ("adam", "l0"))
 
 
 class SpongeCallback(EpochMetricCallback):
     """Logs ``sponge/reject_rate`` (all sponges), ``sponge/reject_rate_gaussian``, ``sponge/reject_rate_crafted``,
-    ``sponge/false_positive_rate`` (clean held-out digits rejected), and for crafted sponges vs as
-    many clean digits ``sponge/energy_ratio``, ``sponge/density_ratio`` (activation energy and
-    density) and ``sponge/latency_ratio`` (median forward time of the batch).
+    ``sponge/false_positive_rate`` (clean non-member digits rejected), for crafted sponges vs as many
+    clean digits ``sponge/energy_ratio``, ``sponge/density_ratio`` and ``sponge/latency_ratio``, and
+    ``sponge/energy_bound_ratio`` / ``sponge/density_bound_ratio``: the most L2 energy / activation
+    density any input the policy accepts can carry (its limit), over the clean 99.5th percentile.
 
-    The policy's variance and activation-energy limits are calibrated each epoch on clean
-    digits the false-positive rate is *not* measured on: during fit/validate the validation
-    split is halved (calibrate on one half, measure on the other); in test the policy is
-    calibrated on the validation split and measured on the test split. The last calibrated
-    policy is kept in the checkpoint (``policy``), for the inference service.
+    Calibration uses non-member digits only: the validation split, in fit, validate and test alike.
+    The policy calibrated on it is kept in the checkpoint (``policy``) for the inference service.
+    False positives: in test, the test split; in fit/validate, leave-one-out over the validation
+    digits (a digit counts when the policy calibrated on the other ones rejects it), which needs no
+    forward pass beyond the calibration's. The bound ratios use the test split's percentile in test
+    and the validation split's own in fit/validate. Crafted sponges: ``n_sponges`` from uniform noise
+    and as many from clean digits, shared in turn among sign/Adam ascent on the L2/L0 objective.
 
     Args:
         n_sponges: sponges of each kind: crafted from noise, crafted from digits, and Gaussian per scale.
         gaussian_scales: standard deviations of the seed's Gaussian-noise sponges.
         craft_steps: gradient-ascent steps on the activation energy.
-        craft_lr: per-pixel step of the ascent.
-        calibration_samples: clean digits used to calibrate the policy.
-        false_positive_rate: clean-digit rejection rate the calibration aims at.
-        max_samples: clean digits on which the false-positive rate is measured.
+        craft_lr: per-pixel step of the ascent (Adam's step size for the Adam variants).
+        calibration_samples: validation digits used to calibrate the policy.
+        false_positive_rate: clean-digit rejection budget of the calibration, split over its checks.
+        headroom: each limit sits this share of the clean spread above its order statistic.
+        max_samples: test digits on which the false-positive rate is measured in test.
         latency_repeats: timed forwards of a clean and a crafted batch (median) for ``sponge/latency_ratio``.
         every_n_epochs: run every n-th epoch (and always on the last one and in test).
-        enabled: false switches the callback off (``--<key>.enabled false`` on the CLI).
+        enabled: false switches the callback off (``--sponge.enabled false`` on the CLI).
         seed: seed of the subsamples and of the noise.
     """
 
@@ -44,6 +54,7 @@ class SpongeCallback(EpochMetricCallback):
         craft_lr: float = 0.01,
         calibration_samples: int = 800,
         false_positive_rate: float = 0.005,
+        headroom: float = HEADROOM,
         max_samples: int = 400,
         latency_repeats: int = 3,
         every_n_epochs: int = 1,
@@ -58,41 +69,58 @@ class SpongeCallback(EpochMetricCallback):
             ("max_samples", max_samples),
             ("every_n_epochs", every_n_epochs),
         ):
-            check_min(v, f"SpongeCallback {name}")
+            check_min(v, f"--sponge.{name}")
         if not 0 < false_positive_rate < 1:
-            raise ConfigError(f"SpongeCallback false_positive_rate must be in (0, 1); got {false_positive_rate}")
+            raise ConfigError(f"--sponge.false_positive_rate must be in (0, 1); got {false_positive_rate}")
+        if not 0 <= headroom < 10:
+            raise ConfigError(f"--sponge.headroom must be in [0, 10); got {headroom}")
         if not gaussian_scales or any(s <= 0 for s in gaussian_scales):
-            raise ConfigError(f"SpongeCallback gaussian_scales must be positive; got {gaussian_scales}")
+            raise ConfigError(f"--sponge.gaussian_scales must be positive; got {gaussian_scales}")
         self.n_sponges, self.gaussian_scales, self.craft_steps, self.craft_lr = n_sponges, list(gaussian_scales), craft_steps, craft_lr
         self.calibration_samples, self.false_positive_rate, self.max_samples = calibration_samples, false_positive_rate, max_samples
-        self.every_n_epochs, self.seed, self.latency_repeats = every_n_epochs, seed, latency_repeats
+        self.headroom, self.every_n_epochs, self.seed, self.latency_repeats = headroom, every_n_epochs, seed, latency_repeats
         self.enabled = enabled
         self.policy: Optional[InputPolicy] = None
 
-    def _clean_splits(self, trainer, stage: str):
-        if stage == "test":
-            calib = held_out(trainer, "val")
-            measure = held_out(trainer, "test")
-        else:
-            x, y = held_out(trainer, "val")
-            perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(self.seed))
-            half = len(y) // 2
-            calib, measure = (x[perm[:half]], y[perm[:half]]), (x[perm[half:]], y[perm[half:]])
-        return subsample(*calib, self.calibration_samples, self.seed)[0], subsample(*measure, self.max_samples, self.seed + 1)[0]
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """Refuse, in one line, a net whose activation energy is undefined (before any training)."""
+        if not self.enabled:
+            return
+        ds = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
+        probe = torch.zeros_like(ds.tensors[0][:1]) if ds is not None and hasattr(ds, "tensors") else torch.zeros(1, 1, 28, 28)
+        try:
+            activation_energy(pl_module.net, probe)
+        except EnergyUndefined as exc:
+            raise ConfigError(
+                f"--sponge: {exc}, so its activation energy is undefined; switch the check off with --sponge.enabled false"
+            ) from None
+
+    def _craft(self, net, starts: torch.Tensor) -> torch.Tensor:
+        """Sponges from ``starts``, the i-th crafted by variant i mod 4, all in one batch (the cost of one variant)."""
+        variants = [VARIANTS[i % len(VARIANTS)] for i in range(len(starts))]
+        return craft_sponges(
+            net, starts, steps=self.craft_steps, lr=self.craft_lr, optimizer=[v[0] for v in variants], objective=[v[1] for v in variants]
+        )
 
     def _evaluate(self, pl_module, stage: str) -> dict:
-        net = pl_module.net
-        calib, measure = on_device(pl_module, *self._clean_splits(pl_module.trainer, stage))
-        policy = InputPolicy.calibrate(net, calib, false_positive_rate=self.false_positive_rate)
+        net, trainer = pl_module.net, pl_module.trainer
+        calib = on_device(pl_module, subsample(*held_out(trainer, "val"), self.calibration_samples, self.seed)[0])[0]
+        scores = activation_scores(net, calib)
+        policy = InputPolicy.from_scores(scores, self.false_positive_rate, self.headroom)
+        if stage == "test":
+            measure = on_device(pl_module, subsample(*held_out(trainer, "test"), self.max_samples, self.seed + 1)[0])[0]
+            false_pos = sum(not d.allowed for d in policy.check_batch(measure, net)) / len(measure)
+            reference = activation_scores(net, measure)
+        else:
+            measure, reference = calib, scores
+            k = budget_k(len(calib), self.false_positive_rate, len(ACTIVATION_CHECKS))
+            false_pos = float(leave_one_out_rejected(scores, ACTIVATION_CHECKS, k, self.headroom).double().mean())
         gen = torch.Generator().manual_seed(self.seed)
         gaussian = gaussian_sponges(self.n_sponges, self.gaussian_scales, gen).to(pl_module.device)
-        starts = torch.cat(
-            [torch.rand((self.n_sponges, *measure.shape[1:]), generator=gen).to(pl_module.device), measure[: self.n_sponges]]
-        )
-        crafted = craft_sponges(net, starts, steps=self.craft_steps, lr=self.craft_lr, clamp=True)
+        noise = torch.rand((self.n_sponges, *measure.shape[1:]), generator=gen).to(pl_module.device)
+        crafted = self._craft(net, torch.cat([noise, measure[: self.n_sponges]]))
         rejected_g = sum(not d.allowed for d in policy.check_batch(gaussian, net))
         rejected_c = sum(not d.allowed for d in policy.check_batch(crafted, net))
-        false_pos = sum(not d.allowed for d in policy.check_batch(measure, net))
         k = min(len(measure), len(crafted))  # equal batches, so the latencies compare
         report = sponge_report(net, measure[:k], crafted[:k], repeats=self.latency_repeats)
         self.policy = policy
@@ -100,15 +128,28 @@ class SpongeCallback(EpochMetricCallback):
             "sponge/reject_rate": (rejected_g + rejected_c) / (len(gaussian) + len(crafted)),
             "sponge/reject_rate_gaussian": rejected_g / len(gaussian),
             "sponge/reject_rate_crafted": rejected_c / len(crafted),
-            "sponge/false_positive_rate": false_pos / len(measure),
+            "sponge/false_positive_rate": false_pos,
             "sponge/energy_ratio": report.energy_ratio,
             "sponge/density_ratio": report.density_ratio,
             "sponge/latency_ratio": report.latency_ratio,
+            "sponge/energy_bound_ratio": _bound_ratio(policy.max_energy, reference["energy"]),
+            "sponge/density_bound_ratio": _bound_ratio(policy.max_density, reference["density"]),
         }
 
     def state_dict(self) -> Dict[str, Any]:
         return {"policy": self.policy.to_dict() if self.policy is not None else None}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        if state_dict.get("policy") is not None:
+        if state_dict.get("policy") is None:
+            return
+        try:
             self.policy = InputPolicy.from_dict(state_dict["policy"])
+        except ValueError as exc:  # e.g. a version-1 policy: recalibrated at the next validation epoch
+            rank_zero_warn(f"SpongeCallback: the checkpoint's input policy is not used ({exc})")
+
+
+def _bound_ratio(limit: Optional[float], clean: torch.Tensor) -> float:
+    """``limit`` over the clean 99.5th percentile (inf without a limit: nothing bounds the statistic)."""
+    if limit is None:
+        return float("inf")
+    return limit / float(torch.quantile(clean.double(), 0.995))

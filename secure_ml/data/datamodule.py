@@ -1,18 +1,18 @@
 """MNIST LightningDataModule: reproducible subsets, label-flip poisoning, sanitization, Poisson sampling."""
 
-import hashlib
 import secrets
 from typing import Optional
 
 import torch
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader, TensorDataset
 
 from secure_ml.data.mnist import load_mnist
 from secure_ml.data.poisoning import PoisonConfig, flip_labels
 from secure_ml.data.sampling import train_loader
 from secure_ml.data.sanitization import SanitizationReport, SanitizerConfig, sanitize
+from secure_ml.data.split_key import key_id, load_or_create_key, read_key, resolve_key_path, split_tag, tags_equal
 from secure_ml.errors import ConfigError
 
 
@@ -39,6 +39,7 @@ class MNISTDataModule(LightningDataModule):
         sanitizer: sanitization applied after poisoning.
         poisson_sampling: sample training batches by Poisson sampling (set by the CLI whenever DP is on).
         num_workers: DataLoader worker processes.
+        split_key: file holding the secret key of the checkpoint's split check (created 0600 when missing); null: ``$SECURE_ML_KEY_DIR/split.key`` or ``~/.config/secure-ml/split.key``. Never stored in a checkpoint; copy it (privately) to check a checkpoint on another machine.
     """
 
     def __init__(
@@ -55,6 +56,7 @@ class MNISTDataModule(LightningDataModule):
         sanitizer: SanitizerConfig = SanitizerConfig(),
         poisson_sampling: bool = False,
         num_workers: int = 0,
+        split_key: Optional[str] = None,
     ):
         super().__init__()
         # The validation split is the clean non-member set the scorecard needs (the sponge check halves it).
@@ -75,14 +77,16 @@ class MNISTDataModule(LightningDataModule):
         self.sampling_seed = sampling_seed
         self.poison, self.sanitizer = poison, sanitizer
         self.poisson_sampling = poisson_sampling
+        self.split_key = split_key
         self.train_dataset: Optional[TensorDataset] = None
         self.val_dataset: Optional[TensorDataset] = None
         self.test_dataset: Optional[TensorDataset] = None
         self.poisoned_indices: Optional[torch.Tensor] = None  # rows of the pre-sanitization training part
         self.kept_indices: Optional[torch.Tensor] = None  # rows of the pre-sanitization training part that were kept
         self.sanitization_report: Optional[SanitizationReport] = None
-        self.fingerprint: Optional[str] = None  # hash of the member / non-member split (see state_dict)
-        self._expected_fingerprint: Optional[str] = None
+        self._split: Optional[tuple] = None  # (validation rows, member rows, member labels, test rows): see state_dict
+        self._expected_split: Optional[dict] = None
+        self._key: Optional[bytes] = None  # the split key, read from split_key; never logged or checkpointed
         self._test_idx: Optional[torch.Tensor] = None
 
     def prepare_data(self) -> None:
@@ -104,52 +108,86 @@ class MNISTDataModule(LightningDataModule):
         # Training members are needed beyond fit: membership inference at validate/test compares against them.
         if self.train_dataset is None and stage != "predict":
             self._setup_train()
+        if stage == "fit":  # checkpoints will be tagged: find or create the key now, not after the first epoch
+            self._split_key_bytes()
 
     def _setup_train(self) -> None:
         x, y = load_mnist(self.data_dir, train=True, download=False)
         idx = self._draw(len(y), self.train_size, "train_size", self.seed)
         val_idx, train_idx = idx[: self.val_size], idx[self.val_size :]
         self.val_dataset = TensorDataset(x[val_idx], y[val_idx])
-        x_train, y_train = x[train_idx], y[train_idx]
-        poisoned = None
-        if self.poison.rate > 0:
-            gen = torch.Generator().manual_seed(self.poison.seed)
-            y_train, poisoned = flip_labels(y_train, self.poison.rate, 10, self.poison.target_label, gen)
-            target = f"class {self.poison.target_label}" if self.poison.target_label is not None else "random other classes"
-            rank_zero_info(f"secure-ml: poisoned {len(poisoned)}/{len(y_train)} training labels to {target}")
-        self.poisoned_indices = poisoned
-        x_train, y_train, self.kept_indices, report = sanitize(x_train, y_train, self.sanitizer, poisoned)
+        y_train = self._poison(y[train_idx])
+        x_train, y_train = self._sanitize(x[train_idx], y_train)
+        self.train_dataset = TensorDataset(x_train, y_train)
+        self._split = (val_idx, train_idx[self.kept_indices], y_train, self._test_idx)
+        if self._expected_split is not None:
+            self._check_split(self._expected_split)
+
+    def _poison(self, labels: torch.Tensor) -> torch.Tensor:
+        """Flip labels of the training part (``poison``); records the ground-truth rows in ``poisoned_indices``."""
+        self.poisoned_indices = None
+        if self.poison.rate == 0:
+            return labels
+        gen = torch.Generator().manual_seed(self.poison.seed)
+        labels, self.poisoned_indices = flip_labels(labels, self.poison.rate, 10, self.poison.target_label, gen)
+        target = f"class {self.poison.target_label}" if self.poison.target_label is not None else "random other classes"
+        rank_zero_info(f"secure-ml: poisoned {len(self.poisoned_indices)}/{len(labels)} training labels to {target}")
+        return labels
+
+    def _sanitize(self, images: torch.Tensor, labels: torch.Tensor):
+        """Apply ``sanitizer``; records ``kept_indices`` (rows of the training part kept) and ``sanitization_report``."""
+        images, labels, self.kept_indices, report = sanitize(images, labels, self.sanitizer, self.poisoned_indices)
         self.sanitization_report = report
         if self.sanitizer.method != "none":
             rank_zero_info(f"secure-ml: {report.summary()}")
-        if len(y_train) == 0:
+        if len(labels) == 0:
             raise ConfigError("sanitization removed every training sample; loosen --data.sanitizer")
-        self.train_dataset = TensorDataset(x_train, y_train)
-        digest = hashlib.sha256()
-        for t in (val_idx, train_idx[self.kept_indices], y_train, self._test_idx):
-            digest.update(t.numpy().tobytes())
-        self.fingerprint = digest.hexdigest()[:16]
-        if self._expected_fingerprint is not None:
-            self._check_fingerprint(self._expected_fingerprint)
+        return images, labels
 
-    # The split into members / non-members travels in the checkpoint: evaluating a checkpoint on a
-    # different split would call trained digits "non-members" and silently break membership inference.
+    # The split into members / non-members travels in the checkpoint as an HMAC under a key that stays on
+    # this machine (split_key.py): evaluating a checkpoint on a different split would call trained digits
+    # "non-members" and silently break membership inference, but an unkeyed hash of the split would be a
+    # membership oracle for anyone holding the checkpoint.
     def state_dict(self) -> dict:
-        return {"fingerprint": self.fingerprint} if self.fingerprint is not None else {}
+        if self._split is None:
+            return {}
+        key = self._split_key_bytes()
+        return {"split_check": {"key_id": key_id(key), "tag": split_tag(key, self._split)}}
+
+    def _split_key_bytes(self) -> bytes:
+        if self._key is None:
+            path = resolve_key_path(self.split_key)
+            try:
+                self._key = load_or_create_key(path)
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot create the split key file {path} ({exc.strerror or type(exc).__name__}); pass --data.split_key FILE in a writable folder"
+                ) from None
+        return self._key
 
     def load_state_dict(self, state_dict: dict) -> None:
-        expected = state_dict.get("fingerprint")
+        expected = state_dict.get("split_check")
         if expected is None:
+            if "fingerprint" in state_dict:
+                rank_zero_warn("secure-ml: this checkpoint predates keyed split checks: its member/non-member split is not checked")
             return
-        if self.fingerprint is None:  # not set up yet: checked at the end of setup
-            self._expected_fingerprint = expected
+        if self._split is None:  # not set up yet: checked at the end of setup
+            self._expected_split = expected
             return
-        self._check_fingerprint(expected)
+        self._check_split(expected)
 
-    def _check_fingerprint(self, expected: str) -> None:
-        if expected != self.fingerprint:
+    def _check_split(self, expected: dict) -> None:
+        path = resolve_key_path(self.split_key)
+        key = self._key if self._key is not None else read_key(path)
+        if key is None or key_id(key) != expected.get("key_id"):
+            rank_zero_warn(
+                f"secure-ml: split check skipped: the key this checkpoint was tagged with (id {expected.get('key_id')}) is not in {path}; "
+                "pass --data.split_key with the training machine's key file to check the member/non-member split"
+            )
+            return
+        if not tags_equal(split_tag(key, self._split), str(expected.get("tag"))):
             raise ConfigError(
-                "the checkpoint was trained on a different data split (its member/non-member fingerprint differs): "
+                "the checkpoint was trained on a different data split (its member/non-member split check differs): "
                 "pass the same --data.* options as in fit, e.g. --config lightning_logs/version_N/config.yaml"
             )
 

@@ -1,6 +1,6 @@
 """Training-set sanitization against label-flip poisoning.
 
-Two detectors:
+Three detectors:
 
 * ``isolation_forest`` — the seed's pixel-space IsolationForest, kept as the documented
   baseline. It only looks at pixels, and a label flip does not change pixels, so it
@@ -16,7 +16,11 @@ Two detectors:
   the 10 neighbours agree) trades a few hundred honest-but-atypical digits for
   catching ~90% of the flips; see the README for the measured figures.
   It also proposes a replacement label (the neighbourhood's majority), so the
-  ``relabel`` action can keep the sample instead of dropping it.
+  ``relabel`` action can keep the sample instead of dropping it. Kept as the baseline
+  ``confident_knn`` improves on.
+* ``confident_knn`` — k-NN label agreement in a deskewed oriented-gradient feature space,
+  flagged only in (label, looks-like) pairs that cleanlab's confident joint estimates to be
+  noisy (see ``label_noise``). On the capstone scenario: F1 0.99 against knn's 0.80.
 """
 
 from dataclasses import dataclass, field
@@ -25,9 +29,10 @@ from typing import List, Literal, Optional, Tuple
 import numpy as np
 import torch
 
+from secure_ml.data.label_noise import detect_label_flips
 from secure_ml.errors import ConfigError
 
-METHODS = ("none", "isolation_forest", "knn")
+METHODS = ("none", "isolation_forest", "knn", "confident_knn")
 
 
 @dataclass
@@ -35,18 +40,24 @@ class SanitizerConfig:
     """Sanitization of the (possibly poisoned) training split.
 
     Args:
-        method: ``none``, ``isolation_forest`` (the seed's pixel-space baseline) or ``knn`` (label-aware).
-        action: what happens to flagged samples: ``remove`` them or ``relabel`` them to the neighbourhood majority (knn only).
-        k: number of neighbours for ``knn``.
+        method: ``none``, ``isolation_forest`` (the seed's pixel-space baseline), ``knn`` (pixel-space label agreement) or ``confident_knn`` (label agreement in a digit feature space, pruned by a noise-transition estimate; the strongest).
+        action: what happens to flagged samples: ``remove`` them or ``relabel`` them to the neighbourhood majority (knn, confident_knn).
+        k: number of neighbours for ``knn`` and ``confident_knn``.
         agreement: ``knn`` flags a sample when less than this share of its neighbours carry its label.
+        min_pair_rate: ``confident_knn`` flags within a (label i, looks like j) pair only when the estimated share of class-j digits labelled i reaches this rate.
+        refine_rounds: ``confident_knn`` re-votes this many times with the flagged samples' votes withdrawn.
+        feature_dims: PCA components of the ``confident_knn`` feature space.
         contamination: share of samples ``isolation_forest`` flags.
         seed: random state of ``isolation_forest``.
     """
 
-    method: Literal["none", "isolation_forest", "knn"] = "none"
+    method: Literal["none", "isolation_forest", "knn", "confident_knn"] = "none"
     action: Literal["remove", "relabel"] = "remove"
     k: int = 10
     agreement: float = 0.3
+    min_pair_rate: float = 0.005
+    refine_rounds: int = 1
+    feature_dims: int = 50
     contamination: float = 0.1
     seed: int = 42
 
@@ -56,11 +67,19 @@ class SanitizerConfig:
         if self.action not in ("remove", "relabel"):
             raise ConfigError(f"--data.sanitizer.action must be 'remove' or 'relabel'; got '{self.action}'")
         if self.action == "relabel" and self.method == "isolation_forest":
-            raise ConfigError("--data.sanitizer.action relabel needs a label-aware method (knn); isolation_forest has no label to propose")
+            raise ConfigError(
+                "--data.sanitizer.action relabel needs a label-aware method (knn, confident_knn); isolation_forest has no label to propose"
+            )
         if self.k < 1:
             raise ConfigError(f"--data.sanitizer.k must be >= 1; got {self.k}")
         if not 0.0 < self.agreement <= 1.0:
             raise ConfigError(f"--data.sanitizer.agreement must be in (0, 1]; got {self.agreement}")
+        if not 0.0 <= self.min_pair_rate < 1.0:
+            raise ConfigError(f"--data.sanitizer.min_pair_rate must be in [0, 1); got {self.min_pair_rate}")
+        if self.refine_rounds < 0:
+            raise ConfigError(f"--data.sanitizer.refine_rounds must be >= 0; got {self.refine_rounds}")
+        if self.feature_dims < 1:
+            raise ConfigError(f"--data.sanitizer.feature_dims must be >= 1; got {self.feature_dims}")
         if not 0.0 < self.contamination <= 0.5:
             raise ConfigError(f"--data.sanitizer.contamination must be in (0, 0.5]; got {self.contamination}")
 
@@ -145,8 +164,11 @@ def sanitize(
     elif config.method == "isolation_forest":
         flagged = isolation_forest_flags(images, config.contamination, config.seed)
         majority = labels
-    else:
+    elif config.method == "knn":
         flagged, majority = knn_label_flags(images, labels, config.k, config.agreement)
+    else:
+        found = detect_label_flips(images, labels, config.k, config.min_pair_rate, config.refine_rounds, config.feature_dims)
+        flagged, majority = found.flagged, found.proposed
     report.flagged = flagged.tolist()
     kept = torch.arange(n)
     if config.method != "none" and config.action == "remove":

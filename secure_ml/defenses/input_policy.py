@@ -1,21 +1,24 @@
 """Input validation policy for pixel-space images, shared by the scorecard and the inference service.
 
 Checks run in a fixed order and the first failure is reported: ``shape`` → ``dtype`` →
-``non_finite`` → ``range`` → ``variance`` → ``energy``. Every check is a fixed number of
-tensor reductions over the image (plus, for ``energy``, one batched forward pass), so the
-cost is bounded by the accepted shape; an oversized input fails ``shape`` before any work.
+``non_finite`` → ``range`` → ``variance`` → ``energy``. Every check is a fixed number of tensor
+reductions over the image (plus, for ``energy``, one batched forward pass), so the cost is bounded
+by the accepted shape; an oversized input fails ``shape`` before any work.
 
-The seed notebook checked ``|x| ≤ 3`` and ``var(x) ≤ 2`` on *normalised* inputs; we work in
-pixel space ``[0, 1]``, where a variance can never exceed 0.25 (half 0s, half 1s).
-``max_variance = 0.22`` by default: on the 10,000 real MNIST digits in ``shared/data``
-the per-image (population) pixel variance ranges 0.018–0.208 (99.9% quantile 0.185), while
-the seed's N(0, 5²) noise clipped to [0, 1] has variance ≥ 0.226; unclipped it fails ``range``.
+``variance``: pixel space is ``[0, 1]``, where a variance cannot exceed 0.25; ``max_variance`` is a
+fixed 0.22 by default (not calibrated), above every MNIST digit and below clipped N(0, 5²) noise.
 
-``energy`` uses the activation statistics of :func:`secure_ml.attacks.sponge.activation_energy`:
-``max_energy`` bounds the L2 energy (Σ post-ReLU²) and ``max_density`` — an addition to the
-shared interface, default off — bounds the share of non-zero activations (the L0 energy of
-Shumailov et al.), which separates noise from digits far better than L2 on a trained SmallCNN.
-Both are set by :meth:`InputPolicy.calibrate` from clean held-out digits.
+``energy`` bounds three statistics of the hidden activations (:mod:`secure_ml.defenses.energy`):
+the L2 energy (``max_energy``), the density of non-zero activations (``max_density``, the L0 energy)
+and every hidden layer's density (``max_layer_density``, one limit per layer). One bound alone is a
+line an attacker can sit under while raising the other cost; all three are set by
+:meth:`InputPolicy.calibrate` on clean non-member digits, the false-positive budget split across
+them (:mod:`secure_ml.defenses.calibration`).
+
+Decisions carry no numbers. ``PolicyDecision.detail`` is a fixed sentence per failed check (the
+accepted shape and pixel range, which are the public input contract, are its only figures): a
+measured statistic or a calibrated limit in an error would be a continuous oracle on the weights
+and a guide for sponge crafters.
 """
 
 import math
@@ -25,19 +28,33 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from secure_ml.attacks.sponge import activation_energy
+from secure_ml.defenses.calibration import activation_scores, budget_k, calibrate_activation_limits, violated
 
 REASONS = ("ok", "shape", "dtype", "non_finite", "range", "variance", "energy")
-_CALIBRATED = ("max_variance", "max_energy", "max_density")
+HEADROOM = 0.1  # limits sit 10% of the clean spread above their order statistic: 800 digits cannot pin a 0.17% tail
+VERSION = 2  # v2: energy over the inputs of weight layers (forward hooks); v1 (no "version" key) recorded ReLU calls
+_CHECK_FIELD = {"energy": "max_energy", "density": "max_density", "layer_density": "max_layer_density"}
+_DETAIL = {
+    "dtype": "pixel values must be floating point numbers",
+    "non_finite": "the image contains NaN or infinite values",
+    "variance": "the image's pixel variance is above the accepted limit",
+    "energy": "the image's activation energy is above the accepted limit",
+    "density": "the image's share of non-zero activations is above the accepted limit",
+    "layer_density": "the share of non-zero activations in one layer of the network is above the accepted limit",
+}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PolicyDecision:
-    """Whether one image is allowed; ``reason`` is "ok" or the first failed check, ``detail`` one sentence."""
+    """Whether one image is allowed; ``reason`` is "ok" or the failed check (one of REASONS), ``detail`` one fixed sentence."""
 
     allowed: bool
     reason: str
     detail: str = ""
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"reason must be one of {REASONS}; got {self.reason!r}")
 
 
 def _positive_or_none(name: str, value: Optional[float]) -> Optional[float]:
@@ -69,6 +86,7 @@ class InputPolicy:
     max_variance: Optional[float] = 0.22
     max_energy: Optional[float] = None
     max_density: Optional[float] = None
+    max_layer_density: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         """Validate and normalise the fields (ValueError naming the bad one)."""
@@ -85,118 +103,141 @@ class InputPolicy:
             setattr(self, name, float(v))
         if self.min_value >= self.max_value:
             raise ValueError(f"min_value must be below max_value; got {self.min_value} and {self.max_value}")
-        for name in _CALIBRATED:
+        for name in ("max_variance", "max_energy", "max_density"):
             setattr(self, name, _positive_or_none(name, getattr(self, name)))
+        if self.max_layer_density is not None:
+            if isinstance(self.max_layer_density, (str, bytes)) or not hasattr(self.max_layer_density, "__iter__"):
+                raise ValueError(f"max_layer_density must be a list of positive numbers or None; got {self.max_layer_density!r}")
+            limits = tuple(_positive_or_none("max_layer_density", v) for v in self.max_layer_density)
+            if not limits or None in limits:
+                raise ValueError(f"max_layer_density must be a non-empty list of positive numbers or None; got {self.max_layer_density!r}")
+            self.max_layer_density = limits
 
     def _accepted_shapes(self) -> Tuple[Tuple[int, ...], ...]:
         """The configured shape, plus the shape without its leading 1 (e.g. (28, 28) for (1, 28, 28))."""
         return (self.shape, self.shape[1:]) if len(self.shape) > 1 and self.shape[0] == 1 else (self.shape,)
 
+    def _activation_limits(self) -> dict:
+        return {check: getattr(self, name) for check, name in _CHECK_FIELD.items() if getattr(self, name) is not None}
+
     def _needs_model(self) -> bool:
-        return self.max_energy is not None or self.max_density is not None
+        return bool(self._activation_limits())
+
+    def _shape_detail(self) -> str:
+        return "expected one image of shape " + " or ".join(str(s) for s in self._accepted_shapes())
 
     def check(self, x: torch.Tensor, model: Optional[nn.Module] = None) -> PolicyDecision:
         """Decide on ONE image of shape ``shape`` (or ``shape`` without its leading 1)."""
         if not isinstance(x, torch.Tensor):
-            return PolicyDecision(False, "dtype", f"expected a torch.Tensor; got {type(x).__name__}")
+            return PolicyDecision(False, "dtype", _DETAIL["dtype"])
         if tuple(x.shape) not in self._accepted_shapes():
-            return PolicyDecision(False, "shape", f"expected one image of shape {self._shape_text()}; got {tuple(x.shape)}")
+            return PolicyDecision(False, "shape", self._shape_detail())
         return self.check_batch(x.unsqueeze(0), model)[0]
-
-    def _shape_text(self) -> str:
-        return " or ".join(str(s) for s in self._accepted_shapes())
 
     def check_batch(self, x: torch.Tensor, model: Optional[nn.Module] = None) -> List[PolicyDecision]:
         """Decide on each image of a batch ``(B, *shape)``; the energy check is one forward over the images still allowed."""
         if self._needs_model() and model is None:
-            raise ValueError("this policy bounds activation energy (max_energy/max_density), so check needs the model")
+            raise ValueError("this policy bounds activation energy (max_energy/max_density/max_layer_density), so check needs the model")
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"check_batch expects a torch.Tensor batch; got {type(x).__name__}")
         if x.dim() == 0:
-            return [PolicyDecision(False, "shape", f"expected a batch of images of shape {self._shape_text()}; got a scalar")]
+            return [PolicyDecision(False, "shape", self._shape_detail())]
         b = x.shape[0]
         if tuple(x.shape[1:]) not in self._accepted_shapes():
-            detail = f"expected images of shape {self._shape_text()}; got {tuple(x.shape[1:])}"
-            return [PolicyDecision(False, "shape", detail) for _ in range(b)]
+            return [PolicyDecision(False, "shape", self._shape_detail()) for _ in range(b)]
         if not x.is_floating_point():
-            return [PolicyDecision(False, "dtype", f"pixel values must be floating point; got {x.dtype}") for _ in range(b)]
+            return [PolicyDecision(False, "dtype", _DETAIL["dtype"]) for _ in range(b)]
         if b == 0:
             return []
         n_bad, lo, hi, var = _pixel_stats(x)
-        decisions: List[Optional[PolicyDecision]] = [None] * b
-        for i in range(b):
-            decisions[i] = self._static_decision(int(n_bad[i]), float(lo[i]), float(hi[i]), float(var[i]))
+        decisions: List[Optional[PolicyDecision]] = [
+            self._static_decision(int(n_bad[i]), float(lo[i]), float(hi[i]), float(var[i])) for i in range(b)
+        ]
         survivors = [i for i in range(b) if decisions[i] is None]
         if survivors and self._needs_model():
-            stats = activation_energy(model, x.detach()[survivors].reshape(len(survivors), *self.shape))
+            failed = self.activation_failures(model, x.detach()[survivors].reshape(len(survivors), *self.shape))
             for j, i in enumerate(survivors):
-                decisions[i] = self._energy_decision(float(stats["l2_energy"][j]), float(stats["density"][j]))
+                if failed[j] is not None:
+                    decisions[i] = PolicyDecision(False, "energy", _DETAIL[failed[j]])
         return [d if d is not None else PolicyDecision(True, "ok") for d in decisions]
+
+    def activation_failures(self, model: nn.Module, x: torch.Tensor) -> List[Optional[str]]:
+        """Per image, the first activation check it fails (``energy``, ``density``, ``layer_density``) or None; one forward."""
+        scores = activation_scores(model, x)
+        if self.max_layer_density is not None and scores["layer_density"].shape[1] != len(self.max_layer_density):
+            raise ValueError(
+                f"this policy bounds {len(self.max_layer_density)} hidden layers but the model has {scores['layer_density'].shape[1]}; "
+                "recalibrate the policy for this model"
+            )
+        flags = violated(scores, self._activation_limits())
+        return [next((check for check in _CHECK_FIELD if check in flags and bool(flags[check][i])), None) for i in range(len(x))]
 
     def _static_decision(self, n_bad: int, lo: float, hi: float, var: float) -> Optional[PolicyDecision]:
         """First failure among non_finite / range / variance, or None."""
         if n_bad:
-            return PolicyDecision(False, "non_finite", f"image contains {n_bad} NaN or infinite value(s)")
+            return PolicyDecision(False, "non_finite", _DETAIL["non_finite"])
         if lo < self.min_value or hi > self.max_value:
-            return PolicyDecision(
-                False, "range", f"pixel values must lie in [{self.min_value:g}, {self.max_value:g}]; got min {lo:.4g} and max {hi:.4g}"
-            )
+            return PolicyDecision(False, "range", f"pixel values must lie in [{self.min_value:g}, {self.max_value:g}]")
         if self.max_variance is not None and var > self.max_variance:
-            return PolicyDecision(False, "variance", f"pixel variance {var:.4g} exceeds the limit {self.max_variance:.4g}")
-        return None
-
-    def _energy_decision(self, energy: float, density: float) -> Optional[PolicyDecision]:
-        """``energy`` failure when the L2 energy or the activation density is over its limit, or None."""
-        if self.max_energy is not None and energy > self.max_energy:
-            return PolicyDecision(False, "energy", f"activation energy {energy:.4g} exceeds the limit {self.max_energy:.4g}")
-        if self.max_density is not None and density > self.max_density:
-            return PolicyDecision(False, "energy", f"activation density {density:.4g} exceeds the limit {self.max_density:.4g}")
+            return PolicyDecision(False, "variance", _DETAIL["variance"])
         return None
 
     @classmethod
-    def calibrate(cls, model: nn.Module, clean_x: torch.Tensor, false_positive_rate: float = 0.005, **kwargs) -> "InputPolicy":
-        """Policy whose variance / energy / density limits each reject ⌊(fpr / k)·N⌋ of the N clean digits (k = limits calibrated).
+    def calibrate(
+        cls, model: nn.Module, clean_x: torch.Tensor, false_positive_rate: float = 0.005, headroom: float = HEADROOM, **kwargs
+    ) -> "InputPolicy":
+        """Policy whose activation limits are calibrated on ``clean_x`` (clean NON-MEMBER digits), see :mod:`~secure_ml.defenses.calibration`.
 
-        A limit passed in ``kwargs`` (including ``None`` to disable it) is kept as given; the other
-        fields of ``kwargs`` go to the constructor. Splitting the budget over the k limits keeps
-        the share of clean digits rejected by their union at or below ``false_positive_rate``.
+        ``max_energy``, ``max_density`` and ``max_layer_density`` are calibrated unless given in ``kwargs``
+        (``None`` disables one); the budget ``false_positive_rate`` is split evenly over the calibrated
+        ones, and ``headroom`` lifts each limit by that share of its statistic's spread. Other ``kwargs``
+        go to the constructor (``max_variance`` keeps its fixed default).
         """
-        if not 0.0 < false_positive_rate < 1.0:
-            raise ValueError(f"false_positive_rate must lie in (0, 1); got {false_positive_rate}")
-        todo = [name for name in _CALIBRATED if name not in kwargs]
-        base = cls(**{**kwargs, **{name: None for name in todo}})
         if not isinstance(clean_x, torch.Tensor) or clean_x.dim() < 1 or len(clean_x) == 0:
             raise ValueError("clean_x must be a non-empty batch of clean images")
+        base = cls(**{**kwargs, **{name: None for name in _CHECK_FIELD.values() if name not in kwargs}})
         rejected = [d for d in base.check_batch(clean_x, model) if not d.allowed]
         if rejected:
             raise ValueError(f"{len(rejected)} of {len(clean_x)} calibration images fail the policy; first: {rejected[0].detail}")
-        n = len(clean_x)
-        k = math.floor(false_positive_rate / max(len(todo), 1) * n)
-        values = {}
-        if "max_variance" in todo:
-            values["max_variance"] = _pixel_stats(clean_x)[3]  # the statistic check_batch compares
-        if "max_energy" in todo or "max_density" in todo:
-            stats = activation_energy(model, clean_x.detach().reshape(n, *base.shape))
-            values["max_energy"], values["max_density"] = stats["l2_energy"], stats["density"]
-        limits = {}
-        for name in todo:
-            # The (k+1)-th largest value: exactly k clean images (barring ties) lie strictly above it.
-            limit = float(torch.sort(values[name].double(), descending=True).values[k])
-            limits[name] = limit if limit > 0 else None
-        return cls(**{**kwargs, **limits})
+        if all(name in kwargs for name in _CHECK_FIELD.values()):
+            return base
+        scores = activation_scores(model, clean_x.detach().reshape(len(clean_x), *base.shape))
+        return cls.from_scores(scores, false_positive_rate, headroom, **kwargs)
+
+    @classmethod
+    def from_scores(cls, scores: dict, false_positive_rate: float = 0.005, headroom: float = HEADROOM, **kwargs) -> "InputPolicy":
+        """:meth:`calibrate` from precomputed clean ``activation_scores`` (the caller vouches the digits pass the other checks)."""
+        if not 0.0 < false_positive_rate < 1.0:
+            raise ValueError(f"false_positive_rate must lie in (0, 1); got {false_positive_rate}")
+        if isinstance(headroom, bool) or not isinstance(headroom, (int, float)) or not 0.0 <= headroom < 10.0:
+            raise ValueError(f"headroom must lie in [0, 10); got {headroom!r}")
+        todo = [check for check, name in _CHECK_FIELD.items() if name not in kwargs]
+        n = len(scores["energy"])
+        limits = calibrate_activation_limits(scores, todo, budget_k(n, false_positive_rate, len(todo)), headroom)
+        positive = {c: v for c, v in limits.items() if (min(v) if isinstance(v, tuple) else v) > 0}
+        return cls(**{**kwargs, **{_CHECK_FIELD[c]: positive.get(c) for c in todo}})
 
     def to_dict(self) -> dict:
-        """JSON-friendly dict (``shape`` as a list)."""
+        """JSON-friendly dict (lists for tuples) with ``version``."""
         d = asdict(self)
         d["shape"] = list(self.shape)
-        return d
+        d["max_layer_density"] = list(self.max_layer_density) if self.max_layer_density is not None else None
+        return {"version": VERSION, **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputPolicy":
-        """Inverse of :meth:`to_dict`; ValueError on unknown keys."""
+        """Inverse of :meth:`to_dict`; ValueError on unknown keys, and on a v1 policy with activation limits (measured differently)."""
         if not isinstance(d, dict):
             raise ValueError(f"expected a dict; got {type(d).__name__}")
+        d = dict(d)
+        version = d.pop("version", 1)
+        if version not in (1, VERSION):
+            raise ValueError(f"unsupported InputPolicy version {version!r} (this code reads 1 and {VERSION})")
         unknown = set(d) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown InputPolicy field(s): {', '.join(sorted(unknown))}")
+        if version == 1 and (d.get("max_energy") is not None or d.get("max_density") is not None):
+            raise ValueError(
+                "a version-1 policy's energy limits were measured on ReLU calls, not on today's hidden activations; recalibrate it"
+            )
         return cls(**d)

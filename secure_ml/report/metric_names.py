@@ -82,6 +82,11 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
+# The sponge check's bounds (issue 12): the most an accepted input can carry, over the clean 99.5th percentile.
+register(_m("sponge/energy_bound_ratio", "accepted L2 energy bound / clean 99.5th pct", "sponge", False))
+register(_m("sponge/density_bound_ratio", "accepted density bound / clean 99.5th pct", "sponge", False))
+
+
 def register_parametrised(metric: Metric) -> Metric:
     """Add an attack metric family whose keys are ``<prefix>@<radius>``."""
     PARAMETRISED[metric.key] = metric

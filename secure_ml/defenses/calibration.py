@@ -1,0 +1,108 @@
+"""Calibrating the input policy's activation checks on clean non-member digits.
+
+Checks (each one statistic per image, rejected when strictly above its limit):
+
+* ``energy``: the L2 activation energy (:mod:`secure_ml.defenses.energy`);
+* ``density``: the share of non-zero hidden activations (L0);
+* ``layer_density``: every hidden layer's own density, bounded at the same relative level:
+  the image's score is ``max_l density_l / mean_l`` (``mean_l``: the mean density of layer ``l``
+  on the calibration digits), so an attacker cannot move non-zeros into one costly layer while
+  the total stays low. The per-layer limits stored in the policy are ``limit · mean_l``.
+
+Budget. With J calibrated checks and a false-positive budget α, each check gets α/J (Bonferroni:
+the union then rejects at most α of clean digits, whatever the checks' correlation). A check's
+limit on N calibration digits is the (k+1)-th largest value with ``k = ⌊(α/J)(N+1)⌋ − 1``: for a
+new clean digit exchangeable with the calibration digits, P(value > limit) ≤ (k+1)/(N+1) ≤ α/J
+(split conformal). When N is too small for that (``k < 0``, e.g. fewer than 599 digits for
+α = 0.5% and J = 3) the limit is the maximum and the bound is J/(N+1) instead; :func:`budget_k`
+returns 0 then. Only non-member digits may be used: a limit is an order statistic of one digit.
+"""
+
+import math
+from typing import Dict, Sequence
+
+import torch
+from torch import nn
+
+from secure_ml.defenses.energy import activation_energy
+
+ACTIVATION_CHECKS = ("energy", "density", "layer_density")
+
+
+def budget_k(n: int, false_positive_rate: float, n_checks: int) -> int:
+    """Calibration digits each check may reject: ``max(0, ⌊(α/J)(N+1)⌋ − 1)``."""
+    return max(0, math.floor(false_positive_rate / max(n_checks, 1) * (n + 1)) - 1)
+
+
+def activation_scores(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """Per-image statistics of the activation checks: ``energy``, ``density`` and ``layer_density`` (B, L)."""
+    stats = activation_energy(model, x)
+    return {"energy": stats["l2_energy"], "density": stats["density"], "layer_density": stats["layer_density"]}
+
+
+def order_limit(values: torch.Tensor, k: int, headroom: float = 0.0) -> float:
+    """``q + headroom · (q − median)`` with q the (k+1)-th largest of ``values`` (k values lie strictly above q, barring ties)."""
+    ranked = torch.sort(values.double(), descending=True).values
+    q = float(ranked[min(k, len(ranked) - 1)])
+    return q + headroom * max(q - float(values.double().median()), 0.0)
+
+
+def layer_scale(layer_density: torch.Tensor) -> torch.Tensor:
+    """``mean_l`` per hidden layer (a layer never active on clean digits gets 1, so any activity there scores high)."""
+    mean = layer_density.double().mean(0)
+    return torch.where(mean > 0, mean, torch.ones_like(mean))
+
+
+def calibrate_activation_limits(scores: Dict[str, torch.Tensor], checks: Sequence[str], k: int, headroom: float = 0.0) -> Dict[str, object]:
+    """Limits of ``checks`` from clean scores (:func:`activation_scores`): a float per check, a tuple for ``layer_density``.
+
+    ``headroom`` moves each limit above its order statistic by that share of the statistic's spread
+    (order statistic − median), see :func:`order_limit`.
+    """
+    limits: Dict[str, object] = {}
+    for name in checks:
+        if name == "layer_density":
+            scale = layer_scale(scores[name])
+            tau = order_limit((scores[name].double() / scale).max(1).values, k, headroom)
+            limits[name] = tuple(float(v) for v in (tau * scale).clamp(max=1.0))
+        else:
+            limits[name] = order_limit(scores[name], k, headroom)
+    return limits
+
+
+def leave_one_out_rejected(scores: Dict[str, torch.Tensor], checks: Sequence[str], k: int, headroom: float = 0.0) -> torch.Tensor:
+    """Which calibration digits a policy calibrated on the *other* N−1 digits would reject (bool, shape (N,)).
+
+    Only a digit among the top k+1 of a check's statistic can fail that check in such a policy, and
+    its limit is then built on the (k+2)-th largest value, so no refit is needed. The mean is the
+    split-conformal estimate of the false-positive rate from the calibration digits alone. The
+    median inside the headroom and the per-layer means of ``layer_density`` are kept from all N
+    digits (a negligible difference).
+    """
+    n = len(next(iter(scores.values())))
+    rejected = torch.zeros(n, dtype=torch.bool)
+    if n < 2:
+        return rejected
+    for name in checks:
+        v = scores[name].double()
+        if name == "layer_density":
+            v = (v / layer_scale(v)).max(1).values
+        ranked = torch.sort(v, descending=True).values
+        q = float(ranked[min(k + 1, n - 1)])
+        limit = q + headroom * max(q - float(v.median()), 0.0)
+        rejected |= (v >= ranked[min(k, n - 1)]) & (v > limit)
+    return rejected
+
+
+def violated(scores: Dict[str, torch.Tensor], limits: Dict[str, object]) -> Dict[str, torch.Tensor]:
+    """Per check, which images exceed their limit (bool, shape (B,)); checks whose limit is None are skipped."""
+    out = {}
+    for name in ACTIVATION_CHECKS:
+        limit = limits.get(name)
+        if limit is None:
+            continue
+        if name == "layer_density":
+            out[name] = (scores[name].double() > torch.tensor(limit, dtype=torch.float64)).any(1)
+        else:
+            out[name] = scores[name].double() > limit
+    return out
