@@ -47,8 +47,9 @@ class PolicySettings:
         gaussian: the seed's Gaussian sponges per scale (clipped to [0, 1]).
         gaussian_scales: their standard deviations.
         steps: gradient-ascent steps of the crafted sponges.
-        lr: per-pixel step of the ascent.
-        objective: ``l2`` (activation energy) or ``l0`` (activation density) for the crafted sponges.
+        lr: step of the ascent (per pixel for ``sign``, Adam's step size for ``adam``).
+        variants: ``[optimizer, objective]`` pairs the crafted sponges cycle through (sponge *i* uses variant *i* mod n):
+            ``sign``/``adam`` × ``l2`` (activation energy) / ``l0`` (activation density), like the SpongeCallback.
         operating_point: label of the point that is the deployed configuration (marked in the figure).
     """
 
@@ -58,15 +59,17 @@ class PolicySettings:
     gaussian_scales: tuple = (0.5, 1.0, 2.0, 5.0)
     steps: int = 20
     lr: float = 0.01
-    objective: str = "l2"
+    variants: tuple = (("sign", "l2"), ("sign", "l0"), ("adam", "l2"), ("adam", "l0"))
     operating_point: Optional[str] = None
 
     def __post_init__(self) -> None:
         for name in ("crafted", "gaussian", "steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"policy.{name} must be an integer >= 1; got {getattr(self, name)!r}")
-        if self.objective not in ("l2", "l0"):
-            raise ConfigError(f"policy.objective must be 'l2' or 'l0'; got {self.objective!r}")
+        pairs = [tuple(v) for v in self.variants] if isinstance(self.variants, (list, tuple)) else []
+        if not pairs or any(len(v) != 2 or v[0] not in ("sign", "adam") or v[1] not in ("l2", "l0") for v in pairs):
+            raise ConfigError(f"policy.variants must be a list of [sign|adam, l2|l0] pairs; got {self.variants!r}")
+        self.variants = tuple(pairs)
         self.gaussian_scales = tuple(float(s) for s in self.gaussian_scales)
 
 
@@ -147,7 +150,16 @@ class PolicyEvaluator:
             cfg, gen = self.cfg, torch.Generator().manual_seed(seed)
             digits = self.calib[torch.randperm(len(self.calib), generator=gen)[: cfg.crafted]]
             starts = torch.cat([torch.rand((cfg.crafted, *self.calib.shape[1:]), generator=gen), digits])
-            crafted = craft_sponges(self.net, starts, steps=cfg.steps, lr=cfg.lr, objective=cfg.objective, clamp=True)
+            variants = [cfg.variants[i % len(cfg.variants)] for i in range(len(starts))]
+            crafted = craft_sponges(
+                self.net,
+                starts,
+                steps=cfg.steps,
+                lr=cfg.lr,
+                optimizer=[v[0] for v in variants],
+                objective=[v[1] for v in variants],
+                clamp=True,
+            )
             gaussian = gaussian_sponges(cfg.gaussian, list(cfg.gaussian_scales), gen, shape=tuple(self.calib.shape[1:]), clamp=True)
             self._sponges[seed] = {"crafted": crafted, "gaussian": gaussian}
         return self._sponges[seed]
