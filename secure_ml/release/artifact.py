@@ -40,7 +40,7 @@ MANIFEST_KEYS = {
     "version": None,
     "net": frozenset({"class_path", "init_args"}),
     "weights": frozenset({"file", "sha256"}),
-    "input_policy": frozenset(f.name for f in fields(InputPolicy)),
+    "input_policy": frozenset(f.name for f in fields(InputPolicy)) | {"version"},  # InputPolicy.to_dict() carries its format version
     "privacy": LEDGER_KEYS,
 }
 
