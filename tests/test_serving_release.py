@@ -33,6 +33,8 @@ ALLOWED = {
     "input_policy.max_variance",
     "input_policy.max_energy",
     "input_policy.max_density",
+    "input_policy.max_layer_density",  # the sponge merge's per-layer density limits
+    "input_policy.version",  # InputPolicy.to_dict()'s format version
     "privacy.dp",
     "privacy.accountant",
     "privacy.noise_multiplier",
