@@ -1,4 +1,5 @@
-"""The book-keeping (BK) pieces of ``train_step.py``: the ``bk+fgsm`` step, its equality check, and peak-memory probes.
+"""The book-keeping (BK) pieces of ``train_step.py``: its equality check and peak-memory probes (the ``bk+fgsm`` step itself is
+``secure_ml.privacy.steps.dp_step`` in mode ``bk``, like every DP variant there).
 
 Peak memory: each variant runs in its own subprocess (``train_step.py --memory-probe NAME``) so
 that no variant inherits another's freed-but-cached memory. The probe builds the variants, keeps
@@ -26,25 +27,8 @@ import torch
 from secure_ml.adversarial import mixed_loss
 from secure_ml.attacks import fgsm
 from secure_ml.models import SmallCNN
-from secure_ml.privacy.bookkeeping import BookKeepingClipper, BookKeepingDPOptimizer
+from secure_ml.privacy.bookkeeping import BookKeepingClipper
 from secure_ml.privacy.reference import ReferenceDPOptimizer, per_sample_gradients
-
-
-def bk_variant(
-    net: torch.nn.Module, opt: torch.optim.Optimizer, x, y, epsilon: float, ratio: float, expected_batch_size: float
-) -> Callable:
-    """The ``bk+fgsm`` step: FGSM (no recording), the training forward recorded, one backward, clipped sum, noise, step."""
-    bk = BookKeepingDPOptimizer(opt, BookKeepingClipper(net, max_grad_norm=1.0), 1.0, expected_batch_size, torch.Generator().manual_seed(0))
-
-    def step():
-        x_adv = fgsm(net, x, y, epsilon)
-        with bk.recording():
-            per_sample, _ = mixed_loss(net, x, y, x_adv, ratio)
-        bk.backward(per_sample)
-        bk.step()
-        bk.zero_grad()
-
-    return step
 
 
 def bk_equals_reference(init: Dict[str, torch.Tensor], x, y, epsilon: float, ratio: float) -> float:

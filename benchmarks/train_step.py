@@ -10,13 +10,18 @@ A step is forward, backward, optimizer step and zero_grad, with SGD(lr=0.01, mom
 
 1. ``plain``           cross-entropy on the clean batch.
 2. ``plain+fgsm``      FGSM examples (ε = 0.0308), adversarial-only loss (the project's ratio 1.0).
-3. ``opacus-hooks+fgsm`` Opacus with materialised per-sample gradients (``grad_sample_mode: hooks``, the mode for
-                       mixed clean/adversarial losses and DDP): the attack with hooks off, forward, backward, step.
-3b. ``opacus-ghost+fgsm`` Opacus ghost clipping (``grad_sample_mode: ghost``, the project's default when each sample
-                       has one forward, as in the capstone): norms without per-sample gradients, two backward passes.
-4. ``ref-dp+fgsm``     the project's ``backend="reference"`` path: ``per_sample_gradients`` + ``ReferenceDPOptimizer``.
+3. ``opacus-hooks+fgsm`` DP mode ``hooks``: Opacus with materialised per-sample gradients (the mode for mixed
+                       clean/adversarial losses and DDP).
+3b. ``opacus-ghost+fgsm`` DP mode ``ghost``: Opacus ghost clipping (the default when each sample has one forward,
+                       as in the capstone): norms without per-sample gradients, two backward passes.
+4. ``ref-dp+fgsm``     DP mode ``reference``: ``per_sample_gradients`` (torch.func) + ``ReferenceDPOptimizer``.
 5. ``seed-loop+fgsm``  the seed notebook's ``dp_sgd_step`` (a Python loop over samples, per-tensor clipping).
-6. ``bk+fgsm``         book-keeping clipping (:mod:`secure_ml.privacy.bookkeeping`): norms and clipped sum from one backward.
+6. ``bk+fgsm``         DP mode ``bk``: book-keeping clipping (:mod:`secure_ml.privacy.bookkeeping`): norms and clipped sum
+                       from one backward (the default, ``--model.dp.backend auto``, wherever the net's layers allow it).
+
+The DP variants call :func:`secure_ml.privacy.steps.dp_step`, the very function ``SecureClassifier.training_step``
+calls (attack with the mode's hooks off, zero_grad, forward, backward, noise reseed, optimizer step), so the
+benchmark cannot drift from what users run.
 
 Every variant times a step on the same fixed batch. Variants are interleaved step by step (the order
 rotating every round) so machine noise hits them alike; the table reports medians, and then checks the
@@ -28,14 +33,13 @@ large per-sample gradient buffers rather than arithmetic.
 """
 
 import argparse
-import ctypes
 import json
 import statistics
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -43,22 +47,30 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bk_bench import bk_equals_reference, bk_variant, measure_memory, memory_probe  # noqa: E402 (this folder is on sys.path)
+from bk_bench import bk_equals_reference, measure_memory, memory_probe  # noqa: E402 (this folder is on sys.path)
 from opacus.data_loader import DPDataLoader  # noqa: E402
-from torch import nn  # noqa: E402
+from seed_notebook import dp_sgd_step  # noqa: E402
+from step_timing import keep_large_blocks_in_heap, measure  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from secure_ml.adversarial import mixed_loss  # noqa: E402
+from secure_ml.adversarial import AdversarialConfig, mixed_loss  # noqa: E402
 from secure_ml.attacks import fgsm  # noqa: E402
 from secure_ml.data.mnist import load_mnist  # noqa: E402
 from secure_ml.models import SmallCNN  # noqa: E402
 from secure_ml.privacy.config import DPConfig  # noqa: E402
 from secure_ml.privacy.engine import make_private  # noqa: E402
-from secure_ml.privacy.reference import per_sample_gradients  # noqa: E402
+from secure_ml.privacy.steps import dp_step  # noqa: E402
 
 EPSILON = 0.0308  # the seed's 0.1 in normalised units, in pixel units
 RATIO = 1.0  # the project's default: adversarial-only loss
 POOL = 8000  # digits behind the Poisson loader (sets the sample rate, hence the expected batch size)
+# variant name → (--model.dp.backend, step mode); each runs secure_ml.privacy.steps.dp_step, the code SecureClassifier runs
+DP_VARIANTS = {
+    "opacus-hooks+fgsm": ("opacus", "hooks"),
+    "opacus-ghost+fgsm": ("opacus", "ghost"),
+    "ref-dp+fgsm": ("reference", "reference"),
+    "bk+fgsm": ("bk", "bk"),
+}
 warnings.filterwarnings("ignore", message="Secure RNG turned off")  # Opacus, once per make_private
 warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opacus hooks; the input needs no grad
 
@@ -66,29 +78,6 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing")  # Opa
 class SeedConfig:
     clip_norm = 1.0
     noise_multiplier = 1.0
-
-
-def dp_sgd_step(model, data, target, config):
-    """The seed notebook's DP step, verbatim: a per-sample Python loop and per-tensor clipping."""
-    criterion = nn.CrossEntropyLoss(reduction="none")
-    per_sample_grads = []
-    for i in range(data.size(0)):
-        model.zero_grad()
-        output = model(data[i : i + 1])
-        loss = criterion(output, target[i : i + 1]).mean()
-        loss.backward()
-        per_sample_grads.append([p.grad.detach().clone() for p in model.parameters()])
-    agg_grads = []
-    for param_i in range(len(per_sample_grads[0])):
-        stacked = torch.stack([g[param_i] for g in per_sample_grads], dim=0)
-        norms = torch.norm(stacked.view(stacked.size(0), -1), dim=1)
-        factors = torch.clamp(config.clip_norm / (norms + 1e-6), max=1.0)
-        stacked = stacked * factors.view(-1, *([1] * (stacked.dim() - 1)))
-        agg = stacked.mean(dim=0)
-        noise = torch.randn_like(agg) * (config.noise_multiplier * config.clip_norm / data.size(0))
-        agg_grads.append(agg + noise)
-    for param, grad in zip(model.parameters(), agg_grads):
-        param.grad = grad
 
 
 def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_size: int, device) -> Dict[str, Callable[[], None]]:
@@ -120,103 +109,29 @@ def build_variants(init: Dict[str, torch.Tensor], pool_x, pool_y, x, y, batch_si
         opt2.step()
         opt2.zero_grad()
 
-    net3, opt3 = fresh()
-    dp3 = make_private(net3, opt3, poisson_loader(), DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0), total_steps=1000)
+    adv = AdversarialConfig(epsilon=EPSILON, ratio=RATIO)
 
-    def opacus_fgsm():  # SecureClassifier._adversarial_batch + _common_step, then Lightning's step/zero_grad
-        with dp3.hooks_disabled():
-            x_adv = fgsm(net3, x, y, EPSILON)
-        per_sample, _ = mixed_loss(net3, x, y, x_adv, RATIO)
-        per_sample.mean().backward()
-        dp3.optimizer.step()
-        dp3.optimizer.zero_grad()
-
-    net6, opt6 = fresh()
-    dp6 = make_private(
-        net6,
-        opt6,
-        poisson_loader(),
-        DPConfig(enabled=True, noise_multiplier=1.0, max_grad_norm=1.0),
-        total_steps=1000,
-        grad_sample_mode="ghost",
-    )
-
-    def ghost_fgsm():  # SecureClassifier._ghost_dp_step: the project's default Opacus mode when ratio is 0 or 1
-        with dp6.hooks_disabled():
-            x_adv = fgsm(net6, x, y, EPSILON)
-        dp6.optimizer.zero_grad()
-        dp6.criterion(net6(x_adv), y).backward()
-        dp6.optimizer.step()
-
-    net4, opt4 = fresh()
-    dp4 = make_private(
-        net4, opt4, poisson_loader(), DPConfig(enabled=True, backend="reference", noise_multiplier=1.0, max_grad_norm=1.0), total_steps=1000
-    )
-
-    def sample_loss(forward, xi, yi, xai):  # as in SecureClassifier._reference_dp_step
-        loss, logits = mixed_loss(forward, xi[None], yi[None], xai[None], RATIO)
-        return loss.sum(), logits[0]
-
-    def reference_fgsm():
-        x_adv = fgsm(net4, x, y, EPSILON)
-        grads, _, _ = per_sample_gradients(net4, sample_loss, x, y, x_adv)
-        dp4.optimizer.set_grad_samples(list(grads.values()))
-        dp4.optimizer.step()
-        dp4.optimizer.zero_grad()
+    def private_variant(backend: str, mode: str) -> Callable[[], None]:
+        """The step users run: secure_ml.privacy.steps.dp_step in ``mode`` (attack with hooks off, forward, backward, noisy step)."""
+        net, opt = fresh()
+        cfg = DPConfig(enabled=True, backend=backend, noise_multiplier=1.0, max_grad_norm=1.0)
+        private = make_private(net, opt, poisson_loader(), cfg, total_steps=1000, mode=mode)
+        return lambda: dp_step(private, net, private.optimizer, x, y, adv)
 
     net5, opt5 = fresh()
 
     def seed_fgsm():
         x_adv = fgsm(net5, x, y, EPSILON)
-        dp_sgd_step(net5, x_adv, y, SeedConfig)
+        dp_sgd_step(net5, x_adv, y, SeedConfig, device)  # the seed notebook's own function (benchmarks/seed_notebook.py)
         opt5.step()
         opt5.zero_grad()
 
     variants["plain"] = plain
     variants["plain+fgsm"] = plain_fgsm
-    variants["opacus-hooks+fgsm"] = opacus_fgsm
-    variants["opacus-ghost+fgsm"] = ghost_fgsm
-    variants["ref-dp+fgsm"] = reference_fgsm
+    for name, (backend, mode) in DP_VARIANTS.items():
+        variants[name] = private_variant(backend, mode)
     variants["seed-loop+fgsm"] = seed_fgsm
-    variants["bk+fgsm"] = bk_variant(*fresh(), x, y, EPSILON, RATIO, dp4.expected_batch_size)
     return variants
-
-
-def measure(variants: Dict[str, Callable[[], None]], steps: int, warmup: int, device, budget_s: float) -> Dict[str, List[float]]:
-    """Per-step milliseconds of each variant; one step of every variant per round, the order rotating.
-
-    Stops after ``budget_s`` seconds of timed rounds (at least 3 rounds) so a busy machine cannot stall it.
-    """
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    names = list(variants)
-    for _ in range(warmup):
-        for name in names:
-            variants[name]()
-    sync()
-    times: Dict[str, List[float]] = {name: [] for name in names}
-    start = time.perf_counter()
-    for r in range(steps):
-        if r >= 3 and time.perf_counter() - start > budget_s:
-            break
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            variants[name]()
-            sync()
-            times[name].append((time.perf_counter() - t0) * 1e3)
-    return times
-
-
-def keep_large_blocks_in_heap() -> bool:
-    """glibc: serve big blocks from the heap instead of fresh mmaps, which page-fault on every first touch.
-
-    Opacus's (64, 128, 1568) per-sample fc1 gradient is 51 MB, above glibc's 32 MB ceiling for its
-    dynamic mmap threshold, so by default every step maps, faults in and unmaps it (and its copies).
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 1 << 30)) and bool(libc.mallopt(-1, 2**31 - 1))  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-    except (OSError, AttributeError):
-        return False
 
 
 def main(argv=None) -> int:

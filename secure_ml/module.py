@@ -1,25 +1,34 @@
-"""SecureClassifier: a LightningModule around a plain ``nn.Module`` with adversarial training and DP-SGD."""
+"""SecureClassifier: a LightningModule around a plain ``nn.Module`` with adversarial training and DP-SGD.
+
+With DP on, the step mode (``bk``, ``ghost``, ``hooks``, ``reference``; see :mod:`secure_ml.privacy.modes`)
+is resolved once in ``configure_optimizers`` and every training step is
+:func:`secure_ml.privacy.steps.dp_step` under manual optimization; without DP, Lightning's
+automatic optimization runs the plain (optionally adversarial) loss.
+"""
 
 import math
-from contextlib import nullcontext
 from dataclasses import asdict
 from typing import Any, Dict, Optional
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from opacus.optimizers import DistributedDPOptimizer, DPOptimizer
-from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler
+from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler, UniformWithReplacementSampler
 from torch import nn
 
 from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
+from secure_ml.checkpoint_io import install_safe_checkpoint_io
 from secure_ml.errors import ConfigError
 from secure_ml.models import SmallCNN
 from secure_ml.models.registry import describe_net
 from secure_ml.privacy.config import DPConfig
-from secure_ml.privacy.engine import PrivateTraining, epsilon_from_state, make_private, poisson_sample_rate, resolve_grad_sample_mode
+from secure_ml.privacy.engine import PrivateTraining, make_private, poisson_sample_rate
 from secure_ml.privacy.ledger import DP_STATE_KEY
-from secure_ml.privacy.reference import ReferenceDPOptimizer, per_sample_gradients
+from secure_ml.privacy.modes import resolve_mode
+from secure_ml.privacy.private import epsilon_from_state
+from secure_ml.privacy.selection import refresh_selected_checkpoints
+from secure_ml.privacy.steps import dp_step
 
 
 class SecureClassifier(LightningModule):
@@ -47,116 +56,91 @@ class SecureClassifier(LightningModule):
         self.scheduler_factory = scheduler
         self.adversarial = adversarial
         self.dp = dp
-        # The reference clipper needs the batch, not a scalar loss: it runs under manual optimization.
-        self.automatic_optimization = not (dp.enabled and dp.backend == "reference")
-        self.private: Optional[PrivateTraining] = None
-        self._resume_dp_state: Optional[Dict[str, Any]] = None
+        self.private: Optional[PrivateTraining] = None  # set by configure_optimizers when DP is on
+        self._loaded_dp_state: Optional[Dict[str, Any]] = None  # the accountant state of weights loaded from a checkpoint
         self.save_hyperparameters({"net": describe_net(self.net), "adversarial": asdict(adversarial), "dp": asdict(dp)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
     # ---- steps -------------------------------------------------------------------------
-    def _adversarial_batch(self, x: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
-        if not self.adversarial.active:
-            return None
-        hooks_off = self.private.hooks_disabled() if self.private is not None else nullcontext()
-        with hooks_off:  # the attack's backward must not write Opacus per-sample gradients
-            return adversarial_examples(self.net, x, y, self.adversarial)
-
-    def _common_step(self, batch, stage: str) -> torch.Tensor:
-        x, y = batch
-        x_adv = self._adversarial_batch(x, y) if stage == "train" else None
-        per_sample, logits = mixed_loss(self.net, x, y, x_adv, self.adversarial.ratio)
-        loss = per_sample.mean() if len(y) else per_sample.sum()  # an empty Poisson batch: 0, not NaN
-        self._log_step(stage, loss, logits, y)
-        return loss
-
-    def _reference_dp_step(self, batch) -> None:
-        x, y = batch
-        x_adv = self._adversarial_batch(x, y)
-        ratio = self.adversarial.ratio
-
-        def sample_loss(forward, xi, yi, xai):
-            loss, logits = mixed_loss(forward, xi[None], yi[None], xai[None] if x_adv is not None else None, ratio)
-            return loss.sum(), logits[0]
-
-        grads, losses, logits = per_sample_gradients(self.net, sample_loss, x, y, x_adv if x_adv is not None else x)
-        opt = self.optimizers()
-        opt.optimizer.set_grad_samples(list(grads.values()))
-        opt.step()
-        opt.zero_grad()
-        if len(y):
-            self._log_step("train", losses.mean(), logits, y)
-
-    def _log_step(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        if len(y) == 0:
+    def _log_step(self, stage: str, loss: Optional[torch.Tensor], logits: Optional[torch.Tensor], y: torch.Tensor) -> None:
+        if loss is None or len(y) == 0:
             return
         acc = (logits.argmax(dim=1) == y).float().mean()
         sync = self.trainer.world_size > 1  # per-rank batch means → one mean over ranks
         self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=sync)
         self.log(f"{stage}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(y), sync_dist=sync)
 
-    def _ghost_dp_step(self, batch) -> None:
-        """Opacus ghost clipping: per-sample norms without materialising per-sample gradients (one forward)."""
+    def _eval_step(self, batch, stage: str) -> torch.Tensor:
         x, y = batch
-        x_adv = self._adversarial_batch(x, y)  # ratio is 0 or 1 here: one input per sample
-        opt = self.optimizers()
-        opt.zero_grad()
-        if len(y):
-            logits = self.net(x_adv if x_adv is not None else x)
-            loss = self.private.criterion(logits, y)
-            loss.backward()  # Opacus runs both passes: norms, then the backward of the clipped loss
-        else:
-            for p in self.net.parameters():  # an empty Poisson batch: a noise-only step, like the other backends
-                p.grad = torch.zeros_like(p)
-        opt.step()
-        if len(y):
-            self._log_step("train", loss.detach(), logits, y)
+        logits = self.net(x)
+        loss = F.cross_entropy(logits, y)
+        self._log_step(stage, loss, logits, y)
+        return loss
 
     def training_step(self, batch, batch_idx):
-        if not self.automatic_optimization:
-            return self._ghost_dp_step(batch) if self.private.ghost else self._reference_dp_step(batch)
-        return self._common_step(batch, "train")
+        x, y = batch
+        if self.private is not None:  # DP: every mode drives its own optimizer step (manual optimization)
+            result = dp_step(self.private, self.net, self.optimizers(), x, y, self.adversarial)
+            if result is not None:
+                self._log_step("train", result.loss, result.logits, y)
+            return None
+        x_adv = adversarial_examples(self.net, x, y, self.adversarial) if self.adversarial.active else None
+        per_sample, logits = mixed_loss(self.net, x, y, x_adv, self.adversarial.ratio)
+        loss = per_sample.mean()
+        self._log_step("train", loss, logits, y)
+        return loss
 
     def validation_step(self, batch, batch_idx):
-        return self._common_step(batch, "val")
+        return self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx):
-        return self._common_step(batch, "test")
+        return self._eval_step(batch, "test")
 
     def predict_step(self, batch, batch_idx):
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
         return torch.softmax(self.net(x), dim=1)
 
     # ---- optimisation and DP -----------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        install_safe_checkpoint_io(self.trainer.strategy)  # --ckpt_path never unpickles code (runs before Lightning restores it)
+
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
         optimizer = factory(self.net.parameters())
         if self.dp.enabled:
-            self._check_trainer_for_dp()
-            estimated = self.trainer.estimated_stepping_batches  # also makes Lightning load the train loader
-            total_steps = int(estimated) if math.isfinite(estimated) else 0  # 0: unbounded (max_epochs -1)
-            if self.trainer.train_dataloader is None:  # unbounded runs return before loading it
-                self.trainer.fit_loop.setup_data()
-            if self.private is not None:
-                self.private.close()
-            loader = self.trainer.train_dataloader
-            distributed = self.trainer.world_size > 1
-            if distributed:
-                self._check_distributed_dp(loader)
-            module = self.trainer.strategy.model if distributed else None  # the DDP wrapper → Opacus's distributed optimizer
-            single_forward = not self.adversarial.active or self.adversarial.ratio == 1.0
-            mode = resolve_grad_sample_mode(self.dp, single_forward, distributed)
-            self.private = make_private(
-                self.net, optimizer, loader, self.dp, total_steps, self._resume_dp_state, module=module, grad_sample_mode=mode
-            )
-            optimizer = self.private.optimizer
-            # Ghost clipping and the reference clipper need the batch itself, not a scalar loss: manual optimization.
-            self.automatic_optimization = not (self.private.ghost or self.dp.backend == "reference")
+            optimizer = self._make_private(optimizer).optimizer
+        # The one place this is decided: every DP mode takes its own optimizer step (dp_step).
+        self.automatic_optimization = self.private is None
         if self.scheduler_factory is not None:
             return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
         return optimizer
+
+    def _make_private(self, optimizer: torch.optim.Optimizer) -> PrivateTraining:
+        """Resolve the DP mode once and wrap ``optimizer``; the accountant continues from the weights' own history."""
+        self._check_trainer_for_dp()
+        estimated = self.trainer.estimated_stepping_batches  # also makes Lightning load the train loader
+        total_steps = int(estimated) if math.isfinite(estimated) else 0  # 0: unbounded (max_epochs -1)
+        if self.trainer.train_dataloader is None:  # unbounded runs return before loading it
+            self.trainer.fit_loop.setup_data()
+        state = self.dp_state()  # a loaded checkpoint's, or this module's previous fit's: never restart the accountant
+        if self.private is not None:
+            self.private.close()
+        loader = self.trainer.train_dataloader
+        distributed = self.trainer.world_size > 1
+        if distributed:
+            self._check_distributed_dp(loader)
+        mixed = self.adversarial.active and 0 < self.adversarial.ratio < 1
+        mode = resolve_mode(self.dp, mixed=mixed, distributed=distributed, net=self.net)
+        module = self.trainer.strategy.model if distributed else None  # the DDP wrapper → clipped sums all-reduced, noise once
+        self.private = make_private(self.net, optimizer, loader, self.dp, total_steps, state, module=module, mode=mode)
+        self._loaded_dp_state = None
+        return self.private
+
+    def dp_state(self) -> Optional[Dict[str, Any]]:
+        """The accountant state of the current weights: the live run's, else the loaded checkpoint's; None without DP."""
+        return self.private.state_dict() if self.private is not None else self._loaded_dp_state
 
     def _check_trainer_for_dp(self) -> None:
         trainer = self.trainer
@@ -170,8 +154,6 @@ class SecureClassifier(LightningModule):
             )
 
     def _check_distributed_dp(self, loader) -> None:
-        if self.dp.backend != "opacus":
-            raise ConfigError("--model.dp.backend reference runs in one process; use --model.dp.backend opacus with --trainer.devices > 1")
         if not isinstance(getattr(loader, "batch_sampler", None), DistributedUniformWithReplacementSampler):
             raise ConfigError(
                 "DP under several processes needs each rank's own Poisson sampler; set --trainer.use_distributed_sampler false "
@@ -181,23 +163,32 @@ class SecureClassifier(LightningModule):
             raise ConfigError("DP with several devices is supported with --trainer.strategy ddp (DistributedDataParallel)")
 
     def on_train_start(self) -> None:
+        loader = self.trainer.train_dataloader
         if not self.dp.enabled:
+            if isinstance(
+                getattr(loader, "batch_sampler", None), (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler)
+            ):
+                raise ConfigError("--data.poisson_sampling true without --model.dp.enabled draws empty batches for nothing; set it false")
             return
-        expected = DPOptimizer if self.dp.backend == "opacus" else ReferenceDPOptimizer
-        if self.trainer.world_size > 1:
-            expected = DistributedDPOptimizer  # all-reduces the clipped, noised gradient (noise added once)
         optimizers = self.trainer.optimizers
-        if self.private is None or len(optimizers) != 1 or not isinstance(optimizers[0], expected):
+        if self.private is None or len(optimizers) != 1 or optimizers[0] is not self.private.optimizer:
             found = ", ".join(type(o).__name__ for o in optimizers) or "none"
             raise ConfigError(
-                f"--model.dp.enabled is true but training would use {found}, not a {expected.__name__}: the run would not be private. "
+                f"--model.dp.enabled is true but training would use {found}, not the DP optimizer: the run would not be private. "
                 "Set the optimizer with --model.optimizer, not a top-level --optimizer"
             )
-        poisson_sample_rate(self.trainer.train_dataloader)
+        poisson_sample_rate(loader)
+
+    def on_train_batch_start(self, batch, batch_idx) -> Optional[int]:
+        # The privacy budget is spent (dp_step would refuse anyway): skip the rest of the epoch without reading the batches.
+        return -1 if self.private is not None and self.private.exhausted else None
+
+    def on_train_epoch_start(self) -> None:
+        self._refresh_selection()  # the previous epoch's checkpoints are saved and compared by now
 
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization and self.scheduler_factory is not None:
-            self.lr_schedulers().step()  # manual optimization (reference DP backend): Lightning leaves schedulers to us
+            self.lr_schedulers().step()  # manual optimization (every DP mode): Lightning leaves schedulers to us
         sync = self.trainer.world_size > 1  # the values below are identical on every rank; syncing only silences Lightning
         if self.private is not None:
             eps = self.private.epsilon(self.dp.delta)
@@ -209,9 +200,18 @@ class SecureClassifier(LightningModule):
         if report is not None and poisoned is not None:
             self.log_dict({"poison/precision": report.precision, "poison/recall": report.recall, "poison/f1": report.f1}, sync_dist=sync)
 
+    def on_train_end(self) -> None:
+        self._refresh_selection()  # after the last epoch's checkpoints (ModelCheckpoint saves before this hook)
+
+    def _refresh_selection(self) -> None:
+        """Files a monitored ModelCheckpoint keeps were chosen by comparing every model so far: their ε must cover all those steps."""
+        if self.private is not None and self.trainer.is_global_zero:
+            monitored = [cb for cb in self.trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
+            refresh_selected_checkpoints([p for cb in monitored for p in cb.best_k_models], self.private.steps)
+
     def on_test_epoch_end(self) -> None:
-        # The accountant's ε of the checkpoint under test, so the scorecard reports it next to the attacks.
-        state = self.private.state_dict() if self.private is not None else self._resume_dp_state
+        # ε of the checkpoint under test over its selection steps, so the scorecard and the gates report what a release costs.
+        state = self.dp_state()
         eps = epsilon_from_state(state, self.dp.delta) if state is not None else None
         if eps is not None:
             self.log("privacy/epsilon", eps, sync_dist=self.trainer.world_size > 1)
@@ -221,9 +221,12 @@ class SecureClassifier(LightningModule):
             checkpoint[DP_STATE_KEY] = self.private.state_dict()
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        self._resume_dp_state = checkpoint.get(DP_STATE_KEY)
+        self._loaded_dp_state = checkpoint.get(DP_STATE_KEY)
+        if self.private is not None:  # the loaded weights replace the live run's: their own accountant state counts now
+            self.private.close()
+            self.private = None
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
-        if fitting and self.dp.enabled and self._resume_dp_state is None:
+        if fitting and self.dp.enabled and self._loaded_dp_state is None:
             raise ConfigError(
                 "--ckpt_path holds no privacy-accountant state (it was not trained with DP, or by an older version); "
                 "resuming it with --model.dp.enabled would report a wrong ε. Start a fresh DP run instead"

@@ -1,6 +1,6 @@
 """One DP training run for tests/test_ddp.py, launched as a script so Lightning's DDP can spawn ranks.
 
-    python tests/_ddp_job.py --data DIR --out DIR --devices 2 [--fixed] [--noise 0] [--batch-size 32]
+    python tests/_ddp_job.py --data DIR --out DIR --devices 2 [--backend opacus|bk] [--fixed] [--noise 0] [--batch-size 32]
 
 ``--fixed`` replaces the Poisson draw by a fixed sequence of *global* batches (rank r
 takes every world_size-th index of each), so 1- and 2-process runs see the same global
@@ -52,6 +52,7 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=2)
     ap.add_argument("--fixed", action="store_true")
     ap.add_argument("--noise", type=float, default=1.0)
+    ap.add_argument("--backend", default="opacus", help="--model.dp.backend (opacus → hooks under DDP; bk)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--scorecard", action="store_true", help="add the security callbacks")
@@ -80,7 +81,7 @@ def main() -> None:
             return DataLoader(loader.dataset, batch_sampler=sampler, collate_fn=loader.collate_fn)
 
         dm.train_dataloader = fixed_loader
-    dp = DPConfig(enabled=True, noise_seed=0)
+    dp = DPConfig(enabled=True, backend=a.backend, noise_seed=0)
     dp.noise_multiplier = a.noise  # σ = 0 is refused by validation; the equivalence test needs it
     torch.manual_seed(0)
     model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.05, ratio=0.5), dp=dp)
@@ -120,6 +121,7 @@ def main() -> None:
             "steps": model.private.steps,
             "sample_rate": model.private.sample_rate,
             "optimizer": type(trainer.optimizers[0]).__name__,
+            "mode": model.private.mode,
             "empty": counter.empty,
             "global_step": trainer.global_step,
             "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},

@@ -109,7 +109,12 @@ def test_equals_reference_and_opacus(net_cls, dtype, kwargs, ratio):
         DataLoader(TensorDataset(x_all, y_all), batch_size=B), generator=torch.Generator().manual_seed(0)
     )
     opacus = make_private(
-        nets[1], torch.optim.SGD(nets[1].parameters(), lr=0.1), loader, DPConfig(noise_multiplier=0.0, max_grad_norm=clip), 10
+        nets[1],
+        torch.optim.SGD(nets[1].parameters(), lr=0.1),
+        loader,
+        DPConfig(backend="opacus", noise_multiplier=0.0, max_grad_norm=clip),
+        10,
+        mode="hooks",
     )
     mixed_loss(nets[1], x, y, x_adv, ratio)[0].mean().backward()  # Opacus hooks: loss mean, per-sample grads × B inside
     opacus_norms = torch.stack([p.grad_sample.flatten(1).norm(dim=1) for p in nets[1].parameters()], 1).norm(dim=1)

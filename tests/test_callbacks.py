@@ -130,7 +130,7 @@ def test_privacy_budget_stops_before_epsilon_passes_it(tiny_mnist, tmp_path):
 
 def test_dashboard_and_hparams_in_tensorboard_and_policy_in_checkpoint(tiny_mnist, tmp_path):
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    cbs = _callbacks()
+    cbs = _callbacks(figure_every_n_epochs=1)  # the default draws it once, at the end of fit (tests/test_callback_cost.py)
     trainer = _trainer(tmp_path, cbs, epochs=2, logger=logger)
     trainer.fit(SecureClassifier(), _dm(tiny_mnist))
     ea = EventAccumulator(logger.log_dir)

@@ -57,6 +57,29 @@ def test_poisson_ddp_survives_empty_batches_and_accounts_globally(tmp_path):
     assert ranks[0]["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
 
 
+@pytest.mark.parametrize("noise", ["0", "1"])
+def test_book_keeping_two_processes_equal_one_process(tmp_path, noise):
+    """Same global batches, same noise seed: equal only if the clipped sums are summed across ranks and the noise is added once."""
+    two = _run(tmp_path, "two", "--devices", "2", "--fixed", "--noise", noise, "--backend", "bk")
+    one = _run(tmp_path, "one", "--devices", "1", "--fixed", "--noise", noise, "--backend", "bk")
+    assert [r["mode"] for r in two + one] == ["bk"] * 3
+    assert torch.equal(two[0]["params"], two[1]["params"])  # identical on every rank
+    assert two[0]["global_step"] == one[0]["global_step"] > 0
+    assert torch.allclose(two[0]["params"], one[0]["params"], atol=1e-6, rtol=0), (two[0]["params"] - one[0]["params"]).abs().max()
+
+
+def test_book_keeping_poisson_ddp_survives_empty_batches_and_accounts_globally(tmp_path):
+    ranks = _run(tmp_path, "poisson", "--devices", "2", "--batch-size", "2", "--backend", "bk")
+    assert [r["mode"] for r in ranks] == ["bk", "bk"]
+    assert torch.equal(ranks[0]["params"], ranks[1]["params"])
+    assert ranks[0]["steps"] == ranks[1]["steps"] == ranks[0]["global_step"] == 200
+    assert ranks[0]["empty"] + ranks[1]["empty"] > 0
+    acc = create_accountant("prv")
+    acc.history = [(1.0, ranks[0]["sample_rate"], ranks[0]["steps"])]
+    assert ranks[0]["sample_rate"] == pytest.approx(1 / 200)
+    assert ranks[0]["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
+
+
 def test_scorecard_callbacks_under_ddp_agree_across_ranks(tmp_path):
     ranks = _run(tmp_path, "scorecard", "--devices", "2", "--scorecard")
     assert len(ranks) == 2

@@ -52,8 +52,8 @@ def test_reference_matches_opacus_with_zero_noise(ratio):
     clip = float(norms.median())  # some samples clipped, some not: both branches exercised
     cfg = DPConfig(noise_multiplier=0.0, max_grad_norm=clip)
 
-    priv = make_private(opacus_net, torch.optim.SGD(opacus_net.parameters(), lr=0.1), loader, cfg, total_steps=10)
-    with priv.hooks_disabled():  # the project's pattern: the attack runs with hooks off
+    priv = make_private(opacus_net, torch.optim.SGD(opacus_net.parameters(), lr=0.1), loader, cfg, total_steps=10, mode="hooks")
+    with priv.attack_context():  # the project's pattern: the attack runs with hooks off
         x_adv = adversarial_examples(opacus_net, x, y, adv)
     assert all(getattr(p, "grad_sample", None) is None for p in opacus_net.parameters()), (
         "the attack polluted Opacus's per-sample gradients"
@@ -86,7 +86,7 @@ def test_attack_without_disabled_hooks_would_pollute():
     """Negative control: the check above can fail."""
     x_all, y_all = _data()
     net = SmallCNN()
-    priv = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), _poisson_loader(x_all, y_all), DPConfig(), 10)
+    priv = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), _poisson_loader(x_all, y_all), DPConfig(), 10, mode="hooks")
     x, _y = x_all[:8], y_all[:8]
     with torch.enable_grad():
         net(x.clone().requires_grad_(True)).sum().backward()
@@ -165,10 +165,10 @@ def test_ghost_clipping_matches_reference_with_zero_noise():
         loader,
         DPConfig(noise_multiplier=0.0, max_grad_norm=clip),
         10,
-        grad_sample_mode="ghost",
+        mode="ghost",
     )
-    assert priv.ghost
-    with priv.hooks_disabled():
+    assert priv.mode == "ghost"
+    with priv.attack_context():
         x_adv = adversarial_examples(ghost_net, x, y, adv)
     priv.criterion(ghost_net(x_adv), y).backward()
     priv.optimizer.pre_step()
@@ -186,14 +186,37 @@ def test_ghost_clipping_matches_reference_with_zero_noise():
     priv.close()
 
 
-def test_ghost_mode_is_resolved_or_refused():
-    from secure_ml.privacy.engine import resolve_grad_sample_mode
+def test_mode_is_resolved_once_or_refused_with_the_flag():
+    from secure_ml.privacy.modes import resolve_mode
 
-    assert resolve_grad_sample_mode(DPConfig(), single_forward=True, distributed=False) == "ghost"
-    assert resolve_grad_sample_mode(DPConfig(), single_forward=False, distributed=False) == "hooks"
-    assert resolve_grad_sample_mode(DPConfig(), single_forward=True, distributed=True) == "hooks"
-    assert resolve_grad_sample_mode(DPConfig(grad_sample_mode="hooks"), single_forward=True, distributed=False) == "hooks"
+    def name(cfg, mixed, distributed):
+        return resolve_mode(cfg, mixed=mixed, distributed=distributed).name
+
+    for mixed in (False, True):  # the default (backend auto): book-keeping, which mixes and runs under DDP
+        for distributed in (False, True):
+            assert name(DPConfig(), mixed=mixed, distributed=distributed) == "bk"
+    opacus = DPConfig(backend="opacus")
+    assert name(opacus, mixed=False, distributed=False) == "ghost"
+    assert name(opacus, mixed=True, distributed=False) == "hooks"
+    assert name(opacus, mixed=False, distributed=True) == "hooks"
+    assert name(DPConfig(grad_sample_mode="hooks"), mixed=False, distributed=False) == "hooks"  # an Opacus mode asked for: Opacus
+    assert name(DPConfig(backend="reference"), mixed=True, distributed=False) == "reference"
     with pytest.raises(ConfigError, match="--model.adversarial.ratio"):
-        resolve_grad_sample_mode(DPConfig(grad_sample_mode="ghost"), single_forward=False, distributed=False)
+        resolve_mode(DPConfig(grad_sample_mode="ghost"), mixed=True, distributed=False)
+    with pytest.raises(ConfigError, match="--model.dp.grad_sample_mode ghost runs in one process"):
+        resolve_mode(DPConfig(grad_sample_mode="ghost"), mixed=False, distributed=True)
+    with pytest.raises(ConfigError, match="--model.dp.backend reference runs in one process"):
+        resolve_mode(DPConfig(backend="reference"), mixed=False, distributed=True)
     with pytest.raises(ConfigError, match="--model.dp.grad_sample_mode"):
         DPConfig(grad_sample_mode="ghost", backend="reference")
+
+
+def test_auto_falls_back_to_opacus_for_layers_book_keeping_cannot_clip():
+    from secure_ml.privacy.modes import resolve_mode
+
+    net = torch.nn.Sequential(torch.nn.Conv1d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 782, 10))  # Opacus: yes; BK: no
+    assert resolve_mode(DPConfig(), mixed=False, distributed=False, net=net).name == "ghost"
+    assert resolve_mode(DPConfig(), mixed=True, distributed=False, net=net).name == "hooks"
+    assert resolve_mode(DPConfig(), mixed=False, distributed=False, net=SmallCNN()).name == "bk"
+    with pytest.raises(ConfigError, match=r"layer '0' \(Conv1d\).*--model.dp.backend opacus"):
+        resolve_mode(DPConfig(backend="bk"), mixed=False, distributed=False, net=net)

@@ -40,6 +40,7 @@ ALLOWED = {
     "privacy.noise_multiplier",
     "privacy.sample_rate",
     "privacy.steps",
+    "privacy.selection_steps",  # steps that influenced which checkpoint was kept (issue 9, item 3)
     "privacy.delta",
     "privacy.epsilon",
 }

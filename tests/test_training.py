@@ -11,6 +11,7 @@ from secure_ml.adversarial import AdversarialConfig
 from secure_ml.data import MNISTDataModule, PoisonConfig, SanitizerConfig
 from secure_ml.errors import ConfigError
 from secure_ml.module import DP_STATE_KEY, SecureClassifier
+from secure_ml.privacy.bookkeeping import BookKeepingDPOptimizer
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import make_private, poisson_sample_rate
 from secure_ml.privacy.reference import ReferenceDPOptimizer
@@ -50,7 +51,7 @@ def _expected_epsilon(sigma, q, steps, delta, mechanism):
     return acc.get_epsilon(delta=delta)
 
 
-@pytest.mark.parametrize("backend, mechanism", [("opacus", "prv"), ("reference", "rdp")])
+@pytest.mark.parametrize("backend, mechanism", [("opacus", "prv"), ("reference", "rdp"), ("bk", "prv")])
 def test_dp_fit_logs_accountant_epsilon_with_poisson_sampling(tiny_mnist, tmp_path, backend, mechanism):
     model = _model(backend, accountant=mechanism)
     trainer = _trainer(tmp_path, epochs=2)
@@ -130,11 +131,12 @@ def test_dp_refuses_shuffled_loader_and_gradient_clipping(tiny_mnist, tmp_path):
 
 
 def test_user_optimizer_is_wrapped_by_dp(tiny_mnist, tmp_path):
-    model = SecureClassifier(optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), dp=DPConfig(enabled=True, noise_seed=0))
-    trainer = _trainer(tmp_path)
-    trainer.fit(model, _dm(tiny_mnist))
-    opt = trainer.optimizers[0]
-    assert isinstance(opt, DPOptimizer) and isinstance(opt.original_optimizer, torch.optim.Adam)
+    for backend, expected in (("auto", BookKeepingDPOptimizer), ("opacus", DPOptimizer)):
+        model = SecureClassifier(optimizer=lambda p: torch.optim.Adam(p, lr=1e-3), dp=DPConfig(enabled=True, backend=backend, noise_seed=0))
+        trainer = _trainer(tmp_path, limit_train_batches=2, limit_val_batches=0)
+        trainer.fit(model, _dm(tiny_mnist))
+        opt = trainer.optimizers[0]
+        assert isinstance(opt, expected) and isinstance(opt.original_optimizer, torch.optim.Adam)
 
 
 def test_poisoning_metrics_are_logged(tiny_mnist, tmp_path):
@@ -155,7 +157,7 @@ def test_clean_training_learns_synthetic_digits(tiny_mnist, tmp_path):
     assert float(trainer.callback_metrics["test/acc"]) > 0.9
 
 
-@pytest.mark.parametrize("backend", ["opacus", "reference"])
+@pytest.mark.parametrize("backend", ["opacus", "reference", "bk"])
 def test_scheduler_steps_on_the_dp_optimizer(tiny_mnist, tmp_path, backend):
     model = SecureClassifier(
         scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5),
@@ -178,13 +180,13 @@ def test_sample_rate_is_consistent_when_1_over_q_rounds_down():
     assert int(1 / (1 / 99)) == 98 and len(loader) == 99 and sum(1 for _ in loader) == 99
     assert poisson_sample_rate(loader) == 1 / 99
     expected = {}
-    for backend in ("opacus", "reference"):
+    for backend in ("opacus", "reference", "bk"):
         net = SmallCNN()
         priv = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), loader, DPConfig(backend=backend), total_steps=99)
         expected[backend] = priv.expected_batch_size
         assert priv.sample_rate == 1 / 99
         priv.close()
-    assert expected["opacus"] == expected["reference"] == 63
+    assert expected["opacus"] == expected["reference"] == expected["bk"] == 63
 
 
 def test_unreachable_target_epsilon_and_large_delta_are_config_errors(tiny_mnist, tmp_path):
@@ -204,10 +206,13 @@ def test_unbounded_training_stops_at_the_privacy_budget(tiny_mnist, tmp_path):
     assert model.private.steps > 0 and model.private.epsilon(1e-5) <= 3.0
 
 
-def test_ghost_clipping_trains_with_exact_accounting_and_empty_batches(tiny_mnist, tmp_path):
+@pytest.mark.parametrize("backend, mode", [("opacus", "ghost"), ("auto", "bk")])
+def test_single_forward_modes_train_with_exact_accounting_and_empty_batches(tiny_mnist, tmp_path, backend, mode):
     from opacus.optimizers.optimizer_fast_gradient_clipping import DPOptimizerFastGradientClipping
 
-    model = SecureClassifier(adversarial=AdversarialConfig(epsilon=0.05, ratio=1.0), dp=DPConfig(enabled=True, noise_seed=0))
+    model = SecureClassifier(
+        adversarial=AdversarialConfig(epsilon=0.05, ratio=1.0), dp=DPConfig(enabled=True, backend=backend, noise_seed=0)
+    )
     trainer = _trainer(tmp_path, epochs=1)
     dm = MNISTDataModule(
         data_dir=str(tiny_mnist),
@@ -220,7 +225,8 @@ def test_ghost_clipping_trains_with_exact_accounting_and_empty_batches(tiny_mnis
         sampling_seed=0,
     )  # expected batch 2: some batches are empty
     trainer.fit(model, dm)
-    assert model.private.ghost and isinstance(trainer.optimizers[0], DPOptimizerFastGradientClipping)
+    optimizer_class = {"ghost": DPOptimizerFastGradientClipping, "bk": BookKeepingDPOptimizer}[mode]
+    assert model.private.mode == mode and isinstance(trainer.optimizers[0], optimizer_class)
     assert model.private.steps == trainer.global_step == 200
     eps = float(trainer.callback_metrics["privacy/epsilon"])
     assert eps == pytest.approx(_expected_epsilon(1.0, 1 / 200, 200, 1e-5, "prv"), rel=1e-6)

@@ -47,10 +47,9 @@ def should_run(trainer: Trainer, every_n_epochs: int) -> bool:
 
 @contextmanager
 def attack_context(pl_module: LightningModule) -> Iterator[None]:
-    """Gradients on, even under ``validate``/``test``'s inference mode, with Opacus's hooks off (the model is in eval mode)."""
+    """Gradients on, even under ``validate``/``test``'s inference mode, in the DP mode's attack context (its per-sample hooks off)."""
     private = getattr(pl_module, "private", None)
-    hooks_off = private.hooks_disabled() if private is not None and private.hooks is not None else nullcontext()
-    with torch.inference_mode(False), torch.enable_grad(), hooks_off:
+    with torch.inference_mode(False), torch.enable_grad(), private.attack_context() if private is not None else nullcontext():
         yield
 
 

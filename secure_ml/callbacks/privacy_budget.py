@@ -35,6 +35,11 @@ def max_steps_within(accountant, noise_multiplier: float, sample_rate: float, bu
 class PrivacyBudget(Callback):
     """Ends training at the last step whose ε (the accountant's, at the model's δ) is still within ``max_epsilon``.
 
+    Exceeding the budget is impossible, not merely discouraged: the run's ``PrivateTraining``
+    gets a step limit, and :func:`secure_ml.privacy.steps.dp_step` takes no noisy step (and reads
+    no batch) beyond it, whatever ``min_epochs``/``min_steps`` make Lightning do. The callback
+    also sets ``trainer.should_stop``, so training ends as soon as Lightning allows.
+
     Args:
         max_epsilon: the privacy budget ε; training stops before the step that would pass it.
     """
@@ -59,6 +64,7 @@ class PrivacyBudget(Callback):
                 f"PrivacyBudget max_epsilon {self.max_epsilon} is already spent (ε before training: {private.epsilon(pl_module.dp.delta)}); raise it or start a fresh run"
             )
         self._stop_at = private.steps + left
+        private.step_limit = self._stop_at if private.step_limit is None else min(private.step_limit, self._stop_at)
         rank_zero_info(f"secure-ml: privacy budget ε ≤ {self.max_epsilon} allows {left} more steps")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -8,7 +8,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from secure_ml.errors import SecureMLError
+from secure_ml.errors import ConfigError, SecureMLError
 from secure_ml.report.dashboard import dashboard_figure
 from secure_ml.report.gates import as_floats, check_gates, parse_gates
 from secure_ml.report.table import scorecard_table
@@ -27,20 +27,27 @@ def _scores(metrics: Dict[str, Any]) -> Dict[str, float]:
 class Scorecard(Callback):
     """Collects the security metrics each epoch and reports them.
 
-    During ``fit``: the dashboard figure goes to TensorBoard (``scorecard/dashboard``) every
-    epoch, and the final metrics are attached to the run's hparams. The per-epoch history
+    During ``fit``: the dashboard figure goes to TensorBoard (``scorecard/dashboard``) at the end
+    of fit (and every ``figure_every_n_epochs`` epochs if set: each figure costs about as much as
+    the sponge check, mostly matplotlib text layout, while the same curves are TensorBoard
+    scalars already), and the final metrics are attached to the run's hparams. The per-epoch history
     is stored in checkpoints, so ``secure-ml test --ckpt_path`` can draw the curves. During
     ``test``: prints the scorecard table, writes ``metrics.json`` and ``dashboard.png`` into
     the run's log folder, and raises (non-zero exit) when a gate fails.
 
     Args:
         gates: thresholds checked by ``test``, e.g. ``{"mia/auc": "<= 0.55", "adv/fgsm_acc@0.1": ">= 0.8"}``.
-        log_figure: log the dashboard image to TensorBoard every epoch.
+        log_figure: log the dashboard image to TensorBoard.
+        figure_every_n_epochs: also log it every n-th epoch during fit; 0 (default): only at the end of fit.
     """
 
-    def __init__(self, gates: Optional[Dict[str, str]] = None, log_figure: bool = True):
+    def __init__(self, gates: Optional[Dict[str, str]] = None, log_figure: bool = True, figure_every_n_epochs: int = 0):
+        if figure_every_n_epochs < 0:
+            raise ConfigError(f"Scorecard figure_every_n_epochs must be >= 0; got {figure_every_n_epochs}")
         self.gates = parse_gates(gates or {})
         self.log_figure = log_figure
+        self.figure_every_n_epochs = figure_every_n_epochs
+        self._figure_epoch: Optional[int] = None
         self.history: List[Dict[str, float]] = []
         self._epoch_pending: Optional[int] = None
 
@@ -55,6 +62,9 @@ class Scorecard(Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         self._snapshot(trainer)
         final = self.history[-1] if self.history else {}
+        if final and self._figure_epoch != final["epoch"]:
+            self._log_figure(trainer, step=trainer.global_step)
+            self._figure_epoch = final["epoch"]
         if final:
             self._log_hparams(trainer, dict(pl_module.hparams), {k: v for k, v in final.items() if k != "epoch"})
 
@@ -79,7 +89,9 @@ class Scorecard(Callback):
         row = {"epoch": self._epoch_pending, **_scores(trainer.callback_metrics)}
         self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
         self._epoch_pending = None
-        self._log_figure(trainer, step=trainer.global_step)
+        if self.figure_every_n_epochs and row["epoch"] % self.figure_every_n_epochs == 0:
+            self._log_figure(trainer, step=trainer.global_step)
+            self._figure_epoch = row["epoch"]
 
     @rank_zero_only
     def _log_figure(self, trainer, step: int) -> None:

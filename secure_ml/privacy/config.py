@@ -12,7 +12,7 @@ class DPConfig:
 
     Args:
         enabled: train with DP-SGD (Poisson sampling, per-sample clipping, Gaussian noise, privacy accounting).
-        backend: ``opacus`` (Opacus hooks and DPOptimizer) or ``reference`` (torch.func per-sample clipper, same maths).
+        backend: ``auto`` (book-keeping ``bk`` where the net's layers allow it, else Opacus), ``bk`` (book-keeping clipping: norms and clipped sum from one backward), ``opacus`` (step modes ``ghost``/``hooks``, see grad_sample_mode) or ``reference`` (the torch.func per-sample clipper, same maths); resolved once per fit into one step mode (secure_ml/privacy/modes.py).
         noise_multiplier: σ: noise std is σ·max_grad_norm on the summed gradient (ignored when target_epsilon is set).
         max_grad_norm: C: each sample's gradient, flattened over all parameters, is clipped to this L2 norm.
         delta: δ of the (ε, δ) guarantee; should be well below 1/N.
@@ -23,7 +23,7 @@ class DPConfig:
     """
 
     enabled: bool = False
-    backend: Literal["opacus", "reference"] = "opacus"
+    backend: Literal["auto", "bk", "opacus", "reference"] = "auto"
     noise_multiplier: float = 1.0
     max_grad_norm: float = 1.0
     delta: float = 1e-5
@@ -33,14 +33,16 @@ class DPConfig:
     noise_seed: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.backend not in ("opacus", "reference"):
-            raise ConfigError(f"--model.dp.backend must be 'opacus' or 'reference'; got '{self.backend}'")
+        if self.backend not in ("auto", "bk", "opacus", "reference"):
+            raise ConfigError(f"--model.dp.backend must be 'auto', 'bk', 'opacus' or 'reference'; got '{self.backend}'")
         if self.accountant not in ("prv", "rdp"):
             raise ConfigError(f"--model.dp.accountant must be 'prv' or 'rdp'; got '{self.accountant}'")
         if self.grad_sample_mode not in ("auto", "hooks", "ghost"):
             raise ConfigError(f"--model.dp.grad_sample_mode must be 'auto', 'hooks' or 'ghost'; got '{self.grad_sample_mode}'")
-        if self.grad_sample_mode == "ghost" and self.backend != "opacus":
-            raise ConfigError("--model.dp.grad_sample_mode ghost is an Opacus mode; use it with --model.dp.backend opacus")
+        if self.grad_sample_mode != "auto" and self.backend not in ("opacus", "auto"):
+            raise ConfigError(
+                f"--model.dp.grad_sample_mode {self.grad_sample_mode} is an Opacus mode; use it with --model.dp.backend opacus (or auto)"
+            )
         if self.noise_multiplier < 0:
             raise ConfigError(f"--model.dp.noise_multiplier must be >= 0; got {self.noise_multiplier}")
         if self.max_grad_norm <= 0:

@@ -46,9 +46,10 @@ def per_sample_gradients(
 class ReferenceDPOptimizer(torch.optim.Optimizer):
     """Wraps an optimizer like ``opacus.optimizers.DPOptimizer``, but is fed per-sample gradients explicitly.
 
-    ``step(grad_samples)`` runs the same named stages as Opacus: ``clip_and_accumulate``
-    → ``add_noise`` → ``scale_grad``, then the wrapped optimizer's step. ``step_hooks``
-    (for example an Opacus accountant's ``step``) are called once per noisy step.
+    ``set_grad_samples(per_sample_grads)`` then ``step()`` runs the same named stages as Opacus:
+    ``clip_and_accumulate`` → ``add_noise`` → ``scale_grad``, then the wrapped optimizer's step.
+    ``step_hooks`` (for example an Opacus accountant's ``step``) are called once per noisy step.
+    The ``reference`` step mode (:func:`secure_ml.privacy.steps.reference_step`) feeds it.
 
     Args:
         optimizer: the optimizer over the model's parameters.

@@ -6,7 +6,7 @@ A directory with two files:
 * ``manifest.json``: ``format`` / ``version``; ``net`` (``class_path`` and ``init_args`` of a registered
   net of ``secure_ml.models``); ``weights`` (``file`` and its ``sha256``); ``input_policy`` (the limits
   the SpongeCallback calibrated during training, or null); ``privacy`` (the ledger of
-  :func:`secure_ml.privacy.ledger.ledger_from_checkpoint`: ε, δ, σ, q, steps, accountant).
+  :func:`secure_ml.privacy.ledger.ledger_from_checkpoint`: ε over the selection steps, δ, σ, q, steps, selection steps, accountant).
 
 Nothing computed from the training members without DP travels: no training metrics, no scorecard
 history, no optimizer state, no data fingerprint, no member indices, hashes or counts. The manifest's
@@ -34,7 +34,7 @@ from secure_ml.release.checkpoint import build_model
 FORMAT, VERSION = "secure-ml-release", 1
 MANIFEST, WEIGHTS = "manifest.json", "weights.safetensors"
 MAX_MANIFEST_BYTES = 1 << 20
-LEDGER_KEYS = frozenset({"dp", "accountant", "noise_multiplier", "sample_rate", "steps", "delta", "epsilon"})
+LEDGER_KEYS = frozenset({"dp", "accountant", "noise_multiplier", "sample_rate", "steps", "selection_steps", "delta", "epsilon"})
 MANIFEST_KEYS = {
     "format": None,
     "version": None,
