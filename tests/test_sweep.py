@@ -429,7 +429,7 @@ def test_frontier_sentence_catches_an_audit_above_the_accountant(tmp_path):
     ]
     (section,) = frontier_section(_ctx(tmp_path, rows, []), {"y": ["test/acc", "mia/auc"]})
     assert section.table.splitlines()[2].startswith("| s1 | 0.500 |") and "∞ (no DP)" in section.table
-    assert "From ε = 0.50 (s1) to ε = 4.00 (s2), Clean accuracy changes by +0.300" in section.sentence
+    assert "From ε = 0.50 (s1) to ε = 4.00 (s2), clean accuracy changes by +0.300" in section.sentence
     assert "exceeds the accountant's ε for s2 (4.50 > 4.00)" in section.sentence
 
 
@@ -525,3 +525,22 @@ def test_ctrl_c_marks_the_running_point_interrupted_and_the_next_run_resumes_it(
     monkeypatch.chdir(tmp_path)
     assert sweep_main(["--config", str(path)]) == 0  # the interrupted point runs again, the finished one (if any) does not
     assert sorted(r["status"] for r in _rows(tmp_path / "sweeps" / "tiny" / "results.csv")) == ["ok", "ok"]
+
+
+def test_attack_curve_calls_pgd_weaker_than_fgsm_only_beyond_the_sampling_error(tmp_path):
+    from types import SimpleNamespace
+
+    from secure_ml.sweep.report.attack import attack_section
+
+    plan = SimpleNamespace(sweep=SimpleNamespace(test_set={"robustness.max_samples": 1000, "robustness.pgd_max_samples": 300}))
+    rows = []
+    for model, pgd in (("close", 0.965), ("far", 0.80)):  # FGSM 0.962 / 0.60 at ε = 0.01, both with a tiny repeat spread
+        fgsm = 0.962 if model == "close" else 0.60
+        for r in range(2):
+            rows.append(
+                {"point": model, "model": model, "status": "ok", "test/acc": 0.97}
+                | {"adv/fgsm_acc@0.01": fgsm + r * 0.001, "adv/pgd_acc@0.01": pgd + r * 0.001}
+            )
+    (section,) = attack_section(_ctx(tmp_path, rows, ["model"], plan), {"rows": ["model"], "masking_epsilon": 1.0})
+    assert "far: PGD is measurably weaker than FGSM at ε = 0.01" in section.sentence
+    assert "close: PGD" not in section.sentence  # +0.003 on 300 vs 1,000 digits is sampling noise, not masking

@@ -98,6 +98,7 @@ def sweep_main(argv: List[str]) -> int:
     meta = {"command": "secure-ml sweep " + " ".join(argv), "n_jobs": options.n_jobs, "load_start": _load()}
     status = 0
     if not options.report_only:
+        start = time.perf_counter()  # the policy sweep's one training counts too
         stale = mark_stale(study, options.stale_after)
         if stale:
             print(f"secure-ml sweep: {stale} point(s) left running by a stopped worker will run again", file=sys.stderr)
@@ -106,13 +107,16 @@ def sweep_main(argv: List[str]) -> int:
 
             print("secure-ml sweep: training the policy sweep's model (once)", file=sys.stderr)
             pol.train_model(plan.sweep.bases, {**plan.sweep.set, **options.set}, plan.out_dir)
-        start = time.perf_counter()
         try:
             run_with_progress(plan, study, Progress(plan, study, earlier_trials(study, plan)))
         except KeyboardInterrupt:
             print("\nsecure-ml sweep: interrupted; run the same command again to resume", file=sys.stderr)
             status = 130
         meta.update(wall_s=time.perf_counter() - start, load_end=_load(), date=time.strftime("%Y-%m-%d %H:%M"))
+        _save_run(plan.out_dir, meta)
+    else:
+        saved = _last_run(plan.out_dir)  # the run's command and wall time, not this report's
+        meta = {**saved, "report_command": meta["command"]} if saved else meta
     trials = study.get_trials(deepcopy=False) + earlier_trials(study, plan)
     front = [t.number for t in study.best_trials] if plan.sweep.is_search and study.get_trials(deepcopy=False) else []
     report = write_report(plan, trials, front, meta)
@@ -122,3 +126,23 @@ def sweep_main(argv: List[str]) -> int:
     if status == 0 and any(s != "ok" for s in counts):
         status = 1
     return status
+
+
+RUN_FILE = "last-run.json"
+
+
+def _save_run(out_dir, meta) -> None:
+    """``<sweep>/last-run.json``: the command, wall time and load averages of the last run, so ``--report-only`` keeps them."""
+    import json
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / RUN_FILE).write_text(json.dumps(meta, indent=1))
+
+
+def _last_run(out_dir) -> dict:
+    import json
+
+    try:
+        return json.loads((out_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}

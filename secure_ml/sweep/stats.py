@@ -58,18 +58,30 @@ class Diff:
         return f"{core} ± {self.spread:.{digits}f}" if not math.isnan(self.spread) else core
 
 
-def diff(a: Cell, b: Cell) -> Diff:
-    value = b.mean - a.mean
+def diff(a: Cell, b: Cell, digits: int = 3) -> Diff:
+    """``b − a`` of the means *as the tables print them* (rounded to ``digits``), so a sentence's difference
+    is the one a reader computes from the table; the spread is not rounded."""
+    value = _shown(b.mean, digits) - _shown(a.mean, digits)
     if a.n > 1 and b.n > 1:
         spread = math.sqrt(a.std**2 + b.std**2)
         return Diff(value, spread, abs(value) > spread)
     return Diff(value, math.nan, None)
 
 
+def _shown(x: float, digits: int) -> float:
+    return x if math.isnan(x) or math.isinf(x) else round(x, digits)
+
+
 def label(metric: str) -> str:
     """The registry's human label of a metric (its key when unknown)."""
     m = describe(metric)
     return m.label if m is not None else metric
+
+
+def inline(metric: str) -> str:
+    """:func:`label` for the middle of a sentence: "Clean accuracy" → "clean accuracy"; acronyms ("PGD accuracy", "MIA AUC") stay."""
+    text = label(metric)
+    return text[0].lower() + text[1:] if len(text) > 1 and text[0].isupper() and text[1].islower() else text
 
 
 def better(metric: str) -> Optional[bool]:

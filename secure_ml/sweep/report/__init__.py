@@ -78,6 +78,8 @@ def _summary(plan, df, sections: List[Section], counts: Dict[str, int], meta: Di
         )
     if walls:
         lines.append(f"- Sum of the points' wall times: {sum(walls):.0f} s")
+    if meta.get("report_command"):
+        lines.append(f"- Report rewritten from the study with `{meta['report_command']}`")
     lines += [
         "- Cells are mean ± sample std over repeats; a difference smaller than its repeat spread (√(s₁² + s₂²)) is called "
         '"no measurable difference"; with one repeat the spread is unknown.',

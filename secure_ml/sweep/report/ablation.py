@@ -4,7 +4,7 @@ import math
 from typing import Any, Dict, List
 
 from secure_ml.sweep.report.common import Context, Section, cells, md_table, need, save, slug
-from secure_ml.sweep.stats import Cell, Diff, better, diff, label, verdict
+from secure_ml.sweep.stats import Cell, Diff, better, diff, inline, label, verdict
 
 
 def ablation_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
@@ -54,17 +54,17 @@ def defence_name(variant: str, names: Dict[str, str]) -> str:
 def _finding(threat: str, metric: str, deltas, names: Dict[str, str]) -> str:
     direction = better(metric)
     if direction is None or not deltas:
-        return f"{threat}: no direction to rank {label(metric)} by"
+        return f"{threat}: no direction to rank {inline(metric)} by"
     harm = {v: (-d.value if direction else d.value) for v, d in deltas.items()}  # > 0: turning the defence off hurts
     worst = max(harm, key=harm.get)
     d, who = deltas[worst], defence_name(worst, names)
     if math.isinf(d.value):
-        return f"{who} contributes most to {threat} (without it there is no finite {label(metric)})"
+        return f"{who} contributes most to {threat} (without it there is no finite {inline(metric)})"
     if harm[worst] <= 0:
-        return f"for {threat}, switching off no single defence worsens {label(metric)}"
+        return f"for {threat}, switching off no single defence worsens {inline(metric)}"
     if d.measurable is False:
-        return f"for {threat}, switching off no single defence measurably worsens {label(metric)} (largest: {who}, {verdict(d)})"
-    return f"{who} contributes most to {threat} ({label(metric)} {verdict(d)} without it)"
+        return f"for {threat}, switching off no single defence measurably worsens {inline(metric)} (largest: {who}, {verdict(d)})"
+    return f"{who} contributes most to {threat} ({inline(metric)} {verdict(d)} without it)"
 
 
 def _assumed(ctx: Context, axis: str) -> str:

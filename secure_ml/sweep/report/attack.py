@@ -4,7 +4,10 @@ ART's ``SecurityCurve`` runs PGD with ε equal to the whole pixel range (1.0), 1
 step of ε/50, and suspects obfuscated gradients when accuracy stays above chance (1 / classes):
 an honest model must fall to chance when the attacker may change every pixel freely. The sweep's
 test grid runs that attack (``masking_epsilon``); the summary names any model that fails it, and
-any radius where PGD (iterative) does measurably *better* than FGSM (one step), another sign.
+any radius where PGD (iterative) does measurably *better* than FGSM (one step), another sign. PGD
+attacks only the first ``robustness.pgd_max_samples`` of FGSM's ``robustness.max_samples`` digits, so
+"measurably" there also requires the gap to exceed twice the binomial standard error of the two subsets
+(read from the sweep's ``test.set``; the callback's defaults otherwise).
 """
 
 import math
@@ -46,7 +49,7 @@ def attack_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
     table = md_table(["model", "attack", "ε = 0 (clean)"] + [f"ε = {r:g}" for r in radii], rows)
     sentences = [_compare(curves, models, radii, reference)]
     sentences.append(_masking(df, by, models, families, masking, chance))
-    sentences += _pgd_vs_fgsm(curves, models, radii)
+    sentences += _pgd_vs_fgsm(curves, models, radii, _subset_sizes(ctx))
     figure = _figure(ctx, spec, curves, models, radii, chance)
     return [Section(spec.get("title", "Accuracy under attack"), table, " ".join(s for s in sentences if s), figure)]
 
@@ -84,15 +87,30 @@ def _masking(df, by, models, families, masking: float, chance: float) -> str:
     return f"Suspected gradient masking: PGD at ε = {masking:g} leaves {names} above chance ({chance:g}), so its robustness figures may be overstated."
 
 
-def _pgd_vs_fgsm(curves, models, radii) -> List[str]:
+def _subset_sizes(ctx: Context) -> Dict[str, int]:
+    """Digits attacked by FGSM and PGD in the sweep's test runs (the RobustnessCallback's defaults: 256 and 96)."""
+    test_set = getattr(getattr(ctx.plan, "sweep", None), "test_set", None) or {}
+    fgsm = int(test_set.get("robustness.max_samples", 256))
+    return {"FGSM": fgsm, "PGD": min(fgsm, int(test_set.get("robustness.pgd_max_samples", 96)))}
+
+
+def _sampling_error(f: float, nf: int, p: float, np_: int) -> float:
+    """Binomial standard error of the difference of two accuracies measured on ``nf`` and ``np_`` digits."""
+    return math.sqrt(max(f * (1 - f), 0.0) / max(nf, 1) + max(p * (1 - p), 0.0) / max(np_, 1))
+
+
+def _pgd_vs_fgsm(curves, models, radii, sizes: Dict[str, int]) -> List[str]:
     if "PGD" not in curves or "FGSM" not in curves:
         return []
     out = []
     for g in models:
         for i, r in enumerate(radii, start=1):
             p, f = curves["PGD"][g][i], curves["FGSM"][g][i]
-            if not p.empty and not f.empty and diff(f, p).measurable and p.mean > f.mean:
-                out.append(f"{name_of(g)}: PGD is measurably weaker than FGSM at ε = {r:g} ({p.text()} vs {f.text()}), a masking symptom.")
+            if p.empty or f.empty or not diff(f, p).measurable or p.mean <= f.mean:
+                continue
+            if p.mean - f.mean <= 2 * _sampling_error(f.mean, sizes["FGSM"], p.mean, sizes["PGD"]):
+                continue  # inside the sampling error of the two subsets (PGD attacks fewer digits)
+            out.append(f"{name_of(g)}: PGD is measurably weaker than FGSM at ε = {r:g} ({p.text()} vs {f.text()}), a masking symptom.")
     return out
 
 

@@ -4,7 +4,7 @@ import math
 from typing import Any, Dict, List
 
 from secure_ml.sweep.report.common import Context, Section, cells, md_table, name_of, need, ordered, save, slug
-from secure_ml.sweep.stats import Cell, diff, extremes, label, verdict
+from secure_ml.sweep.stats import Cell, diff, extremes, inline, label, verdict
 
 
 def metrics_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
@@ -20,7 +20,7 @@ def metrics_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
     )
     ex = extremes(list(columns[focus].items()), focus)
     if ex is None:
-        sentence = f"Fewer than two rows measured {label(focus)}, so there is nothing to compare."
+        sentence = f"Fewer than two rows measured {inline(focus)}, so there is nothing to compare."
     else:
         best, b, worst, w = ex
         sentence = (
@@ -103,16 +103,16 @@ def _member(df, series, g):
 
 def _trend(grid, xs, x: str, y: str) -> str:
     if len(xs) < 2:
-        return f"Only one value of {x} was run, so there is no trend of {label(y)} to report."
+        return f"Only one value of {x} was run, so there is no trend of {inline(y)} to report."
     changes = []
     for g, by_x in grid.items():
         first, last = by_x.get((xs[0],), Cell.of([])), by_x.get((xs[-1],), Cell.of([]))
         if not first.empty and not last.empty:
             changes.append((name_of(g) or "all", diff(first, last)))
     if not changes:
-        return f"No series measured {label(y)} at both ends of {x}."
+        return f"No series measured {inline(y)} at both ends of {x}."
     changes.sort(key=lambda nd: abs(nd[1].value), reverse=True)
-    head = f"From {x} = {xs[0]} to {xs[-1]}, {label(y)} changes"
+    head = f"From {x} = {xs[0]} to {xs[-1]}, {inline(y)} changes"
     if len(changes) == 1:
         return f"{head} by {verdict(changes[0][1])}."
     (big, d_big), (small, d_small) = changes[0], changes[-1]

@@ -7,7 +7,7 @@ import yaml
 
 from secure_ml.sweep.report.common import Context, Section, cells, md_table, name_of, save, slug
 from secure_ml.sweep.spec import nest
-from secure_ml.sweep.stats import better, diff, label, verdict
+from secure_ml.sweep.stats import better, diff, inline, label, verdict
 
 EPS = "privacy/epsilon"
 
@@ -28,7 +28,7 @@ def frontier_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
         if len(private) >= 2:
             lo, hi = private[0], private[-1]
             sentences.append(
-                f"From ε = {eps[lo].mean:.2f} ({name_of(lo)}) to ε = {eps[hi].mean:.2f} ({name_of(hi)}), {label(y)} changes by "
+                f"From ε = {eps[lo].mean:.2f} ({name_of(lo)}) to ε = {eps[hi].mean:.2f} ({name_of(hi)}), {inline(y)} changes by "
                 f"{verdict(diff(cols[y][lo], cols[y][hi]))}"
                 + (f"; without DP it differs from the latter by {verdict(diff(cols[y][hi], cols[y][public[0]]))}" if public else "")
                 + "."
@@ -115,9 +115,9 @@ def pareto_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
         ys = [o for o in objectives if o != x]
         top = front.sort_values(ys[0], ascending=objectives[ys[0]] == "minimize").iloc[0] if ys else front.iloc[0]
         sentence = (
-            f"{len(front)} of {len(df)} finished trials are Pareto-optimal; the front spans {label(x)} from {front[x].min():.3g} to "
+            f"{len(front)} of {len(df)} finished trials are Pareto-optimal; the front spans {inline(x)} from {front[x].min():.3g} to "
             f"{front[x].max():.3g}"
-            + (f", and its best {label(ys[0])} is {top[ys[0]]:.3f} at {label(x)} {top[x]:.3g} (trial {top['trial']})" if ys else "")
+            + (f", and its best {inline(ys[0])} is {top[ys[0]]:.3f} at {inline(x)} {top[x]:.3g} (trial {top['trial']})" if ys else "")
             + f". Each front point is written as {written}."
         )
     figure = _pareto_figure(ctx, spec, df, front, objectives, x)
