@@ -42,9 +42,11 @@ def _sentence(op, marks, points, info, fpr, tpr) -> str:
         within = [p for p in singles if not fpr[(p,)].empty and fpr[(p,)].mean <= f.mean]
         if within:
             best = max(within, key=lambda p: tpr[(p,)].mean)
+            ties = [p for p in within if p != best and tpr[(p,)].text() == tpr[(best,)].text()]
             out.append(
                 f"The best single check at no more false positives is {best} ({tpr[(best,)].text()} rejected; "
-                f"difference to the operating point {verdict(diff(t, tpr[(best,)]))})."
+                f"difference to the operating point {verdict(diff(t, tpr[(best,)]))})"
+                + (f"; tied with {', '.join(repr(p) for p in ties)}." if ties else ".")
             )
     for m in marks:
         if m in points:
