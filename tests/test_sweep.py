@@ -562,3 +562,16 @@ def test_roc_sentence_names_the_operating_point_the_best_single_check_and_its_ti
     assert "At the operating point (op) the policy rejects 1.000 of crafted sponges and 0.002 of clean digits." in section.sentence
     assert "best single check at no more false positives is d (0.750 rejected; difference to the operating point −0.250" in section.sentence
     assert "tied with 'l'." in section.sentence and "'e'" not in section.sentence and "is v" not in section.sentence
+
+
+def test_lines_sentence_uses_the_measured_ends_and_names_the_best_series_there(tmp_path):
+    from secure_ml.sweep.report.basic import lines_section
+
+    rows = [{"point": f"{m}-0", "status": "ok", "rate": 0.0, "method": m, "test/acc": 0.9} for m in ("none", "knn")]
+    for rate, f1_knn, f1_none in ((0.1, 0.95, 0.0), (0.2, 0.99, 0.0)):  # F1 exists only where labels were flipped
+        rows += [{"point": f"knn-{rate}", "status": "ok", "rate": rate, "method": "knn", "test/acc": 0.88, "poison/f1": f1_knn}]
+        rows += [{"point": f"none-{rate}", "status": "ok", "rate": rate, "method": "none", "test/acc": 0.7, "poison/f1": f1_none}]
+    spec = {"x": "rate", "y": ["poison/f1"], "series": ["method"], "title": "t"}
+    (section,) = lines_section(_ctx(tmp_path, rows, ["rate", "method"]), spec)
+    assert section.sentence.startswith("From rate = 0.1 to 0.2, label-flip detection F1 changes most for knn (+0.040")
+    assert "At rate = 0.2 it is best for knn (0.990) and worst for none (0.000): +0.990" in section.sentence

@@ -4,7 +4,7 @@ import math
 from typing import Any, Dict, List
 
 from secure_ml.sweep.report.common import Context, Section, cells, md_table, name_of, need, ordered, save, slug
-from secure_ml.sweep.stats import Cell, diff, extremes, inline, label, verdict
+from secure_ml.sweep.stats import Cell, better, diff, extremes, inline, label, verdict
 
 
 def metrics_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
@@ -102,21 +102,31 @@ def _member(df, series, g):
 
 
 def _trend(grid, xs, x: str, y: str) -> str:
-    if len(xs) < 2:
-        return f"Only one value of {x} was run, so there is no trend of {inline(y)} to report."
+    """How ``y`` changes between the first and last ``x`` that some series measured, per series (most and least),
+    then which series is best and worst at that last ``x`` (e.g. detection F1 exists only where labels were flipped)."""
+    measured = [v for v in xs if any(not by_x.get((v,), Cell.of([])).empty for by_x in grid.values())]
+    if len(measured) < 2:
+        return f"Only one value of {x} has a measured {inline(y)}, so there is no trend to report."
+    lo, hi = measured[0], measured[-1]
     changes = []
     for g, by_x in grid.items():
-        first, last = by_x.get((xs[0],), Cell.of([])), by_x.get((xs[-1],), Cell.of([]))
+        first, last = by_x.get((lo,), Cell.of([])), by_x.get((hi,), Cell.of([]))
         if not first.empty and not last.empty:
             changes.append((name_of(g) or "all", diff(first, last)))
     if not changes:
-        return f"No series measured {inline(y)} at both ends of {x}."
+        return f"No series measured {inline(y)} at both {x} = {lo} and {hi}."
     changes.sort(key=lambda nd: abs(nd[1].value), reverse=True)
-    head = f"From {x} = {xs[0]} to {xs[-1]}, {inline(y)} changes"
+    head = f"From {x} = {lo} to {hi}, {inline(y)} changes"
     if len(changes) == 1:
         return f"{head} by {verdict(changes[0][1])}."
     (big, d_big), (small, d_small) = changes[0], changes[-1]
-    return f"{head} most for {big} ({verdict(d_big)}) and least for {small} ({verdict(d_small)})."
+    out = f"{head} most for {big} ({verdict(d_big)}) and least for {small} ({verdict(d_small)})."
+    ex = extremes([(name_of(g) or "all", by_x.get((hi,), Cell.of([]))) for g, by_x in grid.items()], y)
+    if ex is not None:
+        best, b, worst, w = ex
+        word = ("best", "worst") if better(y) is not None else ("highest", "lowest")
+        out += f" At {x} = {hi} it is {word[0]} for {best} ({b.text()}) and {word[1]} for {worst} ({w.text()}): {verdict(diff(w, b))}."
+    return out
 
 
 def _figure(ctx: Context, spec, grid, xs, x: str, y: str) -> str:
