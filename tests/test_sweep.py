@@ -559,7 +559,7 @@ def test_roc_sentence_names_the_operating_point_the_best_single_check_and_its_ti
     rows = [a | b for a, b in (row("op", "all", 0.002, 1.0), row("d", "density", 0.001, 0.75), row("l", "layer_density", 0.0, 0.75))]
     rows += [a | b for a, b in (row("e", "energy", 0.001, 0.26), row("v", "variance", 0.05, 0.9))]  # v: better but more false positives
     (section,) = roc_section(_ctx(tmp_path, rows, []), {"operating_point": "op"})
-    assert "At the operating point (op) the policy rejects 1.000 of crafted sponges and 0.002 of clean digits." in section.sentence
+    assert "At the operating point (op) the policy rejects 1.000 of crafted sponges and 0.0020 of clean digits." in section.sentence
     assert "best single check at no more false positives is d (0.750 rejected; difference to the operating point −0.250" in section.sentence
     assert "tied with 'l'." in section.sentence and "'e'" not in section.sentence and "is v" not in section.sentence
 

@@ -23,10 +23,19 @@ def roc_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
         target = r.get("policy.false_positive_rate")
         setting = f"target {target:g}" if isinstance(target, float) and not math.isnan(target) else f"limit {r.get('policy.threshold')}"
         limits = ", ".join(f"{c[6:]}={r[c]:.4g}" for c in limit_cols if isinstance(r.get(c), float) and not math.isnan(r[c]))
-        rows.append([p, r.get("policy.check", ""), setting, limits, fpr[(p,)].text(), tpr[(p,)].text(), gauss[(p,)].text()])
+        rows.append([p, r.get("policy.check", ""), setting, limits, fpr[(p,)].text(4), tpr[(p,)].text(), gauss[(p,)].text()])
     n_clean = int(df["clean_digits"].max()) if "clean_digits" in df.columns and len(df) else 0
     table = md_table(
-        ["point", "check", "setting", "limits", f"clean rejected (of {n_clean})", "crafted rejected", "Gaussian rejected"], rows
+        [
+            "point",
+            "check",
+            "setting",
+            "limits",
+            f"clean rejected (of {n_clean})",
+            "crafted rejected",
+            "Gaussian rejected",
+        ],
+        rows,
     )
     sentence = _sentence(op, marks, points, info, fpr, tpr)
     figure = _figure(ctx, spec, points, info, fpr, tpr, op, marks)
@@ -37,7 +46,7 @@ def _sentence(op, marks, points, info, fpr, tpr) -> str:
     out = []
     if op in points:
         f, t = fpr[(op,)], tpr[(op,)]
-        out.append(f"At the operating point ({op}) the policy rejects {t.text()} of crafted sponges and {f.text()} of clean digits.")
+        out.append(f"At the operating point ({op}) the policy rejects {t.text()} of crafted sponges and {f.text(4)} of clean digits.")
         singles = [p for p in points if info[p].get("policy.check") not in ("all", None) and p not in marks]
         within = [p for p in singles if not fpr[(p,)].empty and fpr[(p,)].mean <= f.mean]
         if within:
@@ -50,7 +59,7 @@ def _sentence(op, marks, points, info, fpr, tpr) -> str:
             )
     for m in marks:
         if m in points:
-            out.append(f"The point '{m}' rejects {tpr[(m,)].text()} of crafted sponges at {fpr[(m,)].text()} clean false positives.")
+            out.append(f"The point '{m}' rejects {tpr[(m,)].text()} of crafted sponges at {fpr[(m,)].text(4)} clean false positives.")
     return " ".join(out) or "No operating point was evaluated."
 
 
