@@ -575,3 +575,14 @@ def test_lines_sentence_uses_the_measured_ends_and_names_the_best_series_there(t
     (section,) = lines_section(_ctx(tmp_path, rows, ["rate", "method"]), spec)
     assert section.sentence.startswith("From rate = 0.1 to 0.2, label-flip detection F1 changes most for knn (+0.040")
     assert "At rate = 0.2 it is best for knn (0.990) and worst for none (0.000): +0.990" in section.sentence
+
+
+def test_lines_sentence_calls_series_level_when_the_table_shows_them_equal(tmp_path):
+    from secure_ml.sweep.report.basic import lines_section
+
+    rows = [
+        {"point": f"{s}-{x}", "status": "ok", "x": x, "s": s, "mia/auc": auc}
+        for s, x, auc in (("a", 0.0, 0.495), ("a", 0.1, 0.5012), ("b", 0.0, 0.496), ("b", 0.1, 0.5009))
+    ]
+    (section,) = lines_section(_ctx(tmp_path, rows, ["x", "s"]), {"x": "x", "y": ["mia/auc"], "series": ["s"]})
+    assert "At x = 0.1 every series is at 0.501." in section.sentence and "best for" not in section.sentence

@@ -125,7 +125,10 @@ def _trend(grid, xs, x: str, y: str) -> str:
     if ex is not None:
         best, b, worst, w = ex
         word = ("best", "worst") if better(y) is not None else ("highest", "lowest")
-        out += f" At {x} = {hi} it is {word[0]} for {best} ({b.text()}) and {word[1]} for {worst} ({w.text()}): {verdict(diff(w, b))}."
+        if b.text() == w.text():
+            out += f" At {x} = {hi} every series is at {b.text()}."
+        else:
+            out += f" At {x} = {hi} it is {word[0]} for {best} ({b.text()}) and {word[1]} for {worst} ({w.text()}): {verdict(diff(w, b))}."
     return out
 
 
