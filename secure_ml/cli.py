@@ -17,6 +17,8 @@ COMMANDS = {
     "serve": ("secure_ml.serving.cli", "serve_main"),
     "extract": ("secure_ml.tools.extract", "extract_main"),
     "export": ("secure_ml.release.cli", "export_main"),
+    "sweep": ("secure_ml.sweep.cli", "sweep_main"),
+    "preflight": ("secure_ml.preflight.cli", "preflight_main"),
 }
 
 

@@ -1,0 +1,101 @@
+"""What ``secure-ml preflight`` inspects, read the way ``secure-ml serve`` reads it (Lightning-free).
+
+The serve config is validated by the serving package's own typed settings, except that missing or
+short API keys are not an error here (``ServeConfig.require_keys`` would stop the load; preflight
+reports them as a failed item instead). The model artefact goes through ``serving.startup`` (the
+service's start-up path) and ``release.artifact`` (the manifest and its privacy ledger).
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import yaml
+
+from secure_ml.errors import ConfigError, SecureMLError
+
+
+@dataclass
+class Deployment:
+    """The inputs of the checks; a field is None when it could not be read, with the reason in ``problems``."""
+
+    serve_path: Path
+    model_path: Path
+    raw: Dict[str, Any] = field(default_factory=dict)  # serve.yaml as written
+    config: Any = None  # secure_ml.serving.settings.ServeConfig
+    served: Any = None  # secure_ml.serving.startup.Served
+    manifest: Optional[Dict[str, Any]] = None  # release manifest (None for a training checkpoint)
+    ledger: Optional[Dict[str, Any]] = None  # privacy ledger of the artefact
+    problems: Dict[str, str] = field(default_factory=dict)  # what could not be read: config / model
+
+
+def _one_line(exc) -> str:
+    """A pydantic ValidationError as ``serve.yaml: <option>: <what is wrong>`` (a ConfigError from a section's checks as it is)."""
+    err = exc.errors()[0]
+    cause = (err.get("ctx") or {}).get("error")
+    if isinstance(cause, ConfigError):
+        return str(cause)
+    where = ".".join(str(p) for p in err["loc"]) or "top level"
+    return f"serve.yaml: {where}: {err['msg']}"
+
+
+def load_config(path: Path) -> tuple:
+    """``(raw mapping, ServeConfig)`` of serve.yaml; ConfigError in one line when it does not validate."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from secure_ml.serving.settings import ServeConfig
+
+    if not path.is_file():
+        raise ConfigError(f"--serve-config: '{path}' does not exist or is not a file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--serve-config: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"--serve-config: '{path}' must hold a mapping of options")
+    data = {k: v for k, v in raw.items() if v is not None}
+    try:
+        return raw, TypeAdapter(ServeConfig).validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def load_model(path: Path, device: str = "cpu"):
+    """``(served net, manifest or None, privacy ledger or None)`` through serve's start-up path."""
+    from secure_ml.release.artifact import is_release, load_release
+    from secure_ml.serving.startup import load_served_model
+
+    served = load_served_model(str(path), device)
+    if is_release(path):
+        manifest = load_release(path).manifest
+        return served, manifest, dict(manifest.get("privacy") or {})
+    from secure_ml.privacy.ledger import ledger_from_checkpoint
+    from secure_ml.release.checkpoint import read_checkpoint
+
+    return served, None, ledger_from_checkpoint(read_checkpoint(path))
+
+
+def inspect(serve_path: str, model_path: str) -> Deployment:
+    """Read everything; what fails to load is recorded, never raised (the checks report it)."""
+    dep = Deployment(Path(serve_path), Path(model_path).expanduser())
+    try:
+        dep.raw, dep.config = load_config(dep.serve_path)
+    except SecureMLError as exc:
+        dep.problems["config"] = str(exc)
+    try:
+        dep.served, dep.manifest, dep.ledger = load_model(dep.model_path)
+    except SecureMLError as exc:
+        dep.problems["model"] = str(exc)
+    return dep
+
+
+def gates_from(path: Optional[Path]) -> List[Any]:
+    """The security gates of a delta config (``scorecard.gates``, e.g. configs/gates.yaml); [] when no file."""
+    from secure_ml.report.gates import parse_gates
+
+    if path is None:
+        return []
+    if not path.is_file():
+        raise ConfigError(f"--gates: '{path}' does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    return parse_gates(((data.get("scorecard") or {}).get("gates")) or {})
