@@ -512,6 +512,9 @@ def test_ctrl_c_marks_the_running_point_interrupted_and_the_next_run_resumes_it(
     from secure_ml.sweep.cli import sweep_main
 
     path = _tiny(tmp_path, tiny_mnist, {"model.adversarial.epsilon": [0.0, 0.05]})
+    body = yaml.safe_load(path.read_text())
+    body["set"]["trainer.max_epochs"] = 15  # a point trains for seconds, so the signal below lands inside it, not after it
+    path.write_text(yaml.safe_dump(body))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "secure_ml", "sweep", "--config", str(path)], cwd=tmp_path, env=env)
     log = tmp_path / "sweeps" / "tiny" / "runs" / "0000" / "log.txt"

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
-from scipy import stats
 
 from secure_ml.serving.settings import ExtractionConfig
 
@@ -89,6 +88,8 @@ def shapiro_w(distances) -> float:
     d = np.asarray(distances, dtype=np.float64)
     if np.ptp(d) <= 1e-12:
         return 0.0
+    from scipy import stats  # imported on first use: scipy.stats costs ~1 s of the service's start-up
+
     return float(stats.shapiro(d).statistic)
 
 
