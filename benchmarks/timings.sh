@@ -21,7 +21,7 @@ run() {  # name, command...
   local name=$1; shift
   echo "== $name: $*" | tee "$OUT/$name.log"
   local t0=$SECONDS
-  "$@" 2>&1 | grep -v -i "warn" | tee -a "$OUT/$name.log"
+  "$@" 2>&1 | grep -v -i "warn" | tee -a "$OUT/$name.log" || echo "   $name FAILED (see $OUT/$name.log); going on" | tee -a "$OUT/$name.log"
   echo "   ($((SECONDS - t0)) s, load $(cut -d' ' -f1-3 /proc/loadavg))" | tee -a "$OUT/$name.log"
 }
 startup() {  # median of 3 wall times of `secure-ml fit --help` and of importing the service

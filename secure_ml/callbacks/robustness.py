@@ -81,7 +81,7 @@ class RobustnessCallback(EpochMetricCallback):
         self.max_samples, self.pgd_max_samples, self.batch_size = max_samples, pgd_max_samples, batch_size
         self.every_n_epochs, self.seed = every_n_epochs, seed
         self.enabled = enabled
-        self.autoattack = autoattack
+        self.autoattack = AutoAttackConfig(**autoattack) if isinstance(autoattack, dict) else autoattack  # a mapping from Python or YAML
 
     def _evaluate(self, pl_module, stage: str) -> dict:
         net = pl_module.net
