@@ -2,39 +2,25 @@
 
 import pytest
 import torch
-from lightning.pytorch import Callback, Trainer
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from opacus.accountants import create_accountant
 
 from secure_ml.callbacks import PrivacyBudget, Scorecard
 from secure_ml.callbacks.scorecard import GateFailure
-from secure_ml.data import MNISTDataModule
 from secure_ml.module import SecureClassifier
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.ledger import ledger_from_checkpoint
+from tests.helpers.training import quiet_trainer, small_datamodule
 
 K = 13  # Poisson batches per epoch: 400 training digits, batch 32
 
 
 def _dm(root):
-    return MNISTDataModule(
-        data_dir=str(root),
-        download=False,
-        train_size=500,
-        val_size=100,
-        test_size=100,
-        batch_size=32,
-        poisson_sampling=True,
-        sampling_seed=0,
-    )
+    return small_datamodule(root)
 
 
-def _trainer(tmp_path, epochs=1, **kw):
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return Trainer(
-        max_epochs=epochs, default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False, inference_mode=False, **kw
-    )
+_trainer = quiet_trainer
 
 
 def _model(backend="auto"):  # auto: the book-keeping mode for SmallCNN

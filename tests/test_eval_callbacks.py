@@ -10,28 +10,18 @@ from lightning.pytorch import Trainer
 from secure_ml.attacks.autoattack import AutoAttackConfig
 from secure_ml.callbacks import OneRunAuditCallback, ReferenceMIACallback, RobustnessCallback
 from secure_ml.cli import main
-from secure_ml.data import MNISTDataModule
 from secure_ml.data.canaries import CanaryConfig, make_canaries, with_canaries, without_canaries
 from secure_ml.errors import ConfigError
 from secure_ml.module import SecureClassifier
 from secure_ml.privacy.config import DPConfig
 from secure_ml.report.gates import check_gates, parse_gates
+from tests.helpers.training import small_datamodule
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _dm(root, dp=False, canaries=0, seed=None):
-    return MNISTDataModule(
-        data_dir=str(root),
-        download=False,
-        train_size=500,
-        val_size=100,
-        test_size=100,
-        batch_size=32,
-        poisson_sampling=dp,
-        sampling_seed=0,
-        canaries=CanaryConfig(count=canaries, seed=seed),
-    )
+    return small_datamodule(root, dp=dp, canaries=CanaryConfig(count=canaries, seed=seed))
 
 
 def _trainer(tmp_path, callbacks, epochs=1):

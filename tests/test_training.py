@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from opacus.accountants import create_accountant
 from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
@@ -15,28 +14,10 @@ from secure_ml.privacy.bookkeeping import BookKeepingDPOptimizer
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import make_private, poisson_sample_rate
 from secure_ml.privacy.reference import ReferenceDPOptimizer
+from tests.helpers.training import quiet_trainer, small_datamodule
 
-
-def _dm(root, dp=True, **kw):
-    return MNISTDataModule(
-        data_dir=str(root),
-        download=False,
-        train_size=500,
-        val_size=100,
-        test_size=100,
-        batch_size=32,
-        poisson_sampling=dp,
-        sampling_seed=0,
-        **kw,
-    )
-
-
-def _trainer(tmp_path, epochs=1, **kw):
-    kw.setdefault("logger", False)
-    kw.setdefault("enable_checkpointing", False)
-    return Trainer(
-        max_epochs=epochs, default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False, inference_mode=False, **kw
-    )
+_dm = small_datamodule
+_trainer = quiet_trainer
 
 
 def _model(backend="opacus", **dp):
