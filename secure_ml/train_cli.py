@@ -70,9 +70,9 @@ class SecureMLCLI(LightningCLI):
             parser.add_lightning_class_args(callback, key)
 
 
-def cli_main(args: Optional[List[str]] = None, run: bool = True) -> SecureMLCLI:
-    """Build (and by default run) the CLI; ``args`` as on the command line."""
-    return SecureMLCLI(
+def cli_main(args: Optional[List[str]] = None, run: bool = True, cli_class: Optional[type] = None) -> SecureMLCLI:
+    """Build (and by default run) the CLI; ``args`` as on the command line; ``cli_class`` a subclass of SecureMLCLI (the sweep's)."""
+    return (cli_class or SecureMLCLI)(
         SecureClassifier,
         MNISTDataModule,
         auto_configure_optimizers=False,

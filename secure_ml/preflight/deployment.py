@@ -43,16 +43,9 @@ def load_config(path: Path) -> tuple:
     """``(raw mapping, ServeConfig)`` of serve.yaml; ConfigError in one line when it does not validate."""
     from pydantic import TypeAdapter, ValidationError
 
-    from secure_ml.serving.settings import ServeConfig
+    from secure_ml.serving.settings import ServeConfig, read_yaml_mapping
 
-    if not path.is_file():
-        raise ConfigError(f"--serve-config: '{path}' does not exist or is not a file")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--serve-config: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"--serve-config: '{path}' must hold a mapping of options")
+    raw = read_yaml_mapping(path, "--serve-config")
     data = {k: v for k, v in raw.items() if v is not None}
     try:
         return raw, TypeAdapter(ServeConfig).validate_python(data)

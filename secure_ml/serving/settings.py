@@ -267,21 +267,25 @@ def config_from_dict(data: Optional[Mapping[str, Any]]) -> ServeConfig:
     return cfg.require_keys()
 
 
-def load_serve_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> ServeConfig:
-    """Read ``path`` (YAML, ``safe_load``: no Python tags) if given, apply dotted ``overrides`` (``{"server.port": 9000}``), validate."""
+def read_yaml_mapping(path, flag: str) -> Dict[str, Any]:
+    """The mapping in YAML file ``path`` (``safe_load``: no Python tags); one-line ConfigError naming ``flag`` otherwise."""
     import yaml
 
-    data: Dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"--config: '{p}' does not exist or is not a file")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config: '{p}' is not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config: '{p}' must hold a mapping of options")
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{flag}: '{p}' does not exist or is not a file")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{flag}: '{p}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{flag}: '{p}' must hold a mapping of options")
+    return data
+
+
+def load_serve_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> ServeConfig:
+    """Read ``path`` (YAML, ``safe_load``: no Python tags) if given, apply dotted ``overrides`` (``{"server.port": 9000}``), validate."""
+    data: Dict[str, Any] = read_yaml_mapping(path, "--config") if path is not None else {}
     for dotted, value in (overrides or {}).items():
         node = data
         *parents, leaf = dotted.split(".")

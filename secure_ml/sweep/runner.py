@@ -132,9 +132,7 @@ def build_cli(args: List[str]):
     about 1.5 s); a worker runs many points, so it builds the single parser of ``run=False`` once and reuses
     it. Everything else (configs, links, callbacks, DP checks) is the CLI's own.
     """
-    from secure_ml.data.datamodule import MNISTDataModule
-    from secure_ml.module import SecureClassifier
-    from secure_ml.train_cli import TRAINER_DEFAULTS, SecureMLCLI
+    from secure_ml.train_cli import SecureMLCLI, cli_main
 
     class _SweepCLI(SecureMLCLI):
         def setup_parser(self, add_subcommands, main_kwargs, subparser_kwargs) -> None:
@@ -148,15 +146,7 @@ def build_cli(args: List[str]):
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        return _SweepCLI(
-            SecureClassifier,
-            MNISTDataModule,
-            auto_configure_optimizers=False,
-            trainer_defaults=TRAINER_DEFAULTS,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-            run=False,
-        )
+        return cli_main(args, run=False, cli_class=_SweepCLI)
 
 
 def run_train_point(
