@@ -1,5 +1,7 @@
 """The secure-ml CLI: every config parses, fit/test run in-process, bad input gives one clear line."""
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,7 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from secure_ml.cli import cli_main, main
-from tests.helpers.data import smoke_args
+from tests.helpers.data import make_mnist_dir, smoke_args
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -107,33 +109,70 @@ def test_fit_then_test_in_process(tiny_mnist, tmp_path, monkeypatch):
     assert rows[0].startswith("index,label,p0") and len(rows) == 1 + 100
 
 
-def _run_cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "secure_ml", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+BAD_INPUT = {
+    "poison-rate": (["--data.poison.rate", "1.5"], "--data.poison.rate"),
+    "negative-eps": (["--model.adversarial.epsilon", "-0.1"], "--model.adversarial.epsilon"),
+    "train-size": (["--data.train_size", "100000"], "--data.train_size"),
+    "sanitizer": (["--data.sanitizer.method", "magic"], "data.sanitizer.method"),
+    "top-level-optimizer": (["--optimizer", "torch.optim.Adam"], "--optimizer"),
+    "poisson-off": (["--data.poisson_sampling", "false"], "model.dp.enabled"),
+    "batchnorm": (["--model.net", "torch.nn.BatchNorm2d", "--model.net.num_features", "1"], "--model.net"),
+}
 
 
-@pytest.mark.parametrize(
-    "extra, needle",
-    [
-        (["--data.poison.rate", "1.5"], "--data.poison.rate"),
-        (["--model.adversarial.epsilon", "-0.1"], "--model.adversarial.epsilon"),
-        (["--data.train_size", "100000"], "--data.train_size"),
-        (["--data.sanitizer.method", "magic"], "data.sanitizer.method"),
-        (["--optimizer", "torch.optim.Adam"], "--optimizer"),
-        (["--data.poisson_sampling", "false"], "model.dp.enabled"),
-        (["--model.net", "torch.nn.BatchNorm2d", "--model.net.num_features", "1"], "--model.net"),
-    ],
-    ids=["poison-rate", "negative-eps", "train-size", "sanitizer", "top-level-optimizer", "poisson-off", "batchnorm"],
-)
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory):
+    """Every bad-input command line of this module run by the console entry point in ONE fresh process
+    (``tests.helpers.cli_batch``: each case with its own stderr), so the ~12 s Lightning import is paid once."""
+    root = tmp_path_factory.mktemp("cli-bad-input")
+    data = make_mnist_dir(root / "data")
+    cases = {k: {"argv": ["fit", *smoke_args(data, *extra)], "cwd": str(root)} for k, (extra, _) in BAD_INPUT.items()}
+    missing = ["fit", "--config", str(BASE), "--data.data_dir", str(root / "none"), "--data.download", "false"]
+    cases["missing-data"] = {"argv": missing, "cwd": str(root)}
+    (root / "cases.json").write_text(json.dumps(cases))
+    env = {**os.environ, "SECURE_ML_KEY_DIR": str(root / "keys"), "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.cli_batch", str(root / "cases.json"), str(root / "results.json")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads((root / "results.json").read_text())
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
 @pytest.mark.slow
-def test_bad_input_is_one_clear_error(tiny_mnist, tmp_path, extra, needle):
-    proc = _run_cli("fit", *smoke_args(tiny_mnist, *extra), cwd=tmp_path)
-    assert proc.returncode != 0
-    assert needle in proc.stderr
-    assert "Traceback" not in proc.stderr
+def test_bad_input_is_one_clear_error(bad_input_runs, case):
+    run, needle = bad_input_runs[case], BAD_INPUT[case][1]
+    assert run["code"] != 0
+    assert needle in run["stderr"]
+    assert "Traceback" not in run["stderr"] and "Logging error" not in run["stderr"]
 
 
 @pytest.mark.slow
-def test_missing_data_says_where_files_go(tmp_path):
-    proc = _run_cli("fit", "--config", str(BASE), "--data.data_dir", str(tmp_path / "none"), "--data.download", "false", cwd=tmp_path)
-    assert proc.returncode == 2
-    assert "MNIST/raw" in proc.stderr and "--data.data_dir" in proc.stderr and "Traceback" not in proc.stderr
+def test_missing_data_says_where_files_go(bad_input_runs):
+    run = bad_input_runs["missing-data"]
+    assert run["code"] == 2
+    assert "MNIST/raw" in run["stderr"] and "--data.data_dir" in run["stderr"] and "Traceback" not in run["stderr"]
+
+
+def test_cli_batch_reports_an_escaping_exception_as_a_traceback(tmp_path, monkeypatch):
+    """Negative control for the batch runner: an exception escaping ``main`` shows up as a traceback in its own
+    case's stderr (so the bad-input tests would see one), and a one-line error stays in its own case."""
+    import secure_ml.cli
+    from tests.helpers.cli_batch import run_cases
+
+    real_main = secure_ml.cli.main
+
+    def main(argv):
+        if argv[0] == "crash":
+            raise RuntimeError("boom")
+        return real_main(argv)
+
+    monkeypatch.setattr(secure_ml.cli, "main", main)
+    results = run_cases({"crash": {"argv": ["crash"], "cwd": str(tmp_path)}, "bad": {"argv": ["export"], "cwd": str(tmp_path)}})
+    assert results["crash"]["code"] == 1 and "Traceback" in results["crash"]["stderr"] and "boom" in results["crash"]["stderr"]
+    assert results["bad"]["code"] == 2 and "--ckpt_path" in results["bad"]["stderr"] and "boom" not in results["bad"]["stderr"]
