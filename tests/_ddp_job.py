@@ -4,7 +4,8 @@
 
 ``--fixed`` replaces the Poisson draw by a fixed sequence of *global* batches (rank r
 takes every world_size-th index of each), so 1- and 2-process runs see the same global
-batches and must end with the same parameters. Each rank writes ``rank{r}.pt``.
+batches and must end with the same parameters. Each rank writes ``rank{r}.pt``. A one-process run may also be
+called in-process (``main(argv)``), which saves the test a Python start-up.
 """
 
 import argparse
@@ -45,7 +46,7 @@ class CountEmpty(Callback):
         self.empty += int(len(batch[1]) == 0)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--out", required=True)
@@ -56,7 +57,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--scorecard", action="store_true", help="add the security callbacks")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
 
     dm = MNISTDataModule(
         data_dir=a.data,

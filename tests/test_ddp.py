@@ -17,10 +17,33 @@ JOB = Path(__file__).with_name("_ddp_job.py")
 REPO = JOB.parents[1]
 
 
-def _run(tmp_path, name, *args):
+def _prepare(tmp_path, name):
     data = make_mnist_dir(tmp_path / "data") if not (tmp_path / "data").exists() else tmp_path / "data"
     out = tmp_path / name
     out.mkdir()
+    return data, out
+
+
+def _results(out):
+    return [torch.load(p, weights_only=True) for p in sorted(out.glob("rank*.pt"))]
+
+
+def _run_here(tmp_path, name, *args):
+    """A ONE-process run in this process (one thread, as the subprocesses run): no start-up paid, same job code."""
+    from tests._ddp_job import main
+
+    data, out = _prepare(tmp_path, name)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        main(["--data", str(data), "--out", str(out), "--devices", "1", *args])
+    finally:
+        torch.set_num_threads(threads)
+    return _results(out)
+
+
+def _run(tmp_path, name, *args):
+    data, out = _prepare(tmp_path, name)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(JOB), "--data", str(data), "--out", str(out), *args],
@@ -31,12 +54,12 @@ def _run(tmp_path, name, *args):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [torch.load(p, weights_only=True) for p in sorted(out.glob("rank*.pt"))]
+    return _results(out)
 
 
 def test_two_processes_equal_one_process_with_zero_noise(tmp_path):
     two = _run(tmp_path, "two", "--devices", "2", "--fixed", "--noise", "0")
-    one = _run(tmp_path, "one", "--devices", "1", "--fixed", "--noise", "0")
+    one = _run_here(tmp_path, "one", "--fixed", "--noise", "0")
     assert len(two) == 2 and len(one) == 1
     assert two[0]["optimizer"] == "DistributedDPOptimizer" and one[0]["optimizer"] == "DPOptimizer"
     assert torch.equal(two[0]["params"], two[1]["params"])  # identical on every rank
@@ -61,7 +84,7 @@ def test_poisson_ddp_survives_empty_batches_and_accounts_globally(tmp_path):
 def test_book_keeping_two_processes_equal_one_process(tmp_path, noise):
     """Same global batches, same noise seed: equal only if the clipped sums are summed across ranks and the noise is added once."""
     two = _run(tmp_path, "two", "--devices", "2", "--fixed", "--noise", noise, "--backend", "bk")
-    one = _run(tmp_path, "one", "--devices", "1", "--fixed", "--noise", noise, "--backend", "bk")
+    one = _run_here(tmp_path, "one", "--fixed", "--noise", noise, "--backend", "bk")
     assert [r["mode"] for r in two + one] == ["bk"] * 3
     assert torch.equal(two[0]["params"], two[1]["params"])  # identical on every rank
     assert two[0]["global_step"] == one[0]["global_step"] > 0
