@@ -326,3 +326,17 @@ def test_tanh_adaptive_attacker_knows_each_layer_limit(tanh_setup, objective, fi
     alone = InputPolicy(**{field: getattr(policy, field)})
     sponges, accepted = adaptive_sponges(model, alone, xt[20:26], objective=objective, steps=40, lr=0.03)
     assert accepted.all() and all(d.allowed for d in alone.check_batch(sponges, model))
+
+
+def test_leave_one_out_false_positives_match_refits_on_tanh(tanh_setup):
+    """The same closed form for the bounded-activation checks (per-layer medians and spreads kept from all N digits)."""
+    model, _, xt = tanh_setup
+    scores = activation_scores(model, xt[:120])
+    checks, k, headroom = ("energy", "layer_energy", "layer_positive"), 1, 0.1
+    closed_form = leave_one_out_rejected(scores, checks, k, headroom)
+    refits = []
+    for i in range(120):
+        keep = torch.arange(120) != i
+        limits = calibrate_activation_limits({n: v[keep] for n, v in scores.items()}, checks, k, headroom)
+        refits.append(any(bool(f[0]) for f in violated({n: v[i : i + 1] for n, v in scores.items()}, limits).values()))
+    assert (closed_form != torch.tensor(refits)).sum() <= 1 and closed_form.sum() >= 1
