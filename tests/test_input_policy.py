@@ -281,6 +281,10 @@ def test_relu_policy_keeps_the_density_checks(setup):
     model, policy, xt = setup
     assert default_checks(activation_scores(model, xt[:100])) == ("energy", "density", "layer_density")
     assert policy.max_layer_energy is None and policy.max_layer_positive is None  # ReLU: calibrated as in version 2
+    one = InputPolicy.calibrate(model, xt[:300], checks=("layer_energy",))  # asked for explicitly (a threshold sweep's point)
+    assert len(one.max_layer_energy) == 3 and one.max_energy is None and one.max_density is None and one.max_layer_density is None
+    with pytest.raises(ValueError, match="checks must be"):
+        InputPolicy.calibrate(model, xt[:300], checks=("saturation",))
 
 
 @pytest.mark.parametrize("optimizer", ["sign", "adam"])

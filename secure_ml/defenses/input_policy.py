@@ -26,7 +26,7 @@ and a guide for sponge crafters.
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -216,7 +216,13 @@ class InputPolicy:
 
     @classmethod
     def calibrate(
-        cls, model: nn.Module, clean_x: torch.Tensor, false_positive_rate: float = 0.005, headroom: float = HEADROOM, **kwargs
+        cls,
+        model: nn.Module,
+        clean_x: torch.Tensor,
+        false_positive_rate: float = 0.005,
+        headroom: float = HEADROOM,
+        checks: Optional[Sequence[str]] = None,
+        **kwargs,
     ) -> "InputPolicy":
         """Policy whose activation limits are calibrated on ``clean_x`` (clean NON-MEMBER digits), see :mod:`~secure_ml.defenses.calibration`.
 
@@ -224,7 +230,8 @@ class InputPolicy:
         are calibrated unless given in ``kwargs`` (``None`` disables one; the others stay None); the budget
         ``false_positive_rate`` is split evenly over the calibrated ones, and ``headroom`` lifts each limit
         by that share of its statistic's spread. Other ``kwargs`` go to the constructor (``max_variance``
-        keeps its fixed default).
+        keeps its fixed default). ``checks`` (names from ``ACTIVATION_CHECKS``) overrides which checks are
+        calibrated, e.g. one check alone in a threshold sweep.
         """
         if not isinstance(clean_x, torch.Tensor) or clean_x.dim() < 1 or len(clean_x) == 0:
             raise ValueError("clean_x must be a non-empty batch of clean images")
@@ -235,16 +242,20 @@ class InputPolicy:
         if all(name in kwargs for name in _CHECK_FIELD.values()):
             return base
         scores = activation_scores(model, clean_x.detach().reshape(len(clean_x), *base.shape))
-        return cls.from_scores(scores, false_positive_rate, headroom, **kwargs)
+        return cls.from_scores(scores, false_positive_rate, headroom, checks, **kwargs)
 
     @classmethod
-    def from_scores(cls, scores: dict, false_positive_rate: float = 0.005, headroom: float = HEADROOM, **kwargs) -> "InputPolicy":
+    def from_scores(
+        cls, scores: dict, false_positive_rate: float = 0.005, headroom: float = HEADROOM, checks: Optional[Sequence[str]] = None, **kwargs
+    ) -> "InputPolicy":
         """:meth:`calibrate` from precomputed clean ``activation_scores`` (the caller vouches the digits pass the other checks)."""
         if not 0.0 < false_positive_rate < 1.0:
             raise ValueError(f"false_positive_rate must lie in (0, 1); got {false_positive_rate}")
         if isinstance(headroom, bool) or not isinstance(headroom, (int, float)) or not 0.0 <= headroom < 10.0:
             raise ValueError(f"headroom must lie in [0, 10); got {headroom!r}")
-        todo = [check for check in default_checks(scores) if _CHECK_FIELD[check] not in kwargs]
+        if checks is not None and (isinstance(checks, str) or not set(checks) <= set(_CHECK_FIELD)):
+            raise ValueError(f"checks must be a list of {tuple(_CHECK_FIELD)}; got {checks!r}")
+        todo = [check for check in (default_checks(scores) if checks is None else checks) if _CHECK_FIELD[check] not in kwargs]
         n = len(scores["energy"])
         limits = calibrate_activation_limits(scores, todo, budget_k(n, false_positive_rate, len(todo)), headroom)
         positive = {c: v for c, v in limits.items() if (min(v) if isinstance(v, tuple) else v) > 0}
