@@ -4,7 +4,8 @@
 
 Without ``--ckpt`` it first trains the capstone (``secure-ml fit --config configs/capstone.yaml``, scorecard
 callbacks off). Non-member data: the datamodule's 800 validation digits calibrate the policy exactly as the
-SpongeCallback does for the checkpoint (``InputPolicy.calibrate``: α = 0.5% split over 3 checks, headroom 0.1);
+SpongeCallback does for the checkpoint (``InputPolicy.calibrate``: α = 0.5% split over the 3 checks that apply to the net's
+activations, headroom 0.1);
 false positives are measured on the 2,000 test digits (95% Clopper–Pearson interval), plus a resampling
 check (R random 800/2,000 splits of the 2,800 non-members: the spread a different validation draw gives).
 
@@ -32,7 +33,7 @@ from secure_ml.attacks.sponge import activation_energy, craft_sponges, gaussian_
 from secure_ml.attacks.sponge_adaptive import adaptive_sponges  # noqa: E402
 from secure_ml.data import MNISTDataModule  # noqa: E402
 from secure_ml.defenses import InputPolicy  # noqa: E402
-from secure_ml.defenses.calibration import activation_scores, violated  # noqa: E402
+from secure_ml.defenses.calibration import ACTIVATION_CHECKS, activation_scores, violated  # noqa: E402
 from secure_ml.models import SmallCNN  # noqa: E402
 from secure_ml.models.registry import build_net  # noqa: E402
 
@@ -89,8 +90,10 @@ def main() -> None:
     clean = activation_energy(net, xt)
     q_e, q_d = float(torch.quantile(clean["l2_energy"], 0.995)), float(torch.quantile(clean["density"], 0.995))
     print(f"model: {type(net).__name__}, test accuracy {acc:.3f}; policy calibrated on {len(xv)} validation digits (non-members)")
+    bounded = [check for check in ACTIVATION_CHECKS if getattr(ours, f"max_{check}") is not None]
     print(
-        f"  limits/clean q99.5: energy {ours.max_energy / q_e:.3f}, density {ours.max_density / q_d:.3f}; layers {len(ours.max_layer_density)}"
+        f"  limits/clean q99.5: energy {ours.max_energy / q_e:.3f}, density {(ours.max_density or 1.0) / q_d:.3f}; "
+        f"checks: {', '.join(bounded)}; hidden layers {len(clean['layers'])}"
     )
 
     print(f"\nfalse positives on {len(xt)} test digits (non-members), 95% Clopper-Pearson:")
@@ -106,7 +109,7 @@ def main() -> None:
         perm = torch.randperm(len(pool), generator=gen)
         cal, mea = perm[: len(xv)], perm[len(xv) :]
         p = InputPolicy.from_scores({k: v[cal] for k, v in scores.items()})
-        lim = {"energy": p.max_energy, "density": p.max_density, "layer_density": p.max_layer_density}
+        lim = {check: getattr(p, f"max_{check}") for check in ACTIVATION_CHECKS}
         flags = torch.stack(list(violated({k: v[mea] for k, v in scores.items()}, lim).values())).any(0) | static[mea]
         fps.append(flags.double().mean())
     fps = torch.stack(fps)

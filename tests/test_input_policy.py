@@ -11,9 +11,15 @@ import torch
 from secure_ml.attacks.sponge import activation_energy, craft_sponges, gaussian_sponges
 from secure_ml.attacks.sponge_adaptive import adaptive_sponges, worst_accepted_ratio
 from secure_ml.defenses import InputPolicy, PolicyDecision
-from secure_ml.defenses.calibration import activation_scores, calibrate_activation_limits, leave_one_out_rejected, violated
+from secure_ml.defenses.calibration import (
+    activation_scores,
+    calibrate_activation_limits,
+    default_checks,
+    leave_one_out_rejected,
+    violated,
+)
 from secure_ml.defenses.input_policy import REASONS
-from tests.helpers.models import trained_small_cnn
+from tests.helpers.models import trained_small_cnn, trained_tanh_cnn
 
 
 @pytest.fixture(scope="module")
@@ -192,14 +198,19 @@ def test_energy_limit_needs_the_model_with_the_same_layers(setup):
 def test_dict_round_trip_versions_and_validation(setup):
     _, policy, _ = setup
     d = json.loads(json.dumps(policy.to_dict()))
-    assert d["shape"] == [1, 28, 28] and d["version"] == 2 and len(d["max_layer_density"]) == 3
+    assert d["shape"] == [1, 28, 28] and d["version"] == 3 and len(d["max_layer_density"]) == 3
+    assert d["max_layer_energy"] is None and d["max_layer_positive"] is None  # a ReLU net: the density checks apply
     assert InputPolicy.from_dict(d) == policy
+    v2 = {k: v for k, v in d.items() if k not in ("max_layer_energy", "max_layer_positive")}
+    assert InputPolicy.from_dict({**v2, "version": 2}) == policy  # a stored version-2 policy loads unchanged
+    with pytest.raises(ValueError, match="unknown InputPolicy field"):
+        InputPolicy.from_dict({**d, "version": 2})  # version 2 had no per-layer energy/positive limits
     v1 = {"shape": [1, 28, 28], "min_value": 0.0, "max_value": 1.0, "max_variance": 0.2, "max_energy": None, "max_density": None}
     assert InputPolicy.from_dict(v1) == InputPolicy(max_variance=0.2)  # a v1 policy without activation limits still loads
     with pytest.raises(ValueError, match="version-1 policy"):
         InputPolicy.from_dict({**v1, "max_energy": 150.0})  # its energy was measured on ReLU calls: refuse, don't reinterpret
     with pytest.raises(ValueError, match="unsupported InputPolicy version"):
-        InputPolicy.from_dict({**d, "version": 3})
+        InputPolicy.from_dict({**d, "version": 4})
     with pytest.raises(ValueError, match="unknown InputPolicy field"):
         InputPolicy.from_dict({**d, "max_abs_value": 3.0})
     with pytest.raises(ValueError, match="min_value must be below max_value"):
@@ -208,6 +219,10 @@ def test_dict_round_trip_versions_and_validation(setup):
         InputPolicy(max_energy=-1.0)
     with pytest.raises(ValueError, match="max_layer_density"):
         InputPolicy(max_layer_density=[0.5, -1])
+    with pytest.raises(ValueError, match="max_layer_energy"):
+        InputPolicy(max_layer_energy="12")
+    with pytest.raises(ValueError, match="max_layer_positive"):
+        InputPolicy(max_layer_positive=[])
     with pytest.raises(ValueError, match="shape"):
         InputPolicy(shape=(0, 28))
 
@@ -239,4 +254,93 @@ def test_leave_one_out_false_positives_match_refits(setup):
         one = {n: v[i : i + 1] for n, v in scores.items()}
         refits.append(any(bool(f[0]) for f in violated(one, limits).values()))
     # Medians and per-layer means move slightly without digit i: allow one disagreement.
+    assert (closed_form != torch.tensor(refits)).sum() <= 1 and closed_form.sum() >= 1
+
+
+# --- bounded activations (tanh): the density limits bound nothing, the per-layer checks take their budget ---
+
+
+@pytest.fixture(scope="module")
+def tanh_setup(real_data_dir):
+    model, x, _, xt, _ = trained_tanh_cnn(str(real_data_dir))
+    return model, InputPolicy.calibrate(model, x[2000:2800], false_positive_rate=0.005), xt  # 800 non-members, as above
+
+
+def test_tanh_policy_bounds_every_layer_and_keeps_clean_non_members(tanh_setup):
+    model, policy, xt = tanh_setup
+    assert float(activation_energy(model, xt[:50])["density"].min()) == 1.0  # tanh is never exactly zero...
+    assert policy.max_density is None and policy.max_layer_density is None  # ...so no vacuous density limit,
+    assert policy.max_energy is not None and len(policy.max_layer_energy) == len(policy.max_layer_positive) == 3  # but these
+    assert all(v < 1.0 for v in policy.max_layer_positive)  # a positive-share limit that binds
+    decisions = policy.check_batch(xt, model)
+    assert sum(not d.allowed for d in decisions) <= 10, reasons(decisions)  # ≤ 0.5% of 2,000 held-out non-members
+    assert default_checks(activation_scores(model, xt[:100])) == ("energy", "layer_energy", "layer_positive")
+
+
+def test_relu_policy_keeps_the_density_checks(setup):
+    model, policy, xt = setup
+    assert default_checks(activation_scores(model, xt[:100])) == ("energy", "density", "layer_density")
+    assert policy.max_layer_energy is None and policy.max_layer_positive is None  # ReLU: calibrated as in version 2
+    one = InputPolicy.calibrate(model, xt[:300], checks=("layer_energy",))  # asked for explicitly (a threshold sweep's point)
+    assert len(one.max_layer_energy) == 3 and one.max_energy is None and one.max_density is None and one.max_layer_density is None
+    with pytest.raises(ValueError, match="checks must be"):
+        InputPolicy.calibrate(model, xt[:300], checks=("saturation",))
+
+
+@pytest.mark.parametrize("optimizer", ["sign", "adam"])
+@pytest.mark.parametrize("objective", ["l2", "l0"])
+def test_tanh_sponges_are_rejected_by_the_layer_checks(tanh_setup, objective, optimizer):
+    """Sponges crafted from digits: L2 ones fail the per-layer energy, L0 ones the per-layer positive share."""
+    model, policy, xt = tanh_setup
+    sponges = craft_sponges(model, xt[:8], steps=40, lr=0.03, objective=objective, optimizer=optimizer)
+    assert reasons(policy.check_batch(xt[:8], model))["ok"] == 8  # their starting points pass
+    assert reasons(policy.check_batch(sponges, model))["energy"] >= 6
+    assert reasons(InputPolicy().check_batch(sponges, model))["ok"] == 8  # the pixel checks alone let all through
+    if objective == "l2":  # the per-layer energy limits alone catch them
+        assert reasons(InputPolicy(max_layer_energy=policy.max_layer_energy).check_batch(sponges, model))["energy"] >= 6
+    else:  # negative control: with the new checks off (the L2 limit alone, as before) they pass
+        assert reasons(InputPolicy(max_energy=policy.max_energy).check_batch(sponges, model))["ok"] >= 7
+        assert reasons(InputPolicy(max_layer_positive=policy.max_layer_positive).check_batch(sponges, model))["energy"] >= 6
+
+
+def test_tanh_adaptive_attacker_respects_the_layer_limits(tanh_setup):
+    """It knows the per-layer limits too: what it returns passes, and its energy stays ≤ 1.2x the clean 99.5th percentile."""
+    model, policy, xt = tanh_setup
+    q_energy = float(torch.quantile(activation_energy(model, xt)["l2_energy"], 0.995))
+    x0 = xt[20:26]
+    for objective in ("l2", "l0"):
+        sponges, accepted = adaptive_sponges(model, policy, x0, objective=objective, steps=40, lr=0.03)
+        assert accepted.all() and all(d.allowed for d in policy.check_batch(sponges, model))
+        stats = activation_energy(model, sponges)
+        assert worst_accepted_ratio(stats["l2_energy"], accepted, q_energy) <= 1.2
+        assert (stats["layer_l2"] <= torch.tensor(policy.max_layer_energy)).all()
+        assert (stats["layer_positive"] <= torch.tensor(policy.max_layer_positive)).all()
+        if objective == "l2":
+            assert (stats["l2_energy"] > activation_energy(model, x0)["l2_energy"]).all()  # it did climb
+    # Negative control: against the pixel checks alone the same attacker goes past the energy limit (tanh saturates,
+    # so not by as much as on ReLU nets).
+    free, ok = adaptive_sponges(model, InputPolicy(), x0, objective="l2", steps=60, lr=0.03)
+    assert worst_accepted_ratio(activation_energy(model, free)["l2_energy"], ok, q_energy) > 1.05 * policy.max_energy / q_energy
+
+
+@pytest.mark.parametrize("objective, field", [("l2", "max_layer_energy"), ("l0", "max_layer_positive")])
+def test_tanh_adaptive_attacker_knows_each_layer_limit(tanh_setup, objective, field):
+    """Each per-layer limit alone binds the attacker: it returns inputs that pass (one that ignored the limit would not)."""
+    model, policy, xt = tanh_setup
+    alone = InputPolicy(**{field: getattr(policy, field)})
+    sponges, accepted = adaptive_sponges(model, alone, xt[20:26], objective=objective, steps=40, lr=0.03)
+    assert accepted.all() and all(d.allowed for d in alone.check_batch(sponges, model))
+
+
+def test_leave_one_out_false_positives_match_refits_on_tanh(tanh_setup):
+    """The same closed form for the bounded-activation checks (per-layer medians and spreads kept from all N digits)."""
+    model, _, xt = tanh_setup
+    scores = activation_scores(model, xt[:120])
+    checks, k, headroom = ("energy", "layer_energy", "layer_positive"), 1, 0.1
+    closed_form = leave_one_out_rejected(scores, checks, k, headroom)
+    refits = []
+    for i in range(120):
+        keep = torch.arange(120) != i
+        limits = calibrate_activation_limits({n: v[keep] for n, v in scores.items()}, checks, k, headroom)
+        refits.append(any(bool(f[0]) for f in violated({n: v[i : i + 1] for n, v in scores.items()}, limits).values()))
     assert (closed_form != torch.tensor(refits)).sum() <= 1 and closed_form.sum() >= 1

@@ -34,6 +34,8 @@ ALLOWED = {
     "input_policy.max_energy",
     "input_policy.max_density",
     "input_policy.max_layer_density",  # the sponge merge's per-layer density limits
+    "input_policy.max_layer_energy",  # per-layer L2 limits (bounded activations: tanh, GELU, SiLU)
+    "input_policy.max_layer_positive",  # per-layer positive-share limits (same)
     "input_policy.version",  # InputPolicy.to_dict()'s format version
     "privacy.dp",
     "privacy.accountant",

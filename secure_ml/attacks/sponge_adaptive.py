@@ -1,21 +1,23 @@
 """The adaptive sponge attacker: knows the input policy and maximises energy among the inputs it accepts.
 
 White-box and policy-aware: it reads every limit of an :class:`~secure_ml.defenses.InputPolicy`
-(pixel range and variance, L2 energy, density, per-layer density) and runs a feasibility-keeping
-ascent, per image:
+(pixel range and variance, L2 energy, density, and per layer density, L2 energy and share of
+positive activations) and runs a feasibility-keeping ascent, per image:
 
 * while every bounded statistic is below ``(1 − margin)`` of its limit, a signed-gradient step *up*
   the sponge objective (L2 energy, or the smooth count of positive pre-activations for L0);
 * otherwise a signed-gradient step *down* the statistics at or over that level (the exact variance
-  and L2 energy, and for densities the smooth count of positive pre-activations of the layers
-  that feed them, since the true count has no gradient);
+  and L2 energies, for densities the smooth count of positive pre-activations of the layers that
+  feed them, and for positive shares the smooth count sigmoid(a / T) of the hidden activations
+  themselves, since the true counts have no gradient);
 * pixels are clipped to the policy's range after every step; the step size decays (cosine) to
   ``lr / 20`` so the walk settles on the boundary.
 
 The exact statistics of every iterate are checked against the limits exactly as the policy checks
-them, and the best accepted iterate per image is kept (by L2 energy, or by density for ``l0``):
-the attacker returns the costliest input that the policy let through. A density limit of 1 or more
-(tanh, GELU, SiLU nets, whose activations are never zero) bounds nothing and is ignored.
+them, and the best accepted iterate per image is kept (by L2 energy, or for ``l0`` by density, ties
+broken by the share of positive activations, which is what it raises where density is always 1):
+the attacker returns the costliest input that the policy let through. A share limit of 1 or more
+bounds nothing and is ignored while stepping.
 """
 
 import math
@@ -36,33 +38,45 @@ def _statistics(calls, x: torch.Tensor, temperature: float):
     hidden = [c.input.reshape(len(x), -1) for c in calls[1:]]
     sizes = torch.tensor([h.shape[1] for h in hidden], dtype=torch.float64, device=x.device)
     layer_nz = torch.stack([(h != 0).sum(1).double() for h in hidden], 1)
+    layer_l2 = torch.stack([h.pow(2).sum(1) for h in hidden], 1)
     soft = torch.stack([torch.sigmoid(c.output.reshape(len(x), -1) / temperature).mean(1) for c in calls[:-1]], 1)
     exact = {
         "energy": l2_objective(calls).detach().double(),
         "density": layer_nz.sum(1) / sizes.sum(),
         "layer_density": layer_nz / sizes,
+        "layer_energy": layer_l2.detach().double(),
+        "layer_positive": torch.stack([(h > 0).sum(1).double() for h in hidden], 1) / sizes,
+        "positive": torch.stack([(h > 0).sum(1).double() for h in hidden], 1).sum(1) / sizes.sum(),
         "variance": x.detach().reshape(len(x), -1).double().var(1, correction=0),
     }
     smooth = {
         "energy": l2_objective(calls),
         "density": (soft * sizes.to(soft.dtype)).sum(1) / sizes.sum().to(soft.dtype),
         "layer_density": soft,
+        "layer_energy": layer_l2,
+        "layer_positive": torch.stack([torch.sigmoid(h / temperature).mean(1) for h in hidden], 1),
         "variance": x.reshape(len(x), -1).var(1, correction=0),
     }
     return exact, smooth
 
 
 def _ratios(policy: InputPolicy, stats: dict, vacuous_ok: bool) -> dict:
-    """Statistic / limit per bounded check (per layer for layer_density); density limits ≥ 1 dropped when ``vacuous_ok``."""
+    """Statistic / limit per bounded check (per layer for the per-layer checks); share limits ≥ 1 dropped when ``vacuous_ok``."""
     out = {}
     for name, limit in (("variance", policy.max_variance), ("energy", policy.max_energy), ("density", policy.max_density)):
         if limit is not None and not (vacuous_ok and name == "density" and limit >= 1.0):
             out[name] = stats[name] / limit
-    if policy.max_layer_density is not None:
-        limits = torch.tensor(policy.max_layer_density, dtype=stats["layer_density"].dtype, device=stats["layer_density"].device)
-        keep = limits < 1.0 if vacuous_ok else torch.ones_like(limits, dtype=torch.bool)
+    for name, field in (
+        ("layer_density", "max_layer_density"),
+        ("layer_energy", "max_layer_energy"),
+        ("layer_positive", "max_layer_positive"),
+    ):
+        if getattr(policy, field) is None:
+            continue
+        limits = torch.tensor(getattr(policy, field), dtype=stats[name].dtype, device=stats[name].device)
+        keep = limits < 1.0 if vacuous_ok and name != "layer_energy" else torch.ones_like(limits, dtype=torch.bool)
         if keep.any():
-            out["layer_density"] = stats["layer_density"][:, keep] / limits[keep]
+            out[name] = stats[name][:, keep] / limits[keep]
     return out
 
 
@@ -90,6 +104,7 @@ def adaptive_sponges(
     device, dtype = device_and_dtype(model, x_init)
     x = x_init.detach().to(device=device, dtype=dtype).clamp(policy.min_value, policy.max_value)
     best, best_score = x.clone(), torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
+    best_tie = torch.full_like(best_score, -math.inf)
     with torch.enable_grad(), eval_mode(model):
         for t in range(steps + 1):
             x.requires_grad_(True)
@@ -99,8 +114,9 @@ def adaptive_sponges(
             for r in _ratios(policy, exact, vacuous_ok=False).values():
                 accepted &= (r <= 1).all(1) if r.dim() == 2 else r <= 1
             score = exact["energy"] if objective == "l2" else exact["density"]
-            better = accepted & (score > best_score)
-            best[better], best_score[better] = x.detach()[better], score[better]
+            tie = exact["positive"]  # l0 on tanh/GELU/SiLU: the density is always 1, the positive share is what it raised
+            better = accepted & ((score > best_score) | ((score == best_score) & (tie > best_tie)))
+            best[better], best_score[better], best_tie[better] = x.detach()[better], score[better], tie[better]
             if t == steps:
                 break
             over = {k: (r >= 1 - margin) for k, r in _ratios(policy, exact, vacuous_ok=True).items()}

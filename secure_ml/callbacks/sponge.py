@@ -7,7 +7,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from secure_ml.attacks.sponge import craft_sponges, gaussian_sponges, sponge_report
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
-from secure_ml.defenses.calibration import ACTIVATION_CHECKS, activation_scores, budget_k, leave_one_out_rejected
+from secure_ml.defenses.calibration import activation_scores, budget_k, default_checks, leave_one_out_rejected
 from secure_ml.defenses.energy import EnergyUndefined, activation_energy
 from secure_ml.defenses.input_policy import HEADROOM, InputPolicy
 from secure_ml.errors import ConfigError
@@ -21,7 +21,8 @@ class SpongeCallback(EpochMetricCallback):
     ``sponge/false_positive_rate`` (clean non-member digits rejected), for crafted sponges vs as many
     clean digits ``sponge/energy_ratio``, ``sponge/density_ratio`` and ``sponge/latency_ratio``, and
     ``sponge/energy_bound_ratio`` / ``sponge/density_bound_ratio``: the most L2 energy / activation
-    density any input the policy accepts can carry (its limit), over the clean 99.5th percentile.
+    density any input the policy accepts can carry (its limit, or 1 where the density is not bounded,
+    as on tanh nets), over the clean 99.5th percentile.
 
     Calibration uses non-member digits only: the validation split, in fit, validate and test alike.
     The policy calibrated on it is kept in the checkpoint (``policy``) for the inference service.
@@ -113,8 +114,9 @@ class SpongeCallback(EpochMetricCallback):
             reference = activation_scores(net, measure)
         else:
             measure, reference = calib, scores
-            k = budget_k(len(calib), self.false_positive_rate, len(ACTIVATION_CHECKS))
-            false_pos = float(leave_one_out_rejected(scores, ACTIVATION_CHECKS, k, self.headroom).double().mean())
+            checks = default_checks(scores)  # the checks from_scores calibrated
+            k = budget_k(len(calib), self.false_positive_rate, len(checks))
+            false_pos = float(leave_one_out_rejected(scores, checks, k, self.headroom).double().mean())
         gen = torch.Generator().manual_seed(self.seed)
         gaussian = gaussian_sponges(self.n_sponges, self.gaussian_scales, gen).to(pl_module.device)
         noise = torch.rand((self.n_sponges, *measure.shape[1:]), generator=gen).to(pl_module.device)
@@ -133,7 +135,7 @@ class SpongeCallback(EpochMetricCallback):
             "sponge/density_ratio": report.density_ratio,
             "sponge/latency_ratio": report.latency_ratio,
             "sponge/energy_bound_ratio": _bound_ratio(policy.max_energy, reference["energy"]),
-            "sponge/density_bound_ratio": _bound_ratio(policy.max_density, reference["density"]),
+            "sponge/density_bound_ratio": _bound_ratio(policy.max_density or 1.0, reference["density"]),  # a density cannot exceed 1
         }
 
     def state_dict(self) -> Dict[str, Any]:

@@ -12,7 +12,10 @@ order; a layer called twice counts twice):
 * ``l2_energy`` = Σ_l ‖a_l‖² — the L2 energy proxy of Shumailov et al. (EuroS&P 2021);
 * ``nonzero`` = Σ_l #{a_l ≠ 0}, ``density`` = nonzero / Σ_l numel(a_l) — the L0 energy: the share
   of multiply-accumulate operands a zero-skipping accelerator cannot skip;
-* ``layer_l2``, ``layer_density`` — the same per hidden layer, shape ``(B, L)``.
+* ``layer_l2``, ``layer_density`` — the same per hidden layer, shape ``(B, L)``;
+* ``layer_positive`` — per hidden layer, the share of activations > 0, shape ``(B, L)``. For ReLU it
+  equals ``layer_density``; for tanh, GELU or SiLU (whose output is > 0 exactly where the
+  pre-activation is) it is the share of positive pre-activations: the count an L0 sponge raises.
 
 Under ReLU many activations are exactly zero, so density matters; tanh, GELU or SiLU outputs are
 almost never exactly zero, so their density is ~1 whatever the input, and only the L2 energy can
@@ -44,8 +47,8 @@ class LayerCall:
     """One call of a weight layer: its name (``conv2``, ``fc1#2`` for a second call), input and output.
 
     With ``ActivationRecorder(summarise=True)`` the tensors are replaced by per-sample statistics taken
-    inside the hook (so a later in-place operation cannot change them): ``input`` holds ``[Σa², #(a≠0)]``
-    per sample, shape ``(B, 2)``, and ``output`` is None.
+    inside the hook (so a later in-place operation cannot change them): ``input`` holds ``[Σa², #(a≠0), #(a>0)]``
+    per sample, shape ``(B, 3)``, and ``output`` is None.
     """
 
     name: str
@@ -84,7 +87,7 @@ class ActivationRecorder:
             key, a = f"{name}#{seen + 1}" if seen else name, args[0]
             if self.summarise:
                 flat = _flat(a.detach())
-                stats = torch.stack([flat.float().pow(2).sum(1), (flat != 0).sum(1).float()], 1)
+                stats = torch.stack([flat.float().pow(2).sum(1), (flat != 0).sum(1).float(), (flat > 0).sum(1).float()], 1)
                 self.calls.append(LayerCall(key, stats, None, flat.shape[1]))
             else:
                 self.calls.append(LayerCall(key, a, output, a[0].numel()))
@@ -145,8 +148,8 @@ def l0_objective(calls: List[LayerCall], temperature: float) -> torch.Tensor:
 def activation_energy(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Per-sample statistics of the hidden activations (see the module docstring), float64/int64 on CPU.
 
-    Keys: ``l2_energy``, ``nonzero``, ``density`` (shape ``(B,)``), ``layer_l2`` and ``layer_density``
-    (``(B, L)``), plus ``layers``: the names of the L hidden layer calls (a list, not a tensor).
+    Keys: ``l2_energy``, ``nonzero``, ``density`` (shape ``(B,)``), ``layer_l2``, ``layer_density`` and
+    ``layer_positive`` (``(B, L)``), plus ``layers``: the names of the L hidden layer calls (a list, not a tensor).
     One forward pass under ``torch.no_grad()`` in eval mode on the model's device; EnergyUndefined
     for a net without hidden activations.
     """
@@ -156,8 +159,8 @@ def activation_energy(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tens
     with torch.no_grad(), eval_mode(model):
         calls = record(model, x.to(device=device, dtype=dtype), summarise=True)[1:]
         # float32 on the device (MPS has no float64), float64 once on the CPU.
-        stats = torch.stack([c.input for c in calls], 1).cpu().double()  # (B, L, 2)
-    layer_l2, layer_nz = stats[..., 0], stats[..., 1].round().long()
+        stats = torch.stack([c.input for c in calls], 1).cpu().double()  # (B, L, 3)
+    layer_l2, layer_nz, layer_pos = stats[..., 0], stats[..., 1].round().long(), stats[..., 2].round()
     sizes = torch.tensor([c.numel for c in calls], dtype=torch.float64)
     nonzero = layer_nz.sum(1)
     return {
@@ -166,5 +169,6 @@ def activation_energy(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tens
         "density": nonzero.double() / sizes.sum(),
         "layer_l2": layer_l2,
         "layer_density": layer_nz.double() / sizes,
+        "layer_positive": layer_pos / sizes,
         "layers": [c.name for c in calls],
     }

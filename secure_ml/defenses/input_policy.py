@@ -8,12 +8,15 @@ by the accepted shape; an oversized input fails ``shape`` before any work.
 ``variance``: pixel space is ``[0, 1]``, where a variance cannot exceed 0.25; ``max_variance`` is a
 fixed 0.22 by default (not calibrated), above every MNIST digit and below clipped N(0, 5²) noise.
 
-``energy`` bounds three statistics of the hidden activations (:mod:`secure_ml.defenses.energy`):
-the L2 energy (``max_energy``), the density of non-zero activations (``max_density``, the L0 energy)
-and every hidden layer's density (``max_layer_density``, one limit per layer). One bound alone is a
-line an attacker can sit under while raising the other cost; all three are set by
-:meth:`InputPolicy.calibrate` on clean non-member digits, the false-positive budget split across
-them (:mod:`secure_ml.defenses.calibration`).
+``energy`` bounds statistics of the hidden activations (:mod:`secure_ml.defenses.energy`): the L2
+energy (``max_energy``), the density of non-zero activations (``max_density``, the L0 energy),
+every hidden layer's density (``max_layer_density``), L2 energy (``max_layer_energy``) and share of
+positive activations (``max_layer_positive``), one limit per layer for the last three. One bound
+alone is a line an attacker can sit under while raising another cost. :meth:`InputPolicy.calibrate`
+sets them on clean non-member digits, the false-positive budget split across the checks that apply
+to the net's activations (:func:`secure_ml.defenses.calibration.default_checks`): with exact zeros
+(ReLU) energy, density and layer density; without (tanh, GELU, SiLU: the density is always 1)
+energy, layer energy and layer positive share.
 
 Decisions carry no numbers. ``PolicyDecision.detail`` is a fixed sentence per failed check (the
 accepted shape and pixel range, which are the public input contract, are its only figures): a
@@ -23,17 +26,31 @@ and a guide for sponge crafters.
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from secure_ml.defenses.calibration import activation_scores, budget_k, calibrate_activation_limits, violated
+from secure_ml.defenses.calibration import (
+    LAYER_CHECKS,
+    activation_scores,
+    budget_k,
+    calibrate_activation_limits,
+    default_checks,
+    violated,
+)
 
 REASONS = ("ok", "shape", "dtype", "non_finite", "range", "variance", "energy")
 HEADROOM = 0.1  # limits sit 10% of the clean spread above their order statistic: 800 digits cannot pin a 0.17% tail
-VERSION = 2  # v2: energy over the inputs of weight layers (forward hooks); v1 (no "version" key) recorded ReLU calls
-_CHECK_FIELD = {"energy": "max_energy", "density": "max_density", "layer_density": "max_layer_density"}
+VERSION = 3  # v3: + max_layer_energy, max_layer_positive; v2: energy over the inputs of weight layers; v1 (no "version"): ReLU calls
+_CHECK_FIELD = {
+    "energy": "max_energy",
+    "density": "max_density",
+    "layer_density": "max_layer_density",
+    "layer_energy": "max_layer_energy",
+    "layer_positive": "max_layer_positive",
+}
+_LAYER_FIELDS = tuple(_CHECK_FIELD[c] for c in LAYER_CHECKS)
 _DETAIL = {
     "dtype": "pixel values must be floating point numbers",
     "non_finite": "the image contains NaN or infinite values",
@@ -41,6 +58,8 @@ _DETAIL = {
     "energy": "the image's activation energy is above the accepted limit",
     "density": "the image's share of non-zero activations is above the accepted limit",
     "layer_density": "the share of non-zero activations in one layer of the network is above the accepted limit",
+    "layer_energy": "the activation energy of one layer of the network is above the accepted limit",
+    "layer_positive": "the share of positive activations in one layer of the network is above the accepted limit",
 }
 
 
@@ -66,6 +85,18 @@ def _positive_or_none(name: str, value: Optional[float]) -> Optional[float]:
     return float(value)
 
 
+def _layer_limits(name: str, value) -> Optional[Tuple[float, ...]]:
+    """``value`` as a non-empty tuple of positive floats, or None; ValueError naming ``name`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a list of positive numbers or None; got {value!r}")
+    limits = tuple(_positive_or_none(name, v) for v in value)
+    if not limits or None in limits:
+        raise ValueError(f"{name} must be a non-empty list of positive numbers or None; got {value!r}")
+    return limits
+
+
 def _pixel_stats(x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
     """Per-image non-finite count, min, max and population variance of a floating batch, on CPU."""
     flat = x.detach().reshape(len(x), -1)
@@ -87,6 +118,8 @@ class InputPolicy:
     max_energy: Optional[float] = None
     max_density: Optional[float] = None
     max_layer_density: Optional[Tuple[float, ...]] = None
+    max_layer_energy: Optional[Tuple[float, ...]] = None
+    max_layer_positive: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self) -> None:
         """Validate and normalise the fields (ValueError naming the bad one)."""
@@ -105,13 +138,8 @@ class InputPolicy:
             raise ValueError(f"min_value must be below max_value; got {self.min_value} and {self.max_value}")
         for name in ("max_variance", "max_energy", "max_density"):
             setattr(self, name, _positive_or_none(name, getattr(self, name)))
-        if self.max_layer_density is not None:
-            if isinstance(self.max_layer_density, (str, bytes)) or not hasattr(self.max_layer_density, "__iter__"):
-                raise ValueError(f"max_layer_density must be a list of positive numbers or None; got {self.max_layer_density!r}")
-            limits = tuple(_positive_or_none("max_layer_density", v) for v in self.max_layer_density)
-            if not limits or None in limits:
-                raise ValueError(f"max_layer_density must be a non-empty list of positive numbers or None; got {self.max_layer_density!r}")
-            self.max_layer_density = limits
+        for name in _LAYER_FIELDS:
+            setattr(self, name, _layer_limits(name, getattr(self, name)))
 
     def _accepted_shapes(self) -> Tuple[Tuple[int, ...], ...]:
         """The configured shape, plus the shape without its leading 1 (e.g. (28, 28) for (1, 28, 28))."""
@@ -137,7 +165,9 @@ class InputPolicy:
     def check_batch(self, x: torch.Tensor, model: Optional[nn.Module] = None) -> List[PolicyDecision]:
         """Decide on each image of a batch ``(B, *shape)``; the energy check is one forward over the images still allowed."""
         if self._needs_model() and model is None:
-            raise ValueError("this policy bounds activation energy (max_energy/max_density/max_layer_density), so check needs the model")
+            raise ValueError(
+                "this policy bounds activation energy (max_energy, max_density or a per-layer limit), so check needs the model"
+            )
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"check_batch expects a torch.Tensor batch; got {type(x).__name__}")
         if x.dim() == 0:
@@ -162,13 +192,15 @@ class InputPolicy:
         return [d if d is not None else PolicyDecision(True, "ok") for d in decisions]
 
     def activation_failures(self, model: nn.Module, x: torch.Tensor) -> List[Optional[str]]:
-        """Per image, the first activation check it fails (``energy``, ``density``, ``layer_density``) or None; one forward."""
+        """Per image, the first activation check it fails (one of ``_CHECK_FIELD``, in its order) or None; one forward."""
         scores = activation_scores(model, x)
-        if self.max_layer_density is not None and scores["layer_density"].shape[1] != len(self.max_layer_density):
-            raise ValueError(
-                f"this policy bounds {len(self.max_layer_density)} hidden layers but the model has {scores['layer_density'].shape[1]}; "
-                "recalibrate the policy for this model"
-            )
+        for check in LAYER_CHECKS:
+            limits = getattr(self, _CHECK_FIELD[check])
+            if limits is not None and scores[check].shape[1] != len(limits):
+                raise ValueError(
+                    f"this policy bounds {len(limits)} hidden layers but the model has {scores[check].shape[1]}; "
+                    "recalibrate the policy for this model"
+                )
         flags = violated(scores, self._activation_limits())
         return [next((check for check in _CHECK_FIELD if check in flags and bool(flags[check][i])), None) for i in range(len(x))]
 
@@ -184,14 +216,22 @@ class InputPolicy:
 
     @classmethod
     def calibrate(
-        cls, model: nn.Module, clean_x: torch.Tensor, false_positive_rate: float = 0.005, headroom: float = HEADROOM, **kwargs
+        cls,
+        model: nn.Module,
+        clean_x: torch.Tensor,
+        false_positive_rate: float = 0.005,
+        headroom: float = HEADROOM,
+        checks: Optional[Sequence[str]] = None,
+        **kwargs,
     ) -> "InputPolicy":
         """Policy whose activation limits are calibrated on ``clean_x`` (clean NON-MEMBER digits), see :mod:`~secure_ml.defenses.calibration`.
 
-        ``max_energy``, ``max_density`` and ``max_layer_density`` are calibrated unless given in ``kwargs``
-        (``None`` disables one); the budget ``false_positive_rate`` is split evenly over the calibrated
-        ones, and ``headroom`` lifts each limit by that share of its statistic's spread. Other ``kwargs``
-        go to the constructor (``max_variance`` keeps its fixed default).
+        The checks that apply to the net's activations (:func:`~secure_ml.defenses.calibration.default_checks`)
+        are calibrated unless given in ``kwargs`` (``None`` disables one; the others stay None); the budget
+        ``false_positive_rate`` is split evenly over the calibrated ones, and ``headroom`` lifts each limit
+        by that share of its statistic's spread. Other ``kwargs`` go to the constructor (``max_variance``
+        keeps its fixed default). ``checks`` (names from ``ACTIVATION_CHECKS``) overrides which checks are
+        calibrated, e.g. one check alone in a threshold sweep.
         """
         if not isinstance(clean_x, torch.Tensor) or clean_x.dim() < 1 or len(clean_x) == 0:
             raise ValueError("clean_x must be a non-empty batch of clean images")
@@ -202,38 +242,49 @@ class InputPolicy:
         if all(name in kwargs for name in _CHECK_FIELD.values()):
             return base
         scores = activation_scores(model, clean_x.detach().reshape(len(clean_x), *base.shape))
-        return cls.from_scores(scores, false_positive_rate, headroom, **kwargs)
+        return cls.from_scores(scores, false_positive_rate, headroom, checks, **kwargs)
 
     @classmethod
-    def from_scores(cls, scores: dict, false_positive_rate: float = 0.005, headroom: float = HEADROOM, **kwargs) -> "InputPolicy":
+    def from_scores(
+        cls, scores: dict, false_positive_rate: float = 0.005, headroom: float = HEADROOM, checks: Optional[Sequence[str]] = None, **kwargs
+    ) -> "InputPolicy":
         """:meth:`calibrate` from precomputed clean ``activation_scores`` (the caller vouches the digits pass the other checks)."""
         if not 0.0 < false_positive_rate < 1.0:
             raise ValueError(f"false_positive_rate must lie in (0, 1); got {false_positive_rate}")
         if isinstance(headroom, bool) or not isinstance(headroom, (int, float)) or not 0.0 <= headroom < 10.0:
             raise ValueError(f"headroom must lie in [0, 10); got {headroom!r}")
-        todo = [check for check, name in _CHECK_FIELD.items() if name not in kwargs]
+        if checks is not None and (isinstance(checks, str) or not set(checks) <= set(_CHECK_FIELD)):
+            raise ValueError(f"checks must be a list of {tuple(_CHECK_FIELD)}; got {checks!r}")
+        todo = [check for check in (default_checks(scores) if checks is None else checks) if _CHECK_FIELD[check] not in kwargs]
         n = len(scores["energy"])
         limits = calibrate_activation_limits(scores, todo, budget_k(n, false_positive_rate, len(todo)), headroom)
         positive = {c: v for c, v in limits.items() if (min(v) if isinstance(v, tuple) else v) > 0}
-        return cls(**{**kwargs, **{_CHECK_FIELD[c]: positive.get(c) for c in todo}})
+        unset = {name: None for name in _CHECK_FIELD.values() if name not in kwargs}
+        return cls(**{**kwargs, **unset, **{_CHECK_FIELD[c]: positive.get(c) for c in todo}})
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (lists for tuples) with ``version``."""
         d = asdict(self)
         d["shape"] = list(self.shape)
-        d["max_layer_density"] = list(self.max_layer_density) if self.max_layer_density is not None else None
+        for name in _LAYER_FIELDS:
+            d[name] = list(getattr(self, name)) if getattr(self, name) is not None else None
         return {"version": VERSION, **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputPolicy":
-        """Inverse of :meth:`to_dict`; ValueError on unknown keys, and on a v1 policy with activation limits (measured differently)."""
+        """Inverse of :meth:`to_dict`; reads versions 1–3 (v2 has no per-layer energy/positive limits: they stay None).
+
+        ValueError on unknown keys, on a version's keys it did not have, and on a v1 policy with
+        activation limits (measured differently).
+        """
         if not isinstance(d, dict):
             raise ValueError(f"expected a dict; got {type(d).__name__}")
         d = dict(d)
         version = d.pop("version", 1)
-        if version not in (1, VERSION):
-            raise ValueError(f"unsupported InputPolicy version {version!r} (this code reads 1 and {VERSION})")
-        unknown = set(d) - {f.name for f in fields(cls)}
+        if version not in (1, 2, VERSION):
+            raise ValueError(f"unsupported InputPolicy version {version!r} (this code reads 1 to {VERSION})")
+        known = {f.name for f in fields(cls)} - (set(_LAYER_FIELDS) - {"max_layer_density"} if version < 3 else set())
+        unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown InputPolicy field(s): {', '.join(sorted(unknown))}")
         if version == 1 and (d.get("max_energy") is not None or d.get("max_density") is not None):

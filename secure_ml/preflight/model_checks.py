@@ -49,7 +49,11 @@ def policy_check(dep: Deployment) -> Check:
         policy, source = _policy(dep)
     except Exception as exc:
         return fail("input-policy", str(exc).splitlines()[0], "fix the policy source named above")
-    limits = {k: v for k, v in policy.to_dict().items() if k in ("max_energy", "max_density", "max_layer_density") and v is not None}
+    limits = {
+        k: v
+        for k, v in policy.to_dict().items()
+        if k in ("max_energy", "max_density", "max_layer_density", "max_layer_energy", "max_layer_positive") and v is not None
+    }
     held_out = source.startswith(("calibrated during training", "calibrated at start-up"))
     if not held_out or not limits:
         return fail(

@@ -181,7 +181,8 @@ class PolicyEvaluator:
             return InputPolicy(**{**off, "max_variance": float(torch.sort(variances, descending=True).values[k])})
         if check == "all":
             return InputPolicy.calibrate(self.net, self.calib, false_positive_rate=fpr)
-        return InputPolicy.calibrate(self.net, self.calib, false_positive_rate=fpr, **{n: None for c, n in fields.items() if c != check})
+        others_off = {n: None for c, n in fields.items() if c != check}
+        return InputPolicy.calibrate(self.net, self.calib, false_positive_rate=fpr, checks=(check,), **others_off)
 
     def evaluate(self, overrides: Mapping[str, Any], seed: int) -> PointResult:
         result = PointResult()

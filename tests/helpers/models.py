@@ -29,3 +29,27 @@ def trained_small_cnn(data_dir: str):
         opt.step()
     model.zero_grad(set_to_none=True)
     return model.eval(), x, y, xt, yt
+
+
+@functools.lru_cache(maxsize=1)
+def trained_tanh_cnn(data_dir: str):
+    """TanhCNN (the hardened config's net) after one Adam epoch on 2,000 real training digits, plus the data.
+
+    Cached per pytest process; callers must not train it.
+    """
+    from secure_ml.models import TanhCNN
+
+    x, y = load_mnist(data_dir, train=True, download=False)
+    xt, yt = load_mnist(data_dir, train=False, download=False)
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    model = TanhCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    perm = torch.randperm(2000, generator=g)
+    for i in range(0, 2000, 32):
+        idx = perm[i : i + 32]
+        opt.zero_grad()
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    model.zero_grad(set_to_none=True)
+    return model.eval(), x, y, xt, yt
