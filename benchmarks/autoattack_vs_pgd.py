@@ -53,7 +53,9 @@ def main() -> None:
     x, y = x[args.offset : args.offset + args.samples], y[args.offset : args.offset + args.samples]
     with torch.no_grad():
         clean = (model(x).argmax(1) == y).float().mean().item()
-    print(f"{len(y)} test digits from #{args.offset}, ε = {args.epsilon:g}, {torch.get_num_threads()} thread(s); clean accuracy {clean:.4f}")
+    print(
+        f"{len(y)} test digits from #{args.offset}, ε = {args.epsilon:g}, {torch.get_num_threads()} thread(s); clean accuracy {clean:.4f}"
+    )
     t, cpu = time.perf_counter(), time.process_time()
     x_pgd = torch.cat(
         [
