@@ -241,20 +241,24 @@ def test_calibration_budget_is_exact_and_keeps_given_limits(setup):
         InputPolicy.calibrate(model, xt[:10], false_positive_rate=0.0)
 
 
-def test_leave_one_out_false_positives_match_refits(setup):
-    """The callback's fit-time false-positive estimate equals refitting the policy without each digit."""
-    model, _, xt = setup
+def _leave_one_out_vs_refits(model, xt, checks, k=1, headroom=0.1):
+    """(closed-form leave-one-out rejections, the same decided by refitting the limits without each of 120 digits)."""
     scores = activation_scores(model, xt[:120])
-    checks, k, headroom = ("energy", "density", "layer_density"), 1, 0.1
     closed_form = leave_one_out_rejected(scores, checks, k, headroom)
     refits = []
     for i in range(120):
         keep = torch.arange(120) != i
         limits = calibrate_activation_limits({n: v[keep] for n, v in scores.items()}, checks, k, headroom)
-        one = {n: v[i : i + 1] for n, v in scores.items()}
-        refits.append(any(bool(f[0]) for f in violated(one, limits).values()))
+        refits.append(any(bool(f[0]) for f in violated({n: v[i : i + 1] for n, v in scores.items()}, limits).values()))
+    return closed_form, torch.tensor(refits)
+
+
+def test_leave_one_out_false_positives_match_refits(setup):
+    """The callback's fit-time false-positive estimate equals refitting the policy without each digit."""
+    model, _, xt = setup
+    closed_form, refits = _leave_one_out_vs_refits(model, xt, ("energy", "density", "layer_density"))
     # Medians and per-layer means move slightly without digit i: allow one disagreement.
-    assert (closed_form != torch.tensor(refits)).sum() <= 1 and closed_form.sum() >= 1
+    assert (closed_form != refits).sum() <= 1 and closed_form.sum() >= 1
 
 
 # --- bounded activations (tanh): the density limits bound nothing, the per-layer checks take their budget ---
@@ -335,12 +339,5 @@ def test_tanh_adaptive_attacker_knows_each_layer_limit(tanh_setup, objective, fi
 def test_leave_one_out_false_positives_match_refits_on_tanh(tanh_setup):
     """The same closed form for the bounded-activation checks (per-layer medians and spreads kept from all N digits)."""
     model, _, xt = tanh_setup
-    scores = activation_scores(model, xt[:120])
-    checks, k, headroom = ("energy", "layer_energy", "layer_positive"), 1, 0.1
-    closed_form = leave_one_out_rejected(scores, checks, k, headroom)
-    refits = []
-    for i in range(120):
-        keep = torch.arange(120) != i
-        limits = calibrate_activation_limits({n: v[keep] for n, v in scores.items()}, checks, k, headroom)
-        refits.append(any(bool(f[0]) for f in violated({n: v[i : i + 1] for n, v in scores.items()}, limits).values()))
-    assert (closed_form != torch.tensor(refits)).sum() <= 1 and closed_form.sum() >= 1
+    closed_form, refits = _leave_one_out_vs_refits(model, xt, ("energy", "layer_energy", "layer_positive"))
+    assert (closed_form != refits).sum() <= 1 and closed_form.sum() >= 1
