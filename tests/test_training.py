@@ -7,7 +7,7 @@ from opacus.optimizers import DPOptimizer
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 
 from secure_ml.adversarial import AdversarialConfig
-from secure_ml.data import MNISTDataModule, PoisonConfig, SanitizerConfig
+from secure_ml.data import PoisonConfig, SanitizerConfig
 from secure_ml.errors import ConfigError
 from secure_ml.module import DP_STATE_KEY, SecureClassifier
 from secure_ml.privacy.bookkeeping import BookKeepingDPOptimizer
@@ -199,16 +199,7 @@ def test_single_forward_modes_train_with_exact_accounting_and_empty_batches(tiny
         adversarial=AdversarialConfig(epsilon=0.05, ratio=1.0), dp=DPConfig(enabled=True, backend=backend, noise_seed=0)
     )
     trainer = _trainer(tmp_path, epochs=1)
-    dm = MNISTDataModule(
-        data_dir=str(tiny_mnist),
-        download=False,
-        train_size=500,
-        val_size=100,
-        test_size=100,
-        batch_size=2,
-        poisson_sampling=True,
-        sampling_seed=0,
-    )  # expected batch 2: some batches are empty
+    dm = small_datamodule(tiny_mnist, batch_size=2)  # expected batch 2: some batches are empty
     trainer.fit(model, dm)
     optimizer_class = {"ghost": DPOptimizerFastGradientClipping, "bk": BookKeepingDPOptimizer}[mode]
     assert model.private.mode == mode and isinstance(trainer.optimizers[0], optimizer_class)

@@ -5,15 +5,15 @@ from lightning.pytorch import Trainer
 from secure_ml.data import MNISTDataModule
 
 
-def small_datamodule(root, dp: bool = True, **kw) -> MNISTDataModule:
-    """500/100/100 digits of ``root``, batch 32, Poisson sampling with a fixed seed when ``dp`` (13 batches per epoch)."""
+def small_datamodule(root, dp: bool = True, batch_size: int = 32, **kw) -> MNISTDataModule:
+    """500/100/100 digits of ``root``, batch ``batch_size`` (32), Poisson sampling with a fixed seed when ``dp`` (13 batches per epoch)."""
     return MNISTDataModule(
         data_dir=str(root),
         download=False,
         train_size=500,
         val_size=100,
         test_size=100,
-        batch_size=32,
+        batch_size=batch_size,
         poisson_sampling=dp,
         sampling_seed=0,
         **kw,
