@@ -39,14 +39,15 @@ def _statistics(calls, x: torch.Tensor, temperature: float):
     sizes = torch.tensor([h.shape[1] for h in hidden], dtype=torch.float64, device=x.device)
     layer_nz = torch.stack([(h != 0).sum(1).double() for h in hidden], 1)
     layer_l2 = torch.stack([h.pow(2).sum(1) for h in hidden], 1)
+    layer_pos = torch.stack([(h > 0).sum(1).double() for h in hidden], 1)
     soft = torch.stack([torch.sigmoid(c.output.reshape(len(x), -1) / temperature).mean(1) for c in calls[:-1]], 1)
     exact = {
         "energy": l2_objective(calls).detach().double(),
         "density": layer_nz.sum(1) / sizes.sum(),
         "layer_density": layer_nz / sizes,
         "layer_energy": layer_l2.detach().double(),
-        "layer_positive": torch.stack([(h > 0).sum(1).double() for h in hidden], 1) / sizes,
-        "positive": torch.stack([(h > 0).sum(1).double() for h in hidden], 1).sum(1) / sizes.sum(),
+        "layer_positive": layer_pos / sizes,
+        "positive": layer_pos.sum(1) / sizes.sum(),
         "variance": x.detach().reshape(len(x), -1).double().var(1, correction=0),
     }
     smooth = {
