@@ -11,6 +11,7 @@ from secure_ml.attacks import fgsm
 from secure_ml.attacks.evasion import input_gradient
 from secure_ml.errors import ConfigError
 from secure_ml.models import SmallCNN, TanhCNN, build_net, net_spec, registered_nets
+from secure_ml.models.pool import MaxPool2d
 from secure_ml.privacy.bookkeeping import BookKeepingClipper
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.modes import resolve_mode
@@ -111,3 +112,34 @@ def test_tanh_cnn_trains_in_the_bk_mode_with_the_reference_clipped_sum():
     torch.testing.assert_close(bk_norms, norms, rtol=1e-4, atol=1e-6)
     for ours, theirs in zip(got, expected):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", [(3, 4, 28, 28), (2, 3, 7, 7), (5, 2, 14, 13), (1, 1, 2, 3)])
+def test_fast_max_pool_equals_max_pool2d_without_gradients(stride, shape, monkeypatch):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    x[0, 0, 0, 0] = float("nan")  # NaN propagates in both
+    expected = F.max_pool2d(x, 2, stride)
+    native = []
+    monkeypatch.setattr(torch.nn.MaxPool2d, "forward", lambda self, t: native.append(1) or F.max_pool2d(t, 2, stride))
+    with torch.no_grad():
+        got = MaxPool2d(2, stride)(x)
+    assert not native, "the gradient-free call must take the fast path"
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_fast_max_pool_uses_the_native_kernel_when_a_gradient_is_recorded():
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    out = MaxPool2d(2, 2)(x)
+    assert out.grad_fn is not None and "MaxPool" in type(out.grad_fn).__name__  # first-max gradients, as nn.MaxPool2d
+    with torch.no_grad():
+        assert torch.equal(MaxPool2d(2, 2)(x), out)
+
+
+@pytest.mark.parametrize("name", NETS)
+def test_nets_give_the_same_logits_with_and_without_gradients(name):
+    net = _net(name).eval()
+    x = torch.rand(16, 1, 28, 28, requires_grad=True)
+    with torch.no_grad():
+        fast = net(x)
+    assert torch.equal(fast, net(x).detach())

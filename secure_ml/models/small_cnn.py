@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from secure_ml.models.pool import MaxPool2d
+
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
@@ -28,7 +30,7 @@ class SmallCNN(nn.Module):
         self.std = float(std)
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
-        self.pool = nn.MaxPool2d(2, 2)
+        self.pool = MaxPool2d(2, 2)
         self.fc1 = nn.Linear(32 * 7 * 7, 128)
         self.fc2 = nn.Linear(128, num_classes)
 

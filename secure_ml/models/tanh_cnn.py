@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from secure_ml.errors import ConfigError
+from secure_ml.models.pool import MaxPool2d
 from secure_ml.models.small_cnn import MNIST_MEAN, MNIST_STD
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
@@ -60,10 +61,10 @@ class TanhCNN(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(1, self.conv1_channels, 8, stride=2, padding=2),
             act(),
-            nn.MaxPool2d(2, 1),
+            MaxPool2d(2, 1),
             nn.Conv2d(self.conv1_channels, self.conv2_channels, 4, stride=2),
             act(),
-            nn.MaxPool2d(2, 1),
+            MaxPool2d(2, 1),
         )
         self.classifier = nn.Sequential(nn.Linear(self.conv2_channels * 16, self.hidden), act(), nn.Linear(self.hidden, self.num_classes))
 
