@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from secure_ml.attacks.scores import score_vector
+from secure_ml.models.batching import EVAL_BATCH
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ class RMIASettings:
             raise ValueError(f"gamma must be > 0; got {self.gamma}")
 
 
-def label_probability(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def label_probability(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """``Pr(x | θ)``: the softmax probability ``model`` gives each record's label, float64 on the CPU (eval mode, no grad)."""
     was_training = model.training
     model.eval()

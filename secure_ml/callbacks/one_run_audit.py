@@ -10,11 +10,12 @@ from secure_ml.callbacks._common import EpochMetricCallback, check_min
 from secure_ml.callbacks.membership import dp_delta
 from secure_ml.data.canaries import make_canaries
 from secure_ml.errors import ConfigError
+from secure_ml.models.batching import EVAL_BATCH
 from secure_ml.models.registry import device_and_dtype
 from secure_ml.privacy.one_run_audit import canary_scores, guess_counts, one_run_audit
 
 
-def _log_probs(net: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def _log_probs(net: nn.Module, x: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:
     """Log-softmax outputs ``(m, C)`` in float64 on the CPU (no grad; the net's device for the forward)."""
     device, dtype = device_and_dtype(net, x)
     with torch.no_grad():

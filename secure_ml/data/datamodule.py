@@ -16,6 +16,7 @@ from secure_ml.data.sampling import train_loader
 from secure_ml.data.sanitization import SanitizationReport, SanitizerConfig, sanitize
 from secure_ml.data.split_key import key_id, load_or_create_key, read_key, resolve_key_path, split_tag, tags_equal
 from secure_ml.errors import ConfigError
+from secure_ml.models.batching import EVAL_BATCH
 
 
 class MNISTDataModule(LightningDataModule):
@@ -231,11 +232,12 @@ class MNISTDataModule(LightningDataModule):
             self.train_dataset, self.batch_size, self.seed, self.poisson_sampling, world_size, rank, self.num_workers, poisson_gen
         )
 
+    # Evaluation batches: the training batch size, at least EVAL_BATCH (larger CPU batches are slower, secure_ml.models.batching).
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_dataset, batch_size=max(self.batch_size, 256), num_workers=self.num_workers)
+        return DataLoader(self.val_dataset, batch_size=max(self.batch_size, EVAL_BATCH), num_workers=self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(self.test_dataset, batch_size=max(self.batch_size, 256), num_workers=self.num_workers)
+        return DataLoader(self.test_dataset, batch_size=max(self.batch_size, EVAL_BATCH), num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
