@@ -225,13 +225,22 @@ def _fit(net, data_dir, tmp_path, callback):
     return trainer
 
 
-def test_callback_runs_on_a_tanh_net_and_calibrates_on_validation_digits_only(tiny_mnist, tmp_path, monkeypatch):
-    """Regression: a tanh net crashed fit ("made no ReLU calls"). And the policy sees validation digits, never members."""
+@pytest.mark.parametrize("source", ["loop", "own"])
+def test_callback_runs_on_a_tanh_net_and_calibrates_on_validation_digits_only(source, tiny_mnist, tmp_path, monkeypatch):
+    """Regression: a tanh net crashed fit ("made no ReLU calls"). And the policy sees validation digits, never members,
+    whether its statistics come from the validation loop's forward (``loop``) or from the callback's own (``own``)."""
+    import secure_ml.callbacks.eval_record as record
     import secure_ml.callbacks.sponge as module
 
-    seen = []
-    real = module.activation_scores
-    monkeypatch.setattr(module, "activation_scores", lambda net, x: seen.append(x.detach().cpu().clone()) or real(net, x))
+    seen, used = [], []
+    if source == "own":
+        monkeypatch.setattr(record.EvalRecord, "finish", lambda self: self.close() or False)
+        real = module.activation_scores
+        monkeypatch.setattr(module, "activation_scores", lambda net, x: seen.append(x.detach().cpu().clone()) or real(net, x))
+    else:
+        real_batch, real_calls = record.EvalRecord.batch, module.energy_from_calls
+        monkeypatch.setattr(record.EvalRecord, "batch", lambda self, b: seen.append(b[0].detach().cpu().clone()) or real_batch(self, b))
+        monkeypatch.setattr(module, "energy_from_calls", lambda parts: used.append(len(parts)) or real_calls(parts))
     cb = SpongeCallback(n_sponges=4, craft_steps=3, calibration_samples=100, latency_repeats=1)
     trainer = _fit(ActNet(nn.Tanh()), tiny_mnist, tmp_path, cb)
     m = trainer.callback_metrics
@@ -240,10 +249,11 @@ def test_callback_runs_on_a_tanh_net_and_calibrates_on_validation_digits_only(ti
     assert cb.policy is not None and cb.policy.max_density is None and cb.policy.max_layer_density is None
     assert len(cb.policy.max_layer_energy) == len(cb.policy.max_layer_positive) == 2
     assert float(m["sponge/density_bound_ratio"]) == 1.0  # density cannot exceed 1, and is 1 on clean tanh digits
+    assert used if source == "loop" else not used
     dm = trainer.datamodule
     val = {tuple(v.flatten().tolist()) for v in dm.val_dataset.tensors[0]}
     train = {tuple(v.flatten().tolist()) for v in dm.train_dataset.tensors[0]}
-    calib = {tuple(v.flatten().tolist()) for v in seen[0]}
+    calib = {tuple(v.flatten().tolist()) for v in torch.cat(seen)}
     assert calib <= val and not calib & train and len(calib) > 50
 
 

@@ -26,6 +26,7 @@ from torch import nn
 from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from secure_ml.attacks.scores import check_scores
+from secure_ml.models.batching import EVAL_BATCH
 
 SCORE_KINDS = ("confidence", "loss", "entropy", "modified_entropy")
 
@@ -123,7 +124,7 @@ def membership_scores(logits: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.
     return {"confidence": p.max(1).values, "loss": logp_y, "entropy": -entropy, "modified_entropy": -mentr}
 
 
-def model_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> Dict[str, torch.Tensor]:
+def model_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> Dict[str, torch.Tensor]:
     """Batched forward passes under ``torch.no_grad()`` on the model's device → per-sample scores on CPU.
 
     The model's train/eval mode is left as the caller set it (use eval for dropout/batch-norm models).
@@ -192,19 +193,29 @@ def membership_inference(
     member_y: torch.Tensor,
     nonmember_x: torch.Tensor,
     nonmember_y: torch.Tensor,
-    batch_size: int = 512,
+    batch_size: int = EVAL_BATCH,
     generator: Optional[torch.Generator] = None,
     max_samples: Optional[int] = None,
+    nonmember_logits: Optional[torch.Tensor] = None,
 ) -> MembershipInference:
     """Run every threshold attack of :data:`SCORE_KINDS` on equal-size member / non-member sets.
 
     Both sets are subsampled with ``generator`` to the smaller one's size, capped at ``max_samples``
     (a fresh ``torch.Generator`` seeded 0 when ``None``, so results are reproducible). Inputs may live
-    on any device; each batch goes to the model's device.
+    on any device; each batch goes to the model's device. ``nonmember_logits``: the model's logits of
+    every ``nonmember_x`` row, already computed (the evaluation loop's forward); the same subsample of
+    them is scored instead of a second forward.
     """
     if generator is None:
         generator = torch.Generator().manual_seed(0)
-    mx, my, nx, ny = balance(member_x, member_y, nonmember_x, nonmember_y, generator, max_samples)
+    if nonmember_logits is not None and nonmember_logits.shape[:1] != nonmember_x.shape[:1]:
+        raise ValueError(f"nonmember_logits has {len(nonmember_logits)} rows for {len(nonmember_x)} non-members")
+    # Row positions ride through the subsample in place of the non-member images when their logits are given.
+    rows = torch.arange(len(nonmember_x)) if nonmember_logits is not None else nonmember_x
+    mx, my, nx, ny = balance(member_x, member_y, rows, nonmember_y, generator, max_samples)
     ms = model_scores(model, mx, my, batch_size)
-    ns = model_scores(model, nx, ny, batch_size)
+    if nonmember_logits is None:
+        ns = model_scores(model, nx, ny, batch_size)
+    else:
+        ns = membership_scores(nonmember_logits[nx.to(nonmember_logits.device)].cpu(), ny.cpu())
     return MembershipInference({k: membership_metrics(ms[k], ns[k]) for k in SCORE_KINDS}, ms, ns)

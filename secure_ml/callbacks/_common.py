@@ -6,6 +6,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from secure_ml.callbacks.eval_record import EvalRecord
 from secure_ml.errors import ConfigError
 
 
@@ -71,10 +72,19 @@ def check_min(value: Optional[int], name: str, low: int = 1) -> None:
 
 
 class EpochMetricCallback(Callback):
-    """Base: computes ``_evaluate(pl_module, stage)`` at the end of every validation/test epoch and logs it."""
+    """Base: computes ``_evaluate(pl_module, stage)`` at the end of every validation/test epoch and logs it.
+
+    A subclass that lists stages in ``record_stages`` gets the loop's own forward over that stage's
+    split as ``self.recorded`` (an :class:`~secure_ml.callbacks.eval_record.EvalRecord`, or None when
+    the record is incomplete or misaligned) while ``_evaluate`` runs.
+    """
 
     every_n_epochs: int = 1
     enabled: bool = True
+    record_stages: Tuple[str, ...] = ()
+    record_activations: bool = False
+    _record: Optional[EvalRecord] = None
+    recorded: Optional[EvalRecord] = None
 
     def _evaluate(self, pl_module: LightningModule, stage: str) -> dict:
         raise NotImplementedError
@@ -84,12 +94,46 @@ class EpochMetricCallback(Callback):
         with attack_context(pl_module):
             return self._evaluate(pl_module, stage)
 
+    def _start_record(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._drop_record()
+        stage, dm = stage_of(trainer), trainer.datamodule
+        ds = getattr(dm, "test_dataset" if stage == "test" else "val_dataset", None) if dm is not None else None
+        if stage in self.record_stages and self.enabled and should_run(trainer, self.every_n_epochs) and hasattr(ds, "tensors"):
+            self._record = EvalRecord(pl_module.net, ds.tensors[0], self.record_activations)
+
+    def _drop_record(self) -> None:
+        if self._record is not None:
+            self._record.close()
+        self._record = self.recorded = None
+
     def _run(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.enabled and should_run(trainer, self.every_n_epochs):
-            log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
+        record, self._record = self._record, None
+        self.recorded = record if record is not None and record.finish() else None
+        try:
+            if self.enabled and should_run(trainer, self.every_n_epochs):
+                log_all(pl_module, self.evaluate(pl_module, stage_of(trainer)))
+        finally:
+            self.recorded = None
+
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start_record(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start_record(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._record is not None:
+            self._record.batch(batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._record is not None:
+            self._record.batch(batch)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._run(trainer, pl_module)
 
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._run(trainer, pl_module)
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self._drop_record()  # no hooks left on the net

@@ -52,6 +52,8 @@ class MembershipInferenceCallback(EpochMetricCallback):
         seed: seed of the member/non-member subsample.
     """
 
+    record_stages = ("val", "test")  # the non-members' logits come from the loop's own forward when it covered them all
+
     def __init__(
         self,
         max_samples: int = 1000,
@@ -75,7 +77,8 @@ class MembershipInferenceCallback(EpochMetricCallback):
         mx, my = without_canaries(trainer.datamodule, *members(trainer))
         nx, ny = held_out(trainer, stage)
         gen = torch.Generator().manual_seed(self.seed)
-        result = membership_inference(pl_module.net, mx, my, nx, ny, generator=gen, max_samples=self.max_samples)
+        logits = torch.cat(self.recorded.logits) if self.recorded is not None else None  # the loop's forward of the non-members
+        result = membership_inference(pl_module.net, mx, my, nx, ny, generator=gen, max_samples=self.max_samples, nonmember_logits=logits)
         reports, best = result.reports, result.reports[result.strongest]
         delta = dp_delta(pl_module, self.delta)
         loss_m, loss_n = result.member_scores["loss"], result.nonmember_scores["loss"]

@@ -7,8 +7,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from secure_ml.attacks.sponge import craft_sponges, gaussian_sponges, sponge_report
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
-from secure_ml.defenses.calibration import activation_scores, budget_k, default_checks, leave_one_out_rejected
-from secure_ml.defenses.energy import EnergyUndefined, activation_energy
+from secure_ml.defenses.calibration import activation_scores, budget_k, default_checks, leave_one_out_rejected, scores_from_energy
+from secure_ml.defenses.energy import EnergyUndefined, activation_energy, energy_from_calls
 from secure_ml.defenses.input_policy import HEADROOM, InputPolicy
 from secure_ml.errors import ConfigError
 
@@ -46,6 +46,8 @@ class SpongeCallback(EpochMetricCallback):
         enabled: false switches the callback off (``--sponge.enabled false`` on the CLI).
         seed: seed of the subsamples and of the noise.
     """
+
+    record_stages, record_activations = ("val",), True  # calibration statistics from the validation loop's forward
 
     def __init__(
         self,
@@ -105,8 +107,13 @@ class SpongeCallback(EpochMetricCallback):
 
     def _evaluate(self, pl_module, stage: str) -> dict:
         net, trainer = pl_module.net, pl_module.trainer
-        calib = on_device(pl_module, subsample(*held_out(trainer, "val"), self.calibration_samples, self.seed)[0])[0]
-        scores = activation_scores(net, calib)
+        vx, vy = held_out(trainer, "val")
+        calib = on_device(pl_module, subsample(vx, vy, self.calibration_samples, self.seed)[0])[0]
+        if self.recorded is not None and stage == "val":  # the validation loop's forward already recorded every digit
+            positions = subsample(torch.arange(len(vy)), vy, self.calibration_samples, self.seed)[0]
+            scores = {k: v[positions] for k, v in scores_from_energy(energy_from_calls(self.recorded.calls)).items()}
+        else:
+            scores = activation_scores(net, calib)
         policy = InputPolicy.from_scores(scores, self.false_positive_rate, self.headroom)
         if stage == "test":
             measure = on_device(pl_module, subsample(*held_out(trainer, "test"), self.max_samples, self.seed + 1)[0])[0]

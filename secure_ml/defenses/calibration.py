@@ -53,7 +53,11 @@ def budget_k(n: int, false_positive_rate: float, n_checks: int) -> int:
 
 def activation_scores(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
     """Per-image statistics of the activation checks: ``energy``, ``density`` (B,) and the per-layer ones (B, L)."""
-    stats = activation_energy(model, x)
+    return scores_from_energy(activation_energy(model, x))
+
+
+def scores_from_energy(stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The activation checks' statistics from :func:`secure_ml.defenses.energy.activation_energy`'s dict."""
     return {
         "energy": stats["l2_energy"],
         "density": stats["density"],

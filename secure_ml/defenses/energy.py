@@ -33,6 +33,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from secure_ml.models.batching import EVAL_BATCH
 from secure_ml.models.registry import device_and_dtype
 
 WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -145,21 +146,29 @@ def l0_objective(calls: List[LayerCall], temperature: float) -> torch.Tensor:
     return sum(_flat(torch.sigmoid(c.output / temperature)).sum(1) for c in calls[:-1])
 
 
-def activation_energy(model: nn.Module, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+def activation_energy(model: nn.Module, x: torch.Tensor, chunk: int = EVAL_BATCH) -> Dict[str, torch.Tensor]:
     """Per-sample statistics of the hidden activations (see the module docstring), float64/int64 on CPU.
 
     Keys: ``l2_energy``, ``nonzero``, ``density`` (shape ``(B,)``), ``layer_l2``, ``layer_density`` and
     ``layer_positive`` (``(B, L)``), plus ``layers``: the names of the L hidden layer calls (a list, not a tensor).
-    One forward pass under ``torch.no_grad()`` in eval mode on the model's device; EnergyUndefined
-    for a net without hidden activations.
+    Forward passes of ``chunk`` images under ``torch.no_grad()`` in eval mode on the model's device
+    (per-image statistics, so the chunking changes no number); EnergyUndefined for a net without hidden activations.
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
         raise ValueError(f"x must be a batch tensor (B, ...); got {getattr(x, 'shape', type(x).__name__)}")
     device, dtype = device_and_dtype(model, x)
+    parts = []
     with torch.no_grad(), eval_mode(model):
-        calls = record(model, x.to(device=device, dtype=dtype), summarise=True)[1:]
-        # float32 on the device (MPS has no float64), float64 once on the CPU.
-        stats = torch.stack([c.input for c in calls], 1).cpu().double()  # (B, L, 3)
+        for i in range(0, max(len(x), 1), chunk):
+            parts.append(record(model, x[i : i + chunk].to(device=device, dtype=dtype), summarise=True)[1:])
+    return energy_from_calls(parts)
+
+
+def energy_from_calls(parts: List[List[LayerCall]]) -> Dict[str, torch.Tensor]:
+    """:func:`activation_energy`'s dict from the hidden-layer calls (``calls[1:]``) of summarising recordings, one list per batch, in row order."""
+    # float32 on the device (MPS has no float64), float64 once on the CPU.
+    stats = torch.cat([torch.stack([c.input for c in calls], 1).cpu().double() for calls in parts])  # (B, L, 3)
+    calls = parts[-1]
     layer_l2, layer_nz, layer_pos = stats[..., 0], stats[..., 1].round().long(), stats[..., 2].round()
     sizes = torch.tensor([c.numel for c in calls], dtype=torch.float64)
     nonzero = layer_nz.sum(1)
