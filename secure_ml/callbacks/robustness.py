@@ -11,6 +11,7 @@ from secure_ml.attacks import pgd
 from secure_ml.attacks.autoattack import AutoAttackConfig, autoattack
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
 from secure_ml.errors import ConfigError
+from secure_ml.models.batching import EVAL_BATCH
 from secure_ml.report.metric_names import AUTOATTACK_ACC, FGSM_ACC, PGD_ACC, at
 
 
@@ -60,7 +61,7 @@ class RobustnessCallback(EpochMetricCallback):
         pgd_step_size: Optional[float] = None,
         max_samples: int = 256,
         pgd_max_samples: int = 96,
-        batch_size: int = 256,
+        batch_size: int = EVAL_BATCH,
         every_n_epochs: int = 1,
         seed: int = 0,
         enabled: bool = True,
