@@ -69,7 +69,9 @@ def scorecard_callbacks():
     out = []
     for key, cls in SCORECARD_CALLBACKS.items():
         cb = cls(**(CAPSTONE.get(key) or {}))
-        for hook in ("on_validation_epoch_end", "on_train_epoch_end", "on_train_epoch_start", "on_save_checkpoint", "on_fit_end"):
+        hooks = ("on_validation_epoch_start", "on_validation_batch_end", "on_validation_epoch_end", "on_train_epoch_end")
+        # (the recording hooks' work inside the net's forward, EvalRecord, is in the with-callbacks arm's epoch, not in these)
+        for hook in (*hooks, "on_train_epoch_start", "on_save_checkpoint", "on_fit_end"):
             if getattr(type(cb), hook) is not getattr(Callback, hook):
                 setattr(cb, hook, _timed(key, getattr(cb, hook)))
         out.append(cb)
