@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -11,6 +10,7 @@ from secure_ml.callbacks import MembershipInferenceCallback, SpongeCallback
 from secure_ml.callbacks.eval_record import EvalRecord
 from secure_ml.data import MNISTDataModule
 from secure_ml.module import SecureClassifier
+from tests.helpers.training import quiet_trainer
 from tests.test_sponge import ActNet
 
 
@@ -80,15 +80,7 @@ def _fit_and_compare(dm_class, data_dir, tmp_path, test: bool = False):
     """Fit one epoch with the sponge and membership callbacks (and ``test``); return (logged, own-forward) metric pairs per key."""
     dm = dm_class(data_dir=str(data_dir), download=False, train_size=300, val_size=100, test_size=60, batch_size=50)
     callbacks = [SpongeCallback(n_sponges=4, craft_steps=3, latency_repeats=1), MembershipInferenceCallback(max_samples=80)]
-    trainer = Trainer(
-        max_epochs=1,
-        default_root_dir=str(tmp_path),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=callbacks,
-    )
+    trainer = quiet_trainer(tmp_path, callbacks=callbacks, inference_mode=True)  # as the CLI runs validate/test
     model = SecureClassifier(net=ActNet(nn.ReLU()))
     trainer.fit(model, dm)
     if test:

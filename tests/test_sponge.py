@@ -4,7 +4,6 @@ the report, and the SpongeCallback on nets with other activations (or none it ca
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Trainer
 from torch import nn
 
 from secure_ml.attacks.sponge import SpongeReport, activation_energy, craft_sponges, gaussian_sponges, sponge_report
@@ -15,6 +14,7 @@ from secure_ml.defenses.energy import EnergyUndefined
 from secure_ml.models.small_cnn import SmallCNN
 from secure_ml.module import SecureClassifier
 from tests.helpers.models import trained_small_cnn
+from tests.helpers.training import quiet_trainer
 
 
 class ActNet(nn.Module):
@@ -211,16 +211,7 @@ def test_sponge_report(model, digits):
 
 def _fit(net, data_dir, tmp_path, callback):
     dm = MNISTDataModule(data_dir=str(data_dir), download=False, train_size=300, val_size=100, test_size=60, batch_size=50)
-    trainer = Trainer(
-        max_epochs=1,
-        default_root_dir=str(tmp_path),
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        inference_mode=False,
-        callbacks=[callback],
-    )
+    trainer = quiet_trainer(tmp_path, callbacks=[callback])
     trainer.fit(SecureClassifier(net=net), dm)
     return trainer
 

@@ -21,9 +21,8 @@ def small_datamodule(root, dp: bool = True, batch_size: int = 32, **kw) -> MNIST
 
 
 def quiet_trainer(tmp_path, epochs: int = 1, **kw) -> Trainer:
-    """A Trainer without logger, checkpoints, progress bar or summary (unless given), inference mode off (the attacks need gradients)."""
+    """A Trainer without logger, checkpoints, progress bar or summary (unless given), inference mode off unless given (the attacks need gradients)."""
     kw.setdefault("logger", False)
     kw.setdefault("enable_checkpointing", False)
-    return Trainer(
-        max_epochs=epochs, default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False, inference_mode=False, **kw
-    )
+    kw.setdefault("inference_mode", False)
+    return Trainer(max_epochs=epochs, default_root_dir=str(tmp_path), enable_progress_bar=False, enable_model_summary=False, **kw)
