@@ -34,16 +34,20 @@ def test_record_of_the_split_in_order_keeps_logits_and_activations(net):
     rows = _rows()
     rec = EvalRecord(net, rows, activations=True)
     _loop(net, rec, [rows[:4], rows[4:8], rows[8:]])
+    assert (
+        not net._forward_hooks and not net.fc1._forward_hooks
+    )  # removed with the last row: the attacks other callbacks run next are not recorded
+    with torch.no_grad():
+        net(rows[:2])
     assert rec.finish()
     with torch.no_grad():
         torch.testing.assert_close(torch.cat(rec.logits), net(rows))
     assert len(rec.calls) == 3 and all(len(c) == 2 for c in rec.calls)  # conv's input is the image: two hidden layers
-    assert not net._forward_hooks and not net.fc1._forward_hooks  # hooks removed
 
 
 @pytest.mark.parametrize(
     "case",
-    ["shuffled", "partial", "two forwards", "empty split"],
+    ["shuffled", "partial", "two forwards", "a batch past the split", "empty split"],
 )
 def test_record_is_dropped_unless_complete_and_aligned(case, net):
     rows = _rows()
@@ -52,11 +56,14 @@ def test_record_is_dropped_unless_complete_and_aligned(case, net):
         _loop(net, rec, [rows[4:8], rows[:4], rows[8:]])
     elif case == "partial":
         _loop(net, rec, [rows[:4], rows[4:8]])
+    elif case == "a batch past the split":
+        _loop(net, rec, [rows, rows[:2]])
     elif case == "two forwards":
         with torch.no_grad():
             net(rows[:5])
             _loop(net, rec, [rows[:5], rows[5:]])
     assert not rec.finish()
+    assert not net._forward_hooks and not net.fc1._forward_hooks
 
 
 class ShuffledValidation(MNISTDataModule):

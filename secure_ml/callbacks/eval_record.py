@@ -36,6 +36,9 @@ class EvalRecord:
 
     def batch(self, batch) -> None:
         """Take the step's forward; mark the record unusable unless it was one call on the split's next rows."""
+        if self._handle is None:  # closed: the split was complete before this batch
+            self.aligned = False
+            return
         outputs, self._outputs = self._outputs, []
         calls = list(self._recorder.calls) if self._recorder is not None else []
         if self._recorder is not None:
@@ -44,14 +47,20 @@ class EvalRecord:
         end = self.seen + len(x)
         if not self.aligned or len(outputs) != 1 or end > len(self.rows) or not torch.equal(x.detach().cpu(), self.rows[self.seen : end]):
             self.aligned = False
-            return
-        self.logits.append(outputs[0].cpu())
-        if self._recorder is not None:
-            self.calls.append(calls[1:])
-        self.seen = end
+        else:
+            self.logits.append(outputs[0].cpu())
+            if self._recorder is not None:
+                self.calls.append(calls[1:])
+            self.seen = end
+        if not self.aligned or self.seen == len(self.rows):
+            self.close()  # complete or unusable: no hooks on the attacks other callbacks run at epoch end
 
     def close(self) -> None:
+        """Remove the hooks (idempotent)."""
+        if self._handle is None:
+            return
         self._handle.remove()
+        self._handle = None
         if self._recorder is not None:
             self._recorder.__exit__(None, None, None)
 
