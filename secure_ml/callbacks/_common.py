@@ -118,16 +118,11 @@ class EpochMetricCallback(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._start_record(trainer, pl_module)
 
-    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._start_record(trainer, pl_module)
-
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if self._record is not None:
             self._record.batch(batch)
 
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._record is not None:
-            self._record.batch(batch)
+    on_test_epoch_start, on_test_batch_end = on_validation_epoch_start, on_validation_batch_end  # the same record, test split
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._run(trainer, pl_module)
