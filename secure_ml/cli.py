@@ -40,7 +40,7 @@ def run_reporting_errors(command: Callable[[], Optional[int]]) -> None:
         raise SystemExit(status)
 
 
-def _train(argv: List[str]) -> int:
+def _train(argv: Optional[List[str]]) -> int:
     cli_main(argv)
     return 0
 
@@ -51,8 +51,8 @@ def main(args: Optional[List[str]] = None) -> None:
     if argv and argv[0] in COMMANDS:
         module, func = COMMANDS[argv[0]]
         run_reporting_errors(lambda: getattr(importlib.import_module(module), func)(argv[1:]))
-    else:
-        run_reporting_errors(lambda: _train(argv))
+    else:  # from the command line, LightningCLI reads sys.argv itself (given both, it warns on every run)
+        run_reporting_errors(lambda: _train(None if args is None else argv))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ changes one of them without repeating (or silently dropping) the whole callback 
 list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false`` switches one off.
 """
 
+import warnings
 from typing import List, Optional
 
 from lightning.pytorch.cli import LightningCLI
@@ -71,13 +72,16 @@ class SecureMLCLI(LightningCLI):
 
 
 def cli_main(args: Optional[List[str]] = None, run: bool = True, cli_class: Optional[type] = None) -> SecureMLCLI:
-    """Build (and by default run) the CLI; ``args`` as on the command line; ``cli_class`` a subclass of SecureMLCLI (the sweep's)."""
-    return (cli_class or SecureMLCLI)(
-        SecureClassifier,
-        MNISTDataModule,
-        auto_configure_optimizers=False,
-        trainer_defaults=TRAINER_DEFAULTS,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    """Build (and by default run) the CLI; ``args`` as on the command line (None: ``sys.argv``); ``cli_class`` a subclass of SecureMLCLI (the sweep's)."""
+    with warnings.catch_warnings():
+        # Explicit args from Python are the intent, whatever the host process's sys.argv holds.
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        return (cli_class or SecureMLCLI)(
+            SecureClassifier,
+            MNISTDataModule,
+            auto_configure_optimizers=False,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            run=run,
+        )

@@ -133,8 +133,9 @@ def test_shuffled_loader_is_refused():
 def test_batchnorm_model_is_refused_with_flag_name():
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4 * 26 * 26, 10))
     x, y = _data(64)
-    with pytest.raises(ConfigError, match="--model.net"):
+    with pytest.raises(ConfigError, match="--model.net") as exc:
         make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), _poisson_loader(x, y), DPConfig(), 10)
+    assert "BatchNorm cannot support training with differential privacy" in str(exc.value) and len(str(exc.value)) < 300
 
 
 @pytest.mark.parametrize(

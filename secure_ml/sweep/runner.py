@@ -16,7 +16,6 @@ import sys
 import threading
 import time
 import traceback
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,9 +143,7 @@ def build_cli(args: List[str]):
             if not add_subcommands:
                 _PARSER = self.parser
 
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-        return cli_main(args, run=False, cli_class=_SweepCLI)
+    return cli_main(args, run=False, cli_class=_SweepCLI)
 
 
 def run_train_point(

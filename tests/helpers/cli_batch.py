@@ -3,7 +3,7 @@
     python -m tests.helpers.cli_batch CASES.json RESULTS.json
 
 ``CASES.json`` maps a case id to ``{"argv": [...], "cwd": "..."}``. Each case calls
-:func:`secure_ml.cli.main` (the console entry point) with file descriptor 2 pointed at a file of its own,
+:func:`secure_ml.cli.main` (the console entry point) as the console script does (``sys.argv`` set, no arguments), with file descriptor 2 pointed at a file of its own,
 (and ``sys.stderr`` a stream on that descriptor), so everything a case writes to stderr — our one-line errors, Lightning's log records, a traceback
 printed by ``logging`` or by an uncaught exception — lands in that case's text, whichever stream object
 a handler captured. An exception escaping ``main`` is printed there as a traceback, as the interpreter
@@ -25,13 +25,16 @@ def _run(argv, cwd) -> int:
     from secure_ml.cli import main
 
     os.chdir(cwd)
+    saved_argv, sys.argv = sys.argv, ["secure-ml", *argv]  # as the console script is called: main() reads sys.argv
     try:
-        main(argv)
+        main()
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except BaseException:  # reported as the interpreter would, in this case's stderr
         traceback.print_exc()
         return 1
+    finally:
+        sys.argv = saved_argv
     return 0
 
 
