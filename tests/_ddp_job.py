@@ -1,6 +1,11 @@
-"""One DP training run for tests/test_ddp.py, launched as a script so Lightning's DDP can spawn ranks.
+"""DP training runs for tests/test_ddp.py, launched as a script so Lightning's DDP can spawn ranks.
 
     python tests/_ddp_job.py --data DIR --out DIR --devices 2 [--backend opacus|bk] [--fixed] [--noise 0] [--batch-size 32]
+    python tests/_ddp_job.py --jobs JOBS.json    # {"out dir": [args of one run], ...}: the runs one after another
+
+With ``--jobs`` the ranks are launched once and run every job in turn, each with its own Trainer, model
+and data (the process group started by the first fit is reused): each launch costs two Python start-ups
+importing Lightning, which were most of a test's time.
 
 ``--fixed`` replaces the Poisson draw by a fixed sequence of *global* batches (rank r
 takes every world_size-th index of each), so 1- and 2-process runs see the same global
@@ -9,6 +14,8 @@ called in-process (``main(argv)``), which saves the test a Python start-up.
 """
 
 import argparse
+import json
+import sys
 from pathlib import Path
 
 import torch
@@ -131,5 +138,14 @@ def main(argv=None) -> None:
     )
 
 
+def run_jobs(path: str) -> None:
+    """Every run of the JSON file ``path`` ({out dir: [args]}), in its order."""
+    for out, args in json.loads(Path(path).read_text()).items():
+        main([*args, "--out", out])
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--jobs":
+        run_jobs(sys.argv[2])
+    else:
+        main()

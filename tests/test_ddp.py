@@ -1,5 +1,6 @@
-"""Lightning DDP + Opacus on CPU (gloo, 2 processes), each run in a subprocess with a timeout."""
+"""Lightning DDP + Opacus on CPU (gloo, 2 processes): every two-process run in ONE launch (a subprocess with a timeout)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -15,24 +16,48 @@ pytestmark = [pytest.mark.ddp, pytest.mark.slow]
 
 JOB = Path(__file__).with_name("_ddp_job.py")
 REPO = JOB.parents[1]
-
-
-def _prepare(tmp_path, name):
-    data = make_mnist_dir(tmp_path / "data") if not (tmp_path / "data").exists() else tmp_path / "data"
-    out = tmp_path / name
-    out.mkdir()
-    return data, out
+# The two-process runs of this module: name → the job's arguments (tests/_ddp_job.py).
+RUNS = {
+    "two": ["--fixed", "--noise", "0"],
+    "poisson": ["--batch-size", "2"],
+    "bk-two-0": ["--fixed", "--noise", "0", "--backend", "bk"],
+    "bk-two-1": ["--fixed", "--noise", "1", "--backend", "bk"],
+    "bk-poisson": ["--batch-size", "2", "--backend", "bk"],
+    "scorecard": ["--scorecard"],
+}
 
 
 def _results(out):
     return [torch.load(p, weights_only=True) for p in sorted(out.glob("rank*.pt"))]
 
 
-def _run_here(tmp_path, name, *args):
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_mnist_dir(tmp_path_factory.mktemp("ddp-data"))
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, data):
+    """Every run of RUNS with ``--devices 2``, launched once (two start-ups in all, not two per run): name → per-rank results."""
+    root = tmp_path_factory.mktemp("ddp")
+    jobs = {str(root / name): ["--data", str(data), "--devices", "2", *args] for name, args in RUNS.items()}
+    for out in jobs:
+        Path(out).mkdir()
+    (root / "jobs.json").write_text(json.dumps(jobs))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(JOB), "--jobs", str(root / "jobs.json")], capture_output=True, text=True, timeout=900, env=env, cwd=root
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {name: _results(root / name) for name in RUNS}
+
+
+def _run_here(tmp_path, data, name, *args):
     """A ONE-process run in this process (one thread, as the subprocesses run): no start-up paid, same job code."""
     from tests._ddp_job import main
 
-    data, out = _prepare(tmp_path, name)
+    out = tmp_path / name
+    out.mkdir()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -42,24 +67,9 @@ def _run_here(tmp_path, name, *args):
     return _results(out)
 
 
-def _run(tmp_path, name, *args):
-    data, out = _prepare(tmp_path, name)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(JOB), "--data", str(data), "--out", str(out), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=tmp_path,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return _results(out)
-
-
-def test_two_processes_equal_one_process_with_zero_noise(tmp_path):
-    two = _run(tmp_path, "two", "--devices", "2", "--fixed", "--noise", "0")
-    one = _run_here(tmp_path, "one", "--fixed", "--noise", "0")
+def test_two_processes_equal_one_process_with_zero_noise(tmp_path, data, two_processes):
+    two = two_processes["two"]
+    one = _run_here(tmp_path, data, "one", "--fixed", "--noise", "0")
     assert len(two) == 2 and len(one) == 1
     assert two[0]["optimizer"] == "DistributedDPOptimizer" and one[0]["optimizer"] == "DPOptimizer"
     assert torch.equal(two[0]["params"], two[1]["params"])  # identical on every rank
@@ -68,8 +78,8 @@ def test_two_processes_equal_one_process_with_zero_noise(tmp_path):
     assert torch.allclose(two[0]["params"], one[0]["params"], atol=1e-6, rtol=0), (two[0]["params"] - one[0]["params"]).abs().max()
 
 
-def test_poisson_ddp_survives_empty_batches_and_accounts_globally(tmp_path):
-    ranks = _run(tmp_path, "poisson", "--devices", "2", "--batch-size", "2")
+def test_poisson_ddp_survives_empty_batches_and_accounts_globally(two_processes):
+    ranks = two_processes["poisson"]
     assert len(ranks) == 2
     assert torch.equal(ranks[0]["params"], ranks[1]["params"])
     assert ranks[0]["steps"] == ranks[1]["steps"] == ranks[0]["global_step"] == 200  # no rank skipped a step
@@ -81,18 +91,18 @@ def test_poisson_ddp_survives_empty_batches_and_accounts_globally(tmp_path):
 
 
 @pytest.mark.parametrize("noise", ["0", "1"])
-def test_book_keeping_two_processes_equal_one_process(tmp_path, noise):
+def test_book_keeping_two_processes_equal_one_process(tmp_path, data, two_processes, noise):
     """Same global batches, same noise seed: equal only if the clipped sums are summed across ranks and the noise is added once."""
-    two = _run(tmp_path, "two", "--devices", "2", "--fixed", "--noise", noise, "--backend", "bk")
-    one = _run_here(tmp_path, "one", "--fixed", "--noise", noise, "--backend", "bk")
+    two = two_processes[f"bk-two-{noise}"]
+    one = _run_here(tmp_path, data, "one", "--fixed", "--noise", noise, "--backend", "bk")
     assert [r["mode"] for r in two + one] == ["bk"] * 3
     assert torch.equal(two[0]["params"], two[1]["params"])  # identical on every rank
     assert two[0]["global_step"] == one[0]["global_step"] > 0
     assert torch.allclose(two[0]["params"], one[0]["params"], atol=1e-6, rtol=0), (two[0]["params"] - one[0]["params"]).abs().max()
 
 
-def test_book_keeping_poisson_ddp_survives_empty_batches_and_accounts_globally(tmp_path):
-    ranks = _run(tmp_path, "poisson", "--devices", "2", "--batch-size", "2", "--backend", "bk")
+def test_book_keeping_poisson_ddp_survives_empty_batches_and_accounts_globally(two_processes):
+    ranks = two_processes["bk-poisson"]
     assert [r["mode"] for r in ranks] == ["bk", "bk"]
     assert torch.equal(ranks[0]["params"], ranks[1]["params"])
     assert ranks[0]["steps"] == ranks[1]["steps"] == ranks[0]["global_step"] == 200
@@ -103,8 +113,8 @@ def test_book_keeping_poisson_ddp_survives_empty_batches_and_accounts_globally(t
     assert ranks[0]["epsilon"] == pytest.approx(acc.get_epsilon(delta=1e-5), rel=1e-9)
 
 
-def test_scorecard_callbacks_under_ddp_agree_across_ranks(tmp_path):
-    ranks = _run(tmp_path, "scorecard", "--devices", "2", "--scorecard")
+def test_scorecard_callbacks_under_ddp_agree_across_ranks(two_processes):
+    ranks = two_processes["scorecard"]
     assert len(ranks) == 2
     for key in ("adv/fgsm_acc@0.1", "adv/pgd_acc@0.1", "mia/auc", "privacy/epsilon_lower_bound", "sponge/reject_rate", "val/acc"):
         assert key in ranks[0]["metrics"], key
