@@ -175,6 +175,16 @@ def test_mixed_variants_in_one_batch_match_separate_runs(model, digits):
         craft_sponges(model, x0, objective=["l2"] * 3)
 
 
+def test_crafting_an_empty_batch_or_one_objective_per_row(model, digits):
+    """Rows are regrouped by objective inside craft_sponges: an empty batch, and a list naming one objective for
+    every row, give what the single-string call gives, in the caller's row order."""
+    assert craft_sponges(model, digits[:0], steps=3).shape == (0, 1, 28, 28)
+    for objective in ("l2", "l0"):
+        one = craft_sponges(model, digits[:3], steps=3, lr=0.02, objective=objective, optimizer="adam")
+        listed = craft_sponges(model, digits[:3], steps=3, lr=0.02, objective=[objective] * 3, optimizer=["adam"] * 3)
+        assert torch.equal(one, listed)
+
+
 def test_crafting_validates_arguments(model):
     with pytest.raises(ValueError, match="objective"):
         craft_sponges(model, noise(1), objective="l1")

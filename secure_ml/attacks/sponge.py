@@ -97,19 +97,26 @@ def craft_sponges(
         raise ValueError(f"temperature must be > 0; got {temperature}")
     if not x_init.is_floating_point():
         raise ValueError(f"x_init must be a floating-point tensor; got {x_init.dtype}")
+    if len(x_init) == 0:
+        return x_init.detach().clone()
     device, dtype = device_and_dtype(model, x_init)
-    x0 = x_init.detach().to(device=device, dtype=dtype)
+    # The L2 rows first, then the L0 rows: each objective is computed on its own contiguous rows (views, no copies),
+    # not on every row and then selected (the L0 sigmoids over every pre-activation cost as much as the backward).
+    order = sorted(range(len(objectives)), key=lambda i: objectives[i] == "l0")
+    n_l2 = sum(o == "l2" for o in objectives)
+    x0 = x_init.detach()[order].to(device=device, dtype=dtype)
     if clamp:
         x0 = x0.clamp(0.0, 1.0)
     x = x0.clone().requires_grad_(True)
-    l0_rows = torch.tensor([o == "l0" for o in objectives], device=device)
-    sign_rows = torch.tensor([o == "sign" for o in optimizers], device=device).reshape(-1, *[1] * (x.dim() - 1))
+    sign_rows = torch.tensor([optimizers[i] == "sign" for i in order], device=device).reshape(-1, *[1] * (x.dim() - 1))
     adam = torch.optim.Adam([x], lr=lr, maximize=True) if "adam" in optimizers else None
     with torch.enable_grad(), eval_mode(model):
         for _ in range(steps):
             calls = record(model, x)
-            gain = l2_objective(calls) if not l0_rows.any() else torch.where(l0_rows, l0_objective(calls, temperature), l2_objective(calls))
-            (grad,) = torch.autograd.grad(gain.sum(), x)
+            gain = l2_objective(calls, rows=slice(0, n_l2)).sum() if n_l2 else 0
+            if n_l2 < len(x):
+                gain = gain + l0_objective(calls, temperature, rows=slice(n_l2, None)).sum()
+            (grad,) = torch.autograd.grad(gain, x)
             with torch.no_grad():
                 signed = x + lr * grad.sign()
                 if adam is not None:
@@ -122,7 +129,9 @@ def craft_sponges(
                     x.copy_(torch.min(torch.max(x, x0 - epsilon), x0 + epsilon))
                 if clamp:
                     x.clamp_(0.0, 1.0)
-    return x.detach().to(device=x_init.device, dtype=x_init.dtype)
+    out = torch.empty_like(x)
+    out[order] = x.detach()
+    return out.to(device=x_init.device, dtype=x_init.dtype)
 
 
 def _paired_latency(model: nn.Module, a: torch.Tensor, b: torch.Tensor, repeats: int) -> Tuple[float, float]:

@@ -128,22 +128,22 @@ def record(model: nn.Module, x: torch.Tensor, summarise: bool = False) -> List[L
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t.flatten(1)  # (B, rest), also for B = 0
 
 
-def l2_objective(calls: List[LayerCall]) -> torch.Tensor:
-    """Differentiable per-sample L2 energy Σ_l ‖a_l‖² over the hidden activations of :func:`record`'s calls."""
-    return sum(_flat(c.input).pow(2).sum(1) for c in calls[1:])
+def l2_objective(calls: List[LayerCall], rows: slice = slice(None)) -> torch.Tensor:
+    """Differentiable per-sample L2 energy Σ_l ‖a_l‖² over the hidden activations of :func:`record`'s calls (of the batch's ``rows``)."""
+    return sum(_flat(c.input[rows]).pow(2).sum(1) for c in calls[1:])
 
 
-def l0_objective(calls: List[LayerCall], temperature: float) -> torch.Tensor:
+def l0_objective(calls: List[LayerCall], temperature: float, rows: slice = slice(None)) -> torch.Tensor:
     """Differentiable per-sample count of positive pre-activations: Σ sigmoid(z / T) over every weight layer's output but the last.
 
     A smooth stand-in for the L0 energy. Unlike a count on post-ReLU values it still has a gradient
     for dead units (ReLU's gradient is zero there), so ascent can switch them on. The last output
-    (the logits) feeds no layer and is left out.
+    (the logits) feeds no layer and is left out. ``rows``: the batch's rows to compute it for.
     """
-    return sum(_flat(torch.sigmoid(c.output / temperature)).sum(1) for c in calls[:-1])
+    return sum(_flat(torch.sigmoid(c.output[rows] / temperature)).sum(1) for c in calls[:-1])
 
 
 def activation_energy(model: nn.Module, x: torch.Tensor, chunk: int = EVAL_BATCH) -> Dict[str, torch.Tensor]:

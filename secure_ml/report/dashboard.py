@@ -42,7 +42,7 @@ def _curves(ax, history, keys, title, ylabel, ylim=None) -> None:
         xs, ys = _series(history, key)
         if xs:
             ax.plot(xs, ys, marker="o", label=key)
-    ax.set_title(title)
+    ax.set_title(title, y=1.0, pad=6)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(ylabel)
@@ -94,7 +94,7 @@ def dashboard_figure(
     ax.set_ylim(0, 1.1)
     ax.set_ylabel("value (0–1)")
     eps = final.get("privacy/epsilon")
-    ax.set_title("Scorecard" + (f" (ε = {eps:.2f})" if eps is not None else ""))
+    ax.set_title("Scorecard" + (f" (ε = {eps:.2f})" if eps is not None else ""), y=1.0, pad=6)
     ax.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     # Fixed margins, not tight_layout(): measuring every tick label's extent took ~70% of the figure's render time
