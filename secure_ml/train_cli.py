@@ -7,6 +7,7 @@ changes one of them without repeating (or silently dropping) the whole callback 
 list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false`` switches one off.
 """
 
+import logging
 import warnings
 from typing import List, Optional
 
@@ -35,6 +36,19 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
 }
+
+
+class DropAdverts(logging.Filter):
+    """Drops Lightning's "💡 Tip: ... litlogger ... Lightning Experiments platform" line, printed on every Trainer start:
+    an advert for a cloud service is noise in a tool whose runs hold private (medical) data."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+_RANK_ZERO_LOG = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info writes
+if not any(isinstance(f, DropAdverts) for f in _RANK_ZERO_LOG.filters):
+    _RANK_ZERO_LOG.addFilter(DropAdverts())
 
 # Training aids, also CLI keys (off by default; configs/hardened.yaml turns them on): ``--prior.*`` starts from
 # a net pretrained on procedural digits, ``--ema.*`` evaluates and checkpoints a moving average of the weights.

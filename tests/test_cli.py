@@ -179,6 +179,26 @@ def test_console_run_prints_no_args_warning(bad_input_runs):
     assert all(ARGS_WARNING not in r["stderr"] for r in bad_input_runs.values())
 
 
+@pytest.mark.slow
+def test_no_cloud_logging_advert(bad_input_runs):
+    run = bad_input_runs["no-hidden-activations"]  # it starts a Trainer, where Lightning prints its litlogger tip
+    assert "GPU available" in run["stderr"] and "litlogger" not in run["stderr"], run["stderr"][-500:]
+
+
+def test_advert_filter_drops_only_the_advert():
+    """Negative control: the filter drops Lightning's tip (as Lightning words it) and keeps other lines."""
+    import logging
+
+    from secure_ml.train_cli import DropAdverts
+
+    def record(msg):
+        return logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, __file__, 1, msg, None, None)
+
+    tip = "💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](https://pypi.org/project/litlogger/)"
+    assert not DropAdverts().filter(record(tip))
+    assert DropAdverts().filter(record("GPU available: False, used: False"))
+
+
 def test_lightning_still_warns_on_args_and_argv(monkeypatch):
     """Negative control for the test above: the warning it looks for is what Lightning emits given both."""
     from lightning.pytorch.cli import LightningCLI
