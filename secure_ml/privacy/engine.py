@@ -40,9 +40,8 @@ def check_model(net: nn.Module) -> None:
     """Raise ``ConfigError`` listing why Opacus cannot compute per-sample gradients for ``net``."""
     errors = ModuleValidator.validate(net, strict=False)
     if errors:
-        reasons = "; ".join(
-            sorted({str(e).split(". ")[0].rstrip(".") for e in errors})
-        )  # Opacus's first sentences (the rest is a tutorial)
+        # Each of Opacus's reasons cut to its first sentence (the rest is a tutorial).
+        reasons = "; ".join(sorted({str(e).split(". ")[0].rstrip(".") for e in errors}))
         raise ConfigError(
             f"--model.net {type(net).__name__} cannot be trained with DP-SGD: {reasons} "
             "(replace BatchNorm by GroupNorm, avoid in-place ops, or disable --model.dp.enabled)"
