@@ -90,6 +90,8 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True, cli_class: Opti
     with warnings.catch_warnings():
         # Explicit args from Python are the intent, whatever the host process's sys.argv holds.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        # Lightning's own _pytree.py against torch >= 2.10, printed with its path on every fit; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         return (cli_class or SecureMLCLI)(
             SecureClassifier,
             MNISTDataModule,
