@@ -85,8 +85,11 @@ class SecureMLCLI(LightningCLI):
             parser.add_lightning_class_args(callback, key)
 
 
-def cli_main(args: Optional[List[str]] = None, run: bool = True, cli_class: Optional[type] = None) -> SecureMLCLI:
-    """Build (and by default run) the CLI; ``args`` as on the command line (None: ``sys.argv``); ``cli_class`` a subclass of SecureMLCLI (the sweep's)."""
+def cli_main(
+    args: Optional[List[str]] = None, run: bool = True, cli_class: Optional[type] = None, parser_kwargs: Optional[dict] = None
+) -> SecureMLCLI:
+    """Build (and by default run) the CLI; ``args`` as on the command line (None: ``sys.argv``); ``cli_class`` a subclass
+    of SecureMLCLI (the sweep's); ``parser_kwargs`` LightningCLI's (e.g. ``exit_on_error``)."""
     with warnings.catch_warnings():
         # Explicit args from Python are the intent, whatever the host process's sys.argv holds.
         warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
@@ -100,4 +103,5 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True, cli_class: Opti
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,
+            parser_kwargs=parser_kwargs or {},
         )

@@ -6,7 +6,6 @@ so a typo or a wrong type is refused up front with the key named.
 """
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -31,9 +30,7 @@ class OptionChecker:
     """The ``secure-ml fit`` parser over the sweep's base configs; :meth:`check` parses extra overrides."""
 
     def __init__(self, bases: Sequence[Path]):
-        from secure_ml.data.datamodule import MNISTDataModule
-        from secure_ml.module import SecureClassifier
-        from secure_ml.train_cli import TRAINER_DEFAULTS, SecureMLCLI
+        from secure_ml.train_cli import SecureMLCLI, cli_main
 
         class _ParseOnly(SecureMLCLI):
             def _set_seed(self) -> None:
@@ -50,17 +47,7 @@ class OptionChecker:
 
         self.base = config_args(bases)
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
-                cli = _ParseOnly(
-                    SecureClassifier,
-                    MNISTDataModule,
-                    auto_configure_optimizers=False,
-                    trainer_defaults=TRAINER_DEFAULTS,
-                    args=self.base,
-                    run=False,
-                    parser_kwargs={"exit_on_error": False},
-                )
+            cli = cli_main(self.base, run=False, cli_class=_ParseOnly, parser_kwargs={"exit_on_error": False})
         except Exception as exc:
             raise ConfigError(f"the base configs {', '.join(map(str, bases))} do not parse: {_first_lines(exc)}") from None
         self.parser = cli.parser
