@@ -1,6 +1,6 @@
 """Sponge defence on a capstone-like model: reject rates per attacker, false positives, and the adaptive attacker.
 
-    python benchmarks/sponge_attacks.py [--ckpt CKPT] [--data-dir ../shared/data] [--per-cell 200] [--steps 10,20,100]
+    python benchmarks/sponge_attacks.py [--ckpt CKPT] [--data-dir ../shared/data] [--per-cell 200] [--steps 10,20,100] [--reconstruction]
 
 Without ``--ckpt`` it first trains the capstone (``secure-ml fit --config configs/capstone.yaml``, scorecard
 callbacks off). Non-member data: the datamodule's 800 validation digits calibrate the policy exactly as the
@@ -15,7 +15,9 @@ Attackers (targets: ≥ 99% rejected, ≤ 0.5% false positives, adaptive worst a
 * adaptive (:func:`secure_ml.attacks.sponge_adaptive.adaptive_sponges`): knows every limit and keeps its
   costliest accepted iterate; its worst accepted L2 energy and density over the clean (test) 99.5th percentile.
 Peers in the same run, on the same sponges: the pixel checks alone (range, variance: the seed's kind of
-check) and a one-dimensional policy (the calibrated L2 limit alone).
+check) and a one-dimensional policy (the calibrated L2 limit alone). With ``--reconstruction`` our policy
+also has the autoencoder check (``--sponge.reconstruction true``: trained on procedural digits, cached under
+``--reconstruction-cache``), and the policy without it runs alongside as the peer "no AE".
 """
 
 import argparse
@@ -33,7 +35,8 @@ from secure_ml.attacks.sponge import activation_energy, craft_sponges, gaussian_
 from secure_ml.attacks.sponge_adaptive import adaptive_sponges  # noqa: E402
 from secure_ml.data import MNISTDataModule  # noqa: E402
 from secure_ml.defenses import InputPolicy  # noqa: E402
-from secure_ml.defenses.calibration import ACTIVATION_CHECKS, activation_scores, violated  # noqa: E402
+from secure_ml.defenses.calibration import POLICY_CHECKS, violated  # noqa: E402
+from secure_ml.defenses.reconstruction import ReconstructionConfig, encode, load_or_train  # noqa: E402
 from secure_ml.models import SmallCNN  # noqa: E402
 from secure_ml.models.registry import build_net  # noqa: E402
 
@@ -76,6 +79,8 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reconstruction", action="store_true", help="add the autoencoder check to our policy (peer: without it)")
+    ap.add_argument("--reconstruction-cache", default="~/.cache/secure-ml/reconstruction")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
@@ -85,12 +90,17 @@ def main() -> None:
     xv, xt, yt = dm.val_dataset.tensors[0], dm.test_dataset.tensors[0], dm.test_dataset.tensors[1]
     with torch.no_grad():
         acc = (net(xt).argmax(1) == yt).float().mean().item()
-    ours = InputPolicy.calibrate(net, xv)
+    extra = {}
+    if a.reconstruction:
+        extra["reconstruction_net"] = encode(load_or_train(ReconstructionConfig(), a.reconstruction_cache, print))
+    ours = InputPolicy.calibrate(net, xv, **extra)
     peers = {"ours": ours, "pixel only": InputPolicy(), "L2 only": InputPolicy(max_energy=ours.max_energy)}
+    if a.reconstruction:
+        peers["no AE"] = InputPolicy.calibrate(net, xv)
     clean = activation_energy(net, xt)
     q_e, q_d = float(torch.quantile(clean["l2_energy"], 0.995)), float(torch.quantile(clean["density"], 0.995))
     print(f"model: {type(net).__name__}, test accuracy {acc:.3f}; policy calibrated on {len(xv)} validation digits (non-members)")
-    bounded = [check for check in ACTIVATION_CHECKS if getattr(ours, f"max_{check}") is not None]
+    bounded = [check for check in POLICY_CHECKS if getattr(ours, f"max_{check}") is not None]
     print(
         f"  limits/clean q99.5: energy {ours.max_energy / q_e:.3f}, density {(ours.max_density or 1.0) / q_d:.3f}; "
         f"checks: {', '.join(bounded)}; hidden layers {len(clean['layers'])}"
@@ -102,14 +112,14 @@ def main() -> None:
         lo, hi = clopper_pearson(k, len(xt))
         print(f"  {name:<11} {k:>3}/{len(xt)} = {k / len(xt):.4f}  [{lo:.4f}, {hi:.4f}]")
     pool = torch.cat([xv, xt])
-    scores, gen = activation_scores(net, pool), torch.Generator().manual_seed(a.seed)
+    scores, gen = ours.scores(net, pool), torch.Generator().manual_seed(a.seed)
     static = rejected(InputPolicy(), net, pool)
     fps = []
     for _ in range(a.resamples):
         perm = torch.randperm(len(pool), generator=gen)
         cal, mea = perm[: len(xv)], perm[len(xv) :]
-        p = InputPolicy.from_scores({k: v[cal] for k, v in scores.items()})
-        lim = {check: getattr(p, f"max_{check}") for check in ACTIVATION_CHECKS}
+        p = InputPolicy.from_scores({k: v[cal] for k, v in scores.items()}, **extra)
+        lim = {check: getattr(p, f"max_{check}") for check in POLICY_CHECKS}
         flags = torch.stack(list(violated({k: v[mea] for k, v in scores.items()}, lim).values())).any(0) | static[mea]
         fps.append(flags.double().mean())
     fps = torch.stack(fps)
@@ -120,11 +130,12 @@ def main() -> None:
 
     print(f"\ncrafted sponges rejected ({a.per_cell} per cell; lr 0.01; energy/density: median over clean q99.5):")
     print("  (effective: the crafted inputs that cost more than clean, L2 energy or density above the clean q99.5; worst accepted: energy)")
-    head = f"  {'steps':>5} {'attack':<6} {'obj':<3} {'start':<6} {'ours':>6} {'[95% lo]':>8} {'L2 only':>8} {'pixel':>6} {'energy':>7} {'density':>7}"
+    no_ae = f" {'no AE':>6}" if a.reconstruction else ""
+    head = f"  {'steps':>5} {'attack':<6} {'obj':<3} {'start':<6} {'ours':>6} {'[95% lo]':>8}{no_ae} {'L2 only':>8} {'pixel':>6} {'energy':>7} {'density':>7}"
     print(head + f" {'effective':>10} {'ours on eff.':>12} {'worst accepted':>15}")
     g = torch.Generator().manual_seed(a.seed + 1)
     digits = xt[torch.randperm(len(xt), generator=g)[: a.per_cell]]
-    totals = {}
+    totals, totals_no_ae = {}, {}
     for steps in [int(s) for s in a.steps.split(",")]:
         for optimizer in ("sign", "adam"):
             for objective in ("l2", "l0"):
@@ -141,14 +152,20 @@ def main() -> None:
                     worst = f"{float(acc_e.max()) / q_e:.3f}" if len(acc_e) else "-"
                     eff = (e["l2_energy"] > q_e) | (e["density"] > q_d)
                     on_eff = f"{float(r['ours'][eff].double().mean()):.3f}" if eff.any() else "-"
+                    no_ae_cell = f" {float(r['no AE'].double().mean()):>6.3f}" if a.reconstruction else ""
+                    if a.reconstruction:
+                        totals_no_ae[steps] = totals_no_ae.get(steps, 0) + int(r["no AE"].sum())
                     print(
-                        f"  {steps:>5} {optimizer:<6} {objective:<3} {start:<6} {n_rej / len(s):>6.3f} {clopper_pearson(n_rej, len(s))[0]:>8.3f} "
-                        f"{float(r['L2 only'].double().mean()):>8.3f} {float(r['pixel only'].double().mean()):>6.3f} "
+                        f"  {steps:>5} {optimizer:<6} {objective:<3} {start:<6} {n_rej / len(s):>6.3f} {clopper_pearson(n_rej, len(s))[0]:>8.3f}"
+                        f"{no_ae_cell} {float(r['L2 only'].double().mean()):>8.3f} {float(r['pixel only'].double().mean()):>6.3f} "
                         f"{float(e['l2_energy'].median()) / q_e:>7.2f} {float(e['density'].median()) / q_d:>7.3f} "
                         f"{int(eff.sum()):>10} {on_eff:>12} {worst:>15}"
                     )
     for steps, (k, n) in totals.items():
-        print(f"  all {steps:>3}-step sponges: ours rejects {k}/{n} = {k / n:.4f} (95% lower bound {clopper_pearson(k, n)[0]:.4f})")
+        without = f"; without the autoencoder {totals_no_ae[steps] / n:.4f}" if a.reconstruction else ""
+        print(
+            f"  all {steps:>3}-step sponges: ours rejects {k}/{n} = {k / n:.4f} (95% lower bound {clopper_pearson(k, n)[0]:.4f}){without}"
+        )
     gs = gaussian_sponges(a.per_cell // 4, [0.5, 1.0, 2.0, 5.0], torch.Generator().manual_seed(a.seed + 2))
     print(
         "  Gaussian sponges (seed notebook): "

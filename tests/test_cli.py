@@ -66,7 +66,7 @@ def test_hardened_is_a_delta_that_keeps_the_capstone_data_and_stays_within_epsil
     dp = printed["model"]["dp"]
     assert dp["enabled"] and dp["target_epsilon"] <= 1.5 and dp["delta"] == 1e-5
     assert printed["model"]["net"]["class_path"] == "secure_ml.models.TanhCNN"
-    assert printed["prior"]["enabled"] and printed["ema"]["enabled"]
+    assert printed["prior"]["enabled"] and printed["ema"]["enabled"] and printed["sponge"]["reconstruction"]
     assert not printed["model"]["dp"].get("noise_seed") and not printed["data"].get("sampling_seed")  # DP randomness stays secret
 
 

@@ -1,15 +1,16 @@
 """The adaptive sponge attacker: knows the input policy and maximises energy among the inputs it accepts.
 
 White-box and policy-aware: it reads every limit of an :class:`~secure_ml.defenses.InputPolicy`
-(pixel range and variance, L2 energy, density, and per layer density, L2 energy and share of
-positive activations) and runs a feasibility-keeping ascent, per image:
+(pixel range and variance, L2 energy, density, per layer density, L2 energy and share of
+positive activations, and the autoencoder's reconstruction error) and runs a feasibility-keeping ascent, per image:
 
 * while every bounded statistic is below ``(1 − margin)`` of its limit, a signed-gradient step *up*
   the sponge objective (L2 energy, or the smooth count of positive pre-activations for L0);
 * otherwise a signed-gradient step *down* the statistics at or over that level (the exact variance
   and L2 energies, for densities the smooth count of positive pre-activations of the layers that
   feed them, and for positive shares the smooth count sigmoid(a / T) of the hidden activations
-  themselves, since the true counts have no gradient);
+  themselves, since the true counts have no gradient; the reconstruction error is differentiable
+  through the policy's own autoencoder);
 * pixels are clipped to the policy's range after every step; the step size decays (cosine) to
   ``lr / 20`` so the walk settles on the boundary.
 
@@ -28,12 +29,13 @@ from torch import nn
 
 from secure_ml.defenses.energy import eval_mode, l0_objective, l2_objective, record
 from secure_ml.defenses.input_policy import InputPolicy
+from secure_ml.defenses.reconstruction import reconstruction_error
 from secure_ml.models.registry import device_and_dtype
 
 OBJECTIVES = ("l2", "l0")
 
 
-def _statistics(calls, x: torch.Tensor, temperature: float):
+def _statistics(calls, x: torch.Tensor, temperature: float, autoencoder: Optional[nn.Module] = None):
     """Exact per-image energy, density, layer densities (detached) and their differentiable stand-ins."""
     hidden = [c.input.reshape(len(x), -1) for c in calls[1:]]
     sizes = torch.tensor([h.shape[1] for h in hidden], dtype=torch.float64, device=x.device)
@@ -58,13 +60,21 @@ def _statistics(calls, x: torch.Tensor, temperature: float):
         "layer_positive": torch.stack([torch.sigmoid(h / temperature).mean(1) for h in hidden], 1),
         "variance": x.reshape(len(x), -1).var(1, correction=0),
     }
+    if autoencoder is not None:
+        smooth["reconstruction"] = reconstruction_error(autoencoder, x)
+        exact["reconstruction"] = smooth["reconstruction"].detach().double()
     return exact, smooth
 
 
 def _ratios(policy: InputPolicy, stats: dict, vacuous_ok: bool) -> dict:
     """Statistic / limit per bounded check (per layer for the per-layer checks); share limits ≥ 1 dropped when ``vacuous_ok``."""
     out = {}
-    for name, limit in (("variance", policy.max_variance), ("energy", policy.max_energy), ("density", policy.max_density)):
+    for name, limit in (
+        ("variance", policy.max_variance),
+        ("energy", policy.max_energy),
+        ("density", policy.max_density),
+        ("reconstruction", policy.max_reconstruction),
+    ):
         if limit is not None and not (vacuous_ok and name == "density" and limit >= 1.0):
             out[name] = stats[name] / limit
     for name, field in (
@@ -106,11 +116,13 @@ def adaptive_sponges(
     x = x_init.detach().to(device=device, dtype=dtype).clamp(policy.min_value, policy.max_value)
     best, best_score = x.clone(), torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
     best_tie = torch.full_like(best_score, -math.inf)
+    ae = policy.reconstruction_model()
+    ae = ae.to(device=device, dtype=dtype) if ae is not None else None
     with torch.enable_grad(), eval_mode(model):
         for t in range(steps + 1):
             x.requires_grad_(True)
             calls = record(model, x)
-            exact, smooth = _statistics(calls, x, temperature)
+            exact, smooth = _statistics(calls, x, temperature, ae)
             accepted = torch.ones(len(x), dtype=torch.bool, device=device)
             for r in _ratios(policy, exact, vacuous_ok=False).values():
                 accepted &= (r <= 1).all(1) if r.dim() == 2 else r <= 1

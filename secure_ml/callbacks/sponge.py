@@ -3,13 +3,14 @@
 from typing import Any, Dict, List, Optional
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from secure_ml.attacks.sponge import craft_sponges, gaussian_sponges, sponge_report
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
 from secure_ml.defenses.calibration import activation_scores, budget_k, default_checks, leave_one_out_rejected, scores_from_energy
 from secure_ml.defenses.energy import EnergyUndefined, activation_energy, energy_from_calls
 from secure_ml.defenses.input_policy import HEADROOM, InputPolicy
+from secure_ml.defenses.reconstruction import SHAPE, ReconstructionConfig, encode, load_or_train, reconstruction_error
 from secure_ml.errors import ConfigError
 
 # (optimizer, objective) of the crafted sponges, taken in turn from noise and from digits.
@@ -31,6 +32,9 @@ class SpongeCallback(EpochMetricCallback):
     forward pass beyond the calibration's. The bound ratios use the test split's percentile in test
     and the validation split's own in fit/validate. Crafted sponges: ``n_sponges`` from uniform noise
     and as many from clean digits, shared in turn among sign/Adam ascent on the L2/L0 objective.
+    With ``reconstruction`` the policy also bounds the reconstruction error of an autoencoder of digit
+    shapes (:mod:`secure_ml.defenses.reconstruction`), trained before fitting on procedural digits only
+    (no privacy cost) and cached; it is stored in the policy and so reaches the service.
 
     Args:
         n_sponges: sponges of each kind: crafted from noise, crafted from digits, and Gaussian per scale.
@@ -45,6 +49,10 @@ class SpongeCallback(EpochMetricCallback):
         every_n_epochs: run every n-th epoch (and always on the last one and in test).
         enabled: false switches the callback off (``--sponge.enabled false`` on the CLI).
         seed: seed of the subsamples and of the noise.
+        reconstruction: add the autoencoder check to the policy (1x28x28 images only).
+        reconstruction_digits: procedural digits the autoencoder is trained on.
+        reconstruction_epochs: the autoencoder's training epochs.
+        reconstruction_cache_dir: where trained autoencoders are cached (null: train every time).
     """
 
     record_stages, record_activations = ("val",), True  # calibration statistics from the validation loop's forward
@@ -63,6 +71,10 @@ class SpongeCallback(EpochMetricCallback):
         every_n_epochs: int = 1,
         seed: int = 0,
         enabled: bool = True,
+        reconstruction: bool = False,
+        reconstruction_digits: int = 8000,
+        reconstruction_epochs: int = 12,
+        reconstruction_cache_dir: Optional[str] = "~/.cache/secure-ml/reconstruction",
     ):
         for name, v in (
             ("latency_repeats", latency_repeats),
@@ -82,8 +94,10 @@ class SpongeCallback(EpochMetricCallback):
         self.n_sponges, self.gaussian_scales, self.craft_steps, self.craft_lr = n_sponges, list(gaussian_scales), craft_steps, craft_lr
         self.calibration_samples, self.false_positive_rate, self.max_samples = calibration_samples, false_positive_rate, max_samples
         self.headroom, self.every_n_epochs, self.seed, self.latency_repeats = headroom, every_n_epochs, seed, latency_repeats
-        self.enabled = enabled
+        self.enabled, self.reconstruction, self.reconstruction_cache_dir = enabled, reconstruction, reconstruction_cache_dir
+        self.reconstruction_config = ReconstructionConfig(digits=reconstruction_digits, epochs=reconstruction_epochs)
         self.policy: Optional[InputPolicy] = None
+        self._autoencoder: Optional[InputPolicy] = None  # a policy holding only the autoencoder (its weights, decoded)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Refuse, in one line, a net whose activation energy is undefined (before any training)."""
@@ -97,6 +111,14 @@ class SpongeCallback(EpochMetricCallback):
             raise ConfigError(
                 f"--sponge: {exc}, so its activation energy is undefined; switch the check off with --sponge.enabled false"
             ) from None
+        if self.reconstruction and self._autoencoder is None:
+            if tuple(probe.shape[1:]) != SHAPE:
+                raise ConfigError(
+                    f"--sponge.reconstruction: the autoencoder redraws 1x28x28 digits, the data's images are "
+                    f"{'x'.join(map(str, probe.shape[1:]))}; set --sponge.reconstruction false"
+                )
+            net = load_or_train(self.reconstruction_config, self.reconstruction_cache_dir, rank_zero_info)
+            self._autoencoder = InputPolicy(reconstruction_net=encode(net))
 
     def _craft(self, net, starts: torch.Tensor) -> torch.Tensor:
         """Sponges from ``starts``, the i-th crafted by variant i mod 4, all in one batch (the cost of one variant)."""
@@ -114,7 +136,13 @@ class SpongeCallback(EpochMetricCallback):
             scores = {k: v[positions] for k, v in scores_from_energy(energy_from_calls(self.recorded.calls)).items()}
         else:
             scores = activation_scores(net, calib)
-        policy = InputPolicy.from_scores(scores, self.false_positive_rate, self.headroom)
+        extra = {}
+        if self._autoencoder is not None:
+            ae = self._autoencoder.reconstruction_model().to(calib.device)
+            with torch.no_grad():
+                scores = {**scores, "reconstruction": reconstruction_error(ae, calib).cpu()}
+            extra["reconstruction_net"] = self._autoencoder.reconstruction_net
+        policy = InputPolicy.from_scores(scores, self.false_positive_rate, self.headroom, **extra)
         if stage == "test":
             measure = on_device(pl_module, subsample(*held_out(trainer, "test"), self.max_samples, self.seed + 1)[0])[0]
             false_pos = sum(not d.allowed for d in policy.check_batch(measure, net)) / len(measure)

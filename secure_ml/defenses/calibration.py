@@ -11,7 +11,10 @@ Checks (each one statistic per image, rejected when strictly above its limit):
 * ``layer_energy``: every hidden layer's L2 energy; ``layer_positive``: every hidden layer's share
   of activations > 0. Both are held at the same level of each layer's own clean spread: the
   image's score is ``max_l (value_l − median_l) / (q99_l − median_l)`` over the calibration
-  digits' median and 99th percentile, and the stored limits are ``median_l + limit · (q99_l − median_l)``.
+  digits' median and 99th percentile, and the stored limits are ``median_l + limit · (q99_l − median_l)``;
+* ``reconstruction``: the L1 error of the policy's autoencoder of digit shapes
+  (:mod:`secure_ml.defenses.reconstruction`), when the policy has one: a score the caller adds to the
+  activation scores under this key.
 
 Which checks apply is resolved once from the clean scores (:func:`default_checks`). Where the
 activations have exact zeros (ReLU: the median clean density is below 1) the density checks bound
@@ -20,7 +23,7 @@ SiLU: density is 1 for every input, so a density limit calibrates to 1 and bound
 budget of the vacuous density checks goes to ``layer_energy`` (an L2 sponge on a bounded activation
 concentrates its energy in one layer: on the hardened TanhCNN, the first hidden layer) and
 ``layer_positive`` (the count of positive pre-activations, which the L0 sponge objective raises):
-``energy``, ``layer_energy``, ``layer_positive``.
+``energy``, ``layer_energy``, ``layer_positive``. With an autoencoder, ``reconstruction`` is calibrated as well (one more share of the budget).
 
 Budget. With J calibrated checks and a false-positive budget α, each check gets α/J (Bonferroni:
 the union then rejects at most α of clean digits, whatever the checks' correlation). A check's
@@ -44,6 +47,7 @@ LAYER_CHECKS = ("layer_density", "layer_energy", "layer_positive")  # one limit 
 SHARE_CHECKS = ("density", "layer_density", "layer_positive")  # shares: a limit above 1 is clamped to 1
 SPARSE_CHECKS = ("energy", "density", "layer_density")  # activations with exact zeros (ReLU)
 DENSE_CHECKS = ("energy", "layer_energy", "layer_positive")  # activations never zero (tanh, GELU, SiLU)
+POLICY_CHECKS = ACTIVATION_CHECKS + ("reconstruction",)  # every calibrated check, in the order the policy reports them
 
 
 def budget_k(n: int, false_positive_rate: float, n_checks: int) -> int:
@@ -68,8 +72,10 @@ def scores_from_energy(stats: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
 
 
 def default_checks(scores: Dict[str, torch.Tensor]) -> Tuple[str, ...]:
-    """:data:`SPARSE_CHECKS` when the clean activations have exact zeros (median density below 1), else :data:`DENSE_CHECKS`."""
-    return SPARSE_CHECKS if float(scores["density"].double().median()) < 1.0 else DENSE_CHECKS
+    """:data:`SPARSE_CHECKS` when the clean activations have exact zeros (median density below 1), else :data:`DENSE_CHECKS`;
+    plus ``reconstruction`` when ``scores`` has it (the policy has an autoencoder)."""
+    base = SPARSE_CHECKS if float(scores["density"].double().median()) < 1.0 else DENSE_CHECKS
+    return base + ("reconstruction",) if "reconstruction" in scores else base
 
 
 def layer_affine(name: str, layer_scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +157,7 @@ def leave_one_out_rejected(scores: Dict[str, torch.Tensor], checks: Sequence[str
 def violated(scores: Dict[str, torch.Tensor], limits: Dict[str, object]) -> Dict[str, torch.Tensor]:
     """Per check, which images exceed their limit (bool, shape (B,)); checks whose limit is None are skipped."""
     out = {}
-    for name in ACTIVATION_CHECKS:
+    for name in POLICY_CHECKS:
         limit = limits.get(name)
         if limit is None:
             continue

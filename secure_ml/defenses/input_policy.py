@@ -1,9 +1,10 @@
 """Input validation policy for pixel-space images, shared by the scorecard and the inference service.
 
 Checks run in a fixed order and the first failure is reported: ``shape`` → ``dtype`` →
-``non_finite`` → ``range`` → ``variance`` → ``energy``. Every check is a fixed number of tensor
-reductions over the image (plus, for ``energy``, one batched forward pass), so the cost is bounded
-by the accepted shape; an oversized input fails ``shape`` before any work.
+``non_finite`` → ``range`` → ``variance`` → ``energy`` → ``reconstruction``. Every check is a fixed
+number of tensor reductions over the image (plus, for ``energy``, one batched forward pass of the
+model, and for ``reconstruction`` one of the autoencoder), so the cost is bounded by the accepted
+shape; an oversized input fails ``shape`` before any work.
 
 ``variance``: pixel space is ``[0, 1]``, where a variance cannot exceed 0.25; ``max_variance`` is a
 fixed 0.22 by default (not calibrated), above every MNIST digit and below clipped N(0, 5²) noise.
@@ -18,6 +19,12 @@ to the net's activations (:func:`secure_ml.defenses.calibration.default_checks`)
 (ReLU) energy, density and layer density; without (tanh, GELU, SiLU: the density is always 1)
 energy, layer energy and layer positive share.
 
+``reconstruction`` (optional, policy version 4): the L1 error with which a small autoencoder of digit
+shapes, trained on procedural digits only, redraws the image's faint pixels (``max_reconstruction``; the autoencoder's
+weights travel in ``reconstruction_net``, :mod:`secure_ml.defenses.reconstruction`). Calibrated like the
+activation checks, with its own share of the budget; it rejects inputs that no longer look like digits
+(sponges crafted from digits among them) whatever their activation statistics.
+
 Decisions carry no numbers. ``PolicyDecision.detail`` is a fixed sentence per failed check (the
 accepted shape and pixel range, which are the public input contract, are its only figures): a
 measured statistic or a calibrated limit in an error would be a continuous oracle on the weights
@@ -25,7 +32,7 @@ and a guide for sponge crafters.
 """
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -39,17 +46,21 @@ from secure_ml.defenses.calibration import (
     default_checks,
     violated,
 )
+from secure_ml.defenses.reconstruction import SHAPE as RECONSTRUCTION_SHAPE
+from secure_ml.defenses.reconstruction import ReconstructionNet, decode, reconstruction_error
 
-REASONS = ("ok", "shape", "dtype", "non_finite", "range", "variance", "energy")
+REASONS = ("ok", "shape", "dtype", "non_finite", "range", "variance", "energy", "reconstruction")
 HEADROOM = 0.1  # limits sit 10% of the clean spread above their order statistic: 800 digits cannot pin a 0.17% tail
-VERSION = 3  # v3: + max_layer_energy, max_layer_positive; v2: energy over the inputs of weight layers; v1 (no "version"): ReLU calls
+VERSION = 4  # v4: + max_reconstruction, reconstruction_net; v3: + max_layer_energy, max_layer_positive; v2: energy over the inputs of weight layers; v1 (no "version"): ReLU calls
 _CHECK_FIELD = {
     "energy": "max_energy",
     "density": "max_density",
     "layer_density": "max_layer_density",
     "layer_energy": "max_layer_energy",
     "layer_positive": "max_layer_positive",
+    "reconstruction": "max_reconstruction",
 }
+_V4_FIELDS = ("max_reconstruction", "reconstruction_net")
 _LAYER_FIELDS = tuple(_CHECK_FIELD[c] for c in LAYER_CHECKS)
 _DETAIL = {
     "dtype": "pixel values must be floating point numbers",
@@ -60,6 +71,7 @@ _DETAIL = {
     "layer_density": "the share of non-zero activations in one layer of the network is above the accepted limit",
     "layer_energy": "the activation energy of one layer of the network is above the accepted limit",
     "layer_positive": "the share of positive activations in one layer of the network is above the accepted limit",
+    "reconstruction": "the image does not resemble the digits the policy was calibrated on",
 }
 
 
@@ -120,6 +132,8 @@ class InputPolicy:
     max_layer_density: Optional[Tuple[float, ...]] = None
     max_layer_energy: Optional[Tuple[float, ...]] = None
     max_layer_positive: Optional[Tuple[float, ...]] = None
+    max_reconstruction: Optional[float] = None
+    reconstruction_net: Optional[str] = field(default=None, repr=False)  # base64 safetensors of the autoencoder
 
     def __post_init__(self) -> None:
         """Validate and normalise the fields (ValueError naming the bad one)."""
@@ -136,10 +150,21 @@ class InputPolicy:
             setattr(self, name, float(v))
         if self.min_value >= self.max_value:
             raise ValueError(f"min_value must be below max_value; got {self.min_value} and {self.max_value}")
-        for name in ("max_variance", "max_energy", "max_density"):
+        for name in ("max_variance", "max_energy", "max_density", "max_reconstruction"):
             setattr(self, name, _positive_or_none(name, getattr(self, name)))
         for name in _LAYER_FIELDS:
             setattr(self, name, _layer_limits(name, getattr(self, name)))
+        self._reconstruction: Optional[ReconstructionNet] = None
+        if self.reconstruction_net is not None:
+            if self.shape != RECONSTRUCTION_SHAPE:
+                raise ValueError(f"reconstruction_net redraws images of shape {RECONSTRUCTION_SHAPE}; this policy's shape is {self.shape}")
+            self._reconstruction = decode(self.reconstruction_net)
+        elif self.max_reconstruction is not None:
+            raise ValueError("max_reconstruction needs the autoencoder it was calibrated with (reconstruction_net)")
+
+    def reconstruction_model(self) -> Optional[ReconstructionNet]:
+        """The decoded autoencoder of ``reconstruction_net`` (None without one)."""
+        return self._reconstruction
 
     def _accepted_shapes(self) -> Tuple[Tuple[int, ...], ...]:
         """The configured shape, plus the shape without its leading 1 (e.g. (28, 28) for (1, 28, 28))."""
@@ -188,12 +213,14 @@ class InputPolicy:
             failed = self.activation_failures(model, x.detach()[survivors].reshape(len(survivors), *self.shape))
             for j, i in enumerate(survivors):
                 if failed[j] is not None:
-                    decisions[i] = PolicyDecision(False, "energy", _DETAIL[failed[j]])
+                    decisions[i] = PolicyDecision(
+                        False, "reconstruction" if failed[j] == "reconstruction" else "energy", _DETAIL[failed[j]]
+                    )
         return [d if d is not None else PolicyDecision(True, "ok") for d in decisions]
 
     def activation_failures(self, model: nn.Module, x: torch.Tensor) -> List[Optional[str]]:
         """Per image, the first activation check it fails (one of ``_CHECK_FIELD``, in its order) or None; one forward."""
-        scores = activation_scores(model, x)
+        scores = self.scores(model, x)
         for check in LAYER_CHECKS:
             limits = getattr(self, _CHECK_FIELD[check])
             if limits is not None and scores[check].shape[1] != len(limits):
@@ -203,6 +230,15 @@ class InputPolicy:
                 )
         flags = violated(scores, self._activation_limits())
         return [next((check for check in _CHECK_FIELD if check in flags and bool(flags[check][i])), None) for i in range(len(x))]
+
+    def scores(self, model: nn.Module, x: torch.Tensor) -> dict:
+        """The checks' per-image statistics: :func:`activation_scores`, plus ``reconstruction`` when the policy has an autoencoder."""
+        scores = activation_scores(model, x)
+        if self._reconstruction is not None:
+            ae = self._reconstruction.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+            with torch.no_grad():
+                scores["reconstruction"] = reconstruction_error(ae, x).cpu()
+        return scores
 
     def _static_decision(self, n_bad: int, lo: float, hi: float, var: float) -> Optional[PolicyDecision]:
         """First failure among non_finite / range / variance, or None."""
@@ -241,7 +277,7 @@ class InputPolicy:
             raise ValueError(f"{len(rejected)} of {len(clean_x)} calibration images fail the policy; first: {rejected[0].detail}")
         if all(name in kwargs for name in _CHECK_FIELD.values()):
             return base
-        scores = activation_scores(model, clean_x.detach().reshape(len(clean_x), *base.shape))
+        scores = base.scores(model, clean_x.detach().reshape(len(clean_x), *base.shape))
         return cls.from_scores(scores, false_positive_rate, headroom, checks, **kwargs)
 
     @classmethod
@@ -272,7 +308,7 @@ class InputPolicy:
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputPolicy":
-        """Inverse of :meth:`to_dict`; reads versions 1–3 (v2 has no per-layer energy/positive limits: they stay None).
+        """Inverse of :meth:`to_dict`; reads versions 1–4 (v3 has no reconstruction check, v2 no per-layer energy/positive limits: they stay None).
 
         ValueError on unknown keys, on a version's keys it did not have, and on a v1 policy with
         activation limits (measured differently).
@@ -281,9 +317,10 @@ class InputPolicy:
             raise ValueError(f"expected a dict; got {type(d).__name__}")
         d = dict(d)
         version = d.pop("version", 1)
-        if version not in (1, 2, VERSION):
+        if version not in (1, 2, 3, VERSION):
             raise ValueError(f"unsupported InputPolicy version {version!r} (this code reads 1 to {VERSION})")
-        known = {f.name for f in fields(cls)} - (set(_LAYER_FIELDS) - {"max_layer_density"} if version < 3 else set())
+        known = {f.name for f in fields(cls)} - (set(_V4_FIELDS) if version < 4 else set())
+        known -= set(_LAYER_FIELDS) - {"max_layer_density"} if version < 3 else set()
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown InputPolicy field(s): {', '.join(sorted(unknown))}")

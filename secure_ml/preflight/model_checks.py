@@ -52,7 +52,8 @@ def policy_check(dep: Deployment) -> Check:
     limits = {
         k: v
         for k, v in policy.to_dict().items()
-        if k in ("max_energy", "max_density", "max_layer_density", "max_layer_energy", "max_layer_positive") and v is not None
+        if k in ("max_energy", "max_density", "max_layer_density", "max_layer_energy", "max_layer_positive", "max_reconstruction")
+        and v is not None
     }
     held_out = source.startswith(("calibrated during training", "calibrated at start-up"))
     if not held_out or not limits:

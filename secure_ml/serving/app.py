@@ -68,6 +68,7 @@ POLICY_DETAIL = {  # what a 422 of the input policy says: the check, never the s
     "range": "a pixel value lies outside the accepted range",
     "variance": "the image's pixel statistics lie outside the accepted range",
     "energy": "the image's activation statistics lie outside the accepted range",
+    "reconstruction": "the image does not resemble the inputs the policy was calibrated on",
 }
 
 

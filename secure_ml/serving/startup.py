@@ -6,7 +6,8 @@ one-line warning that it carries non-private training state). Any registered net
 ``secure_ml.models`` can be served.
 
 The input policy, in this precedence: ``policy.file`` > ``policy.calibrate`` (the held-out TEST split of
-``policy.calibration_data_dir``: digits that were never training members) > the policy stored in the
+``policy.calibration_data_dir``: digits that were never training members; an autoencoder stored in the
+artifact is kept and its limit recalibrated too) > the policy stored in the
 artifact or checkpoint (``policy.from_checkpoint``) > the limits written in serve.yaml.
 """
 
@@ -105,11 +106,15 @@ def build_policy(cfg: PolicyConfig, model: nn.Module, stored: Optional[dict] = N
             raise ConfigError(f"serve.yaml: policy.file: '{path}' is not a valid policy ({exc})") from None
     if cfg.calibrate:
         clean = calibration_digits(cfg)
+        ae = stored.get("reconstruction_net") if isinstance(stored, dict) else None  # the artifact's autoencoder is recalibrated too
+        extra = {"reconstruction_net": ae} if isinstance(ae, str) else {}
         try:
-            policy = InputPolicy.calibrate(model, clean, cfg.false_positive_rate, min_value=cfg.min_value, max_value=cfg.max_value)
+            policy = InputPolicy.calibrate(model, clean, cfg.false_positive_rate, min_value=cfg.min_value, max_value=cfg.max_value, **extra)
         except ValueError as exc:
             raise ConfigError(f"serve.yaml: policy.calibrate failed ({exc})") from None
-        return policy, f"calibrated at start-up on {len(clean)} held-out test digits"
+        return policy, f"calibrated at start-up on {len(clean)} held-out test digits" + (
+            " (with the artifact's autoencoder)" if extra else ""
+        )
     if cfg.from_checkpoint and stored is not None:
         try:
             return InputPolicy.from_dict(stored), "calibrated during training (from the artifact)"
