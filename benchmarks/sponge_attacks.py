@@ -133,10 +133,12 @@ def main() -> None:
         for i in range(200):
             for name in ("ours", "no AE") if i % 2 == 0 else ("no AE", "ours"):
                 t = time.perf_counter()
-                peers[name].check(xt[i], net)
+                peers[name].check(xt[i].double(), net)  # float64: what the service parses a request into
                 times[name].append(time.perf_counter() - t)
         med = {k: float(torch.tensor(v).median()) * 1e3 for k, v in times.items()}
-        print(f"  one image's policy check (median of 200, alternating): ours {med['ours']:.2f} ms, no AE {med['no AE']:.2f} ms")
+        print(
+            f"  one image's policy check (float64 as the service parses it; median of 200, alternating): ours {med['ours']:.2f} ms, no AE {med['no AE']:.2f} ms"
+        )
     print(f"\ncrafted sponges rejected ({a.per_cell} per cell; lr 0.01; energy/density: median over clean q99.5):")
     print("  (effective: the crafted inputs that cost more than clean, L2 energy or density above the clean q99.5; worst accepted: energy)")
     no_ae = f" {'no AE':>6}" if a.reconstruction else ""

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from secure_ml.attacks.sponge import craft_sponges
+from secure_ml.attacks.sponge import activation_energy, craft_sponges
 from secure_ml.attacks.sponge_adaptive import adaptive_sponges
 from secure_ml.callbacks.sponge import SpongeCallback
 from secure_ml.defenses import InputPolicy
@@ -57,6 +57,8 @@ def test_weights_round_trip_and_anything_else_is_refused_in_one_sentence(autoenc
         assert "\n" not in str(exc.value)
     with pytest.raises(ValueError, match="non-finite"):
         rec.decode(base64.b64encode(st_save(not_finite)).decode())
+    with pytest.raises(ValueError, match="^reconstruction_net is longer than"):
+        rec.decode("A" * (rec.MAX_TEXT + 4))
 
 
 @pytest.mark.slow
@@ -101,6 +103,8 @@ def test_adaptive_attacker_knows_the_reconstruction_limit(tanh_policies):
     x0 = xt[20:26]
     sponges, accepted = adaptive_sponges(model, alone, x0, objective="l0", steps=40, lr=0.03)
     assert accepted.all() and all(d.allowed for d in alone.check_batch(sponges, model))
+    positive = lambda x: activation_energy(model, x)["layer_positive"].sum(1)  # noqa: E731 - what the l0 attacker raises
+    assert (positive(sponges) > positive(x0)).sum() >= 4  # it did climb, inside the limit (not x0 handed back)
     blind, _ = adaptive_sponges(model, InputPolicy(), x0, objective="l0", steps=40, lr=0.03)
     assert reasons(alone.check_batch(blind, model))["reconstruction"] >= 4
 
@@ -162,17 +166,23 @@ def test_served_from_a_release_it_rejects_the_sponge_with_its_own_reason(tanh_po
 
 
 @pytest.mark.slow
-def test_fit_calibrates_it_on_validation_digits_and_keeps_it_in_the_checkpoint_state(tiny_mnist, tmp_path):
+def test_fit_calibrates_it_on_validation_digits_and_keeps_it_in_the_checkpoint_state(tiny_mnist, tmp_path, monkeypatch):
+    from secure_ml.callbacks import sponge as module
     from secure_ml.models import TanhCNN
     from secure_ml.module import SecureClassifier
     from tests.helpers.training import quiet_trainer, small_datamodule
 
     cb = SpongeCallback(n_sponges=4, craft_steps=3, calibration_samples=100, latency_repeats=1, reconstruction=True)
     cb.reconstruction_config, cb.reconstruction_cache_dir = rec.ReconstructionConfig(digits=64, epochs=1), None  # a tiny autoencoder
+    estimated = []  # the checks whose leave-one-out false positives the callback logs
+    real = module.leave_one_out_rejected
+    monkeypatch.setattr(
+        module, "leave_one_out_rejected", lambda scores, checks, *a: estimated.append(tuple(checks)) or real(scores, checks, *a)
+    )
     trainer = quiet_trainer(tmp_path, callbacks=[cb])
     trainer.fit(SecureClassifier(net=TanhCNN()), small_datamodule(tiny_mnist, dp=False))
     assert cb.policy.max_reconstruction is not None and cb.policy.reconstruction_net == rec.encode(rec.train(cb.reconstruction_config))
-    assert 0 <= float(trainer.callback_metrics["sponge/false_positive_rate"]) <= 1
+    assert estimated and all(c[-1] == "reconstruction" for c in estimated)  # its false positives count in sponge/false_positive_rate
     restored = SpongeCallback()
     restored.load_state_dict(cb.state_dict())
     assert restored.policy == cb.policy
@@ -192,3 +202,32 @@ def test_calibrating_at_start_up_keeps_the_artifacts_autoencoder(tanh_policies, 
     assert policy.reconstruction_net == with_ae.reconstruction_net and policy.max_reconstruction is not None
     assert source.endswith("(with the artifact's autoencoder)")
     assert build_policy(cfg, model, None)[0].max_reconstruction is None  # nothing stored: nothing to keep
+    ignore = PolicyConfig(calibrate=True, calibration_data_dir=str(real_data_dir), calibration_samples=800, from_checkpoint=False)
+    assert build_policy(ignore, model, with_ae.to_dict())[0].reconstruction_net is None  # from_checkpoint: false is honoured
+    with pytest.raises(ConfigError, match=r"^--ckpt_path: the stored input policy's autoencoder is invalid \(reconstruction_net must be"):
+        build_policy(cfg, model, {**with_ae.to_dict(), "reconstruction_net": 12})  # an edited artefact: refused, not dropped
+
+
+@pytest.mark.slow
+def test_any_input_dtype_and_concurrent_checks_leave_the_autoencoder_as_stored(tanh_policies):
+    """float64 (what the service parses), half and float32 callers, also from several threads: same float32 weights, same decisions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, with_ae, _, xt = tanh_policies
+    x = craft_sponges(model, xt[:8], steps=20, lr=0.01, objective="l0", optimizer="sign")
+    x = torch.cat([x, xt[8:16]])
+    decisions = [d.reason for d in with_ae.check_batch(x, model)]
+    assert "reconstruction" in decisions and "ok" in decisions
+    rec.reconstruction_error(with_ae.reconstruction_model(), x.half())  # a half-precision caller
+    assert [d.reason for d in with_ae.check_batch(x.double(), model)] == decisions
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: with_ae.check(x[i % 16].to(torch.float64 if i % 2 else torch.float32), model).reason, range(64)))
+    assert results == [decisions[i % 16] for i in range(64)]
+    stored = rec.decode(with_ae.reconstruction_net).state_dict()
+    assert all(torch.equal(v, stored[k]) and v.dtype == torch.float32 for k, v in with_ae.reconstruction_model().state_dict().items())
+
+
+def test_asking_for_the_check_without_an_autoencoder_is_one_sentence(tanh_policies):
+    model, _, _, xt = tanh_policies
+    with pytest.raises(ValueError, match="^the reconstruction check needs an autoencoder: pass reconstruction_net$"):
+        InputPolicy.calibrate(model, xt[:100], checks=("reconstruction",))

@@ -62,7 +62,7 @@ def _statistics(calls, x: torch.Tensor, temperature: float, autoencoder: Optiona
     }
     if autoencoder is not None:
         smooth["reconstruction"] = reconstruction_error(autoencoder, x)
-        exact["reconstruction"] = smooth["reconstruction"].detach().double()
+        exact["reconstruction"] = smooth["reconstruction"].detach().double()  # the policy's own float32 score, exactly
     return exact, smooth
 
 
@@ -116,8 +116,7 @@ def adaptive_sponges(
     x = x_init.detach().to(device=device, dtype=dtype).clamp(policy.min_value, policy.max_value)
     best, best_score = x.clone(), torch.full((len(x),), -math.inf, dtype=torch.float64, device=device)
     best_tie = torch.full_like(best_score, -math.inf)
-    ae = policy.reconstruction_model()
-    ae = ae.to(device=device, dtype=dtype) if ae is not None else None
+    ae = policy.reconstruction_model(device)  # shared and float32: used as is (reconstruction_error casts x)
     with torch.enable_grad(), eval_mode(model):
         for t in range(steps + 1):
             x.requires_grad_(True)

@@ -97,14 +97,14 @@ class SpongeCallback(EpochMetricCallback):
         self.enabled, self.reconstruction, self.reconstruction_cache_dir = enabled, reconstruction, reconstruction_cache_dir
         self.reconstruction_config = ReconstructionConfig(digits=reconstruction_digits, epochs=reconstruction_epochs)
         self.policy: Optional[InputPolicy] = None
-        self._autoencoder: Optional[InputPolicy] = None  # a policy holding only the autoencoder (its weights, decoded)
+        self._autoencoder: Optional[InputPolicy] = None  # limit-free policy: the autoencoder's text and its per-device copies
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Refuse, in one line, a net whose activation energy is undefined (before any training)."""
         if not self.enabled:
             return
         ds = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
-        probe = torch.zeros_like(ds.tensors[0][:1]) if ds is not None and hasattr(ds, "tensors") else torch.zeros(1, 1, 28, 28)
+        probe = _probe(ds)
         try:
             activation_energy(pl_module.net, probe)
         except EnergyUndefined as exc:
@@ -138,7 +138,7 @@ class SpongeCallback(EpochMetricCallback):
             scores = activation_scores(net, calib)
         extra = {}
         if self._autoencoder is not None:
-            ae = self._autoencoder.reconstruction_model().to(calib.device)
+            ae = self._autoencoder.reconstruction_model(calib.device)
             with torch.no_grad():
                 scores = {**scores, "reconstruction": reconstruction_error(ae, calib).cpu()}
             extra["reconstruction_net"] = self._autoencoder.reconstruction_net
@@ -183,6 +183,17 @@ class SpongeCallback(EpochMetricCallback):
             self.policy = InputPolicy.from_dict(state_dict["policy"])
         except ValueError as exc:  # e.g. a version-1 policy: recalibrated at the next validation epoch
             rank_zero_warn(f"SpongeCallback: the checkpoint's input policy is not used ({exc})")
+
+
+def _probe(ds) -> torch.Tensor:
+    """One zero image of the validation data's shape (1x28x28 when there is no data to look at)."""
+    if ds is None:
+        return torch.zeros(1, 1, 28, 28)
+    try:
+        first = ds.tensors[0][:1] if hasattr(ds, "tensors") else ds[0][0].unsqueeze(0)
+    except (IndexError, TypeError, AttributeError):
+        return torch.zeros(1, 1, 28, 28)
+    return torch.zeros_like(first, dtype=torch.float32)
 
 
 def _bound_ratio(limit: Optional[float], clean: torch.Tensor) -> float:

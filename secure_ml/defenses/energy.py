@@ -26,6 +26,7 @@ Why not a library: ART and torchattacks have no sponge attack; the authors' code
 (iliaishacked/sponge_examples) is not packaged. Forward hooks are all it takes.
 """
 
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -63,6 +64,8 @@ class ActivationRecorder:
     """Context manager: forward hooks on every weight layer of ``model`` record a :class:`LayerCall` per call.
 
     Recorded tensors stay in the autograd graph (attacks differentiate them). Hooks are removed on exit.
+    Only calls made by the thread that entered it are recorded: the service's inference threads share one
+    model, and another request's forward must not land in this image's statistics.
     """
 
     model: nn.Module
@@ -71,6 +74,7 @@ class ActivationRecorder:
 
     def __enter__(self) -> "ActivationRecorder":
         self.calls.clear()
+        self._thread = threading.get_ident()
         self._handles = [
             m.register_forward_hook(self._hook(name or type(m).__name__))
             for name, m in self.model.named_modules()
@@ -84,6 +88,8 @@ class ActivationRecorder:
 
     def _hook(self, name: str):
         def hook(module: nn.Module, args: Tuple, output: torch.Tensor) -> None:
+            if threading.get_ident() != self._thread:
+                return
             seen = sum(c.name.split("#")[0] == name for c in self.calls)
             key, a = f"{name}#{seen + 1}" if seen else name, args[0]
             if self.summarise:

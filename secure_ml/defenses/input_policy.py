@@ -31,6 +31,7 @@ measured statistic or a calibrated limit in an error would be a continuous oracl
 and a guide for sponge crafters.
 """
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import List, Optional, Sequence, Tuple
@@ -155,6 +156,7 @@ class InputPolicy:
         for name in _LAYER_FIELDS:
             setattr(self, name, _layer_limits(name, getattr(self, name)))
         self._reconstruction: Optional[ReconstructionNet] = None
+        self._copies: dict = {}  # device -> the autoencoder there (float32; made once per device, never cast)
         if self.reconstruction_net is not None:
             if self.shape != RECONSTRUCTION_SHAPE:
                 raise ValueError(f"reconstruction_net redraws images of shape {RECONSTRUCTION_SHAPE}; this policy's shape is {self.shape}")
@@ -162,9 +164,19 @@ class InputPolicy:
         elif self.max_reconstruction is not None:
             raise ValueError("max_reconstruction needs the autoencoder it was calibrated with (reconstruction_net)")
 
-    def reconstruction_model(self) -> Optional[ReconstructionNet]:
-        """The decoded autoencoder of ``reconstruction_net`` (None without one)."""
-        return self._reconstruction
+    def reconstruction_model(self, device: Optional[torch.device] = None) -> Optional[ReconstructionNet]:
+        """The decoded autoencoder of ``reconstruction_net`` on ``device`` (CPU by default), float32; None without one.
+
+        Callers must not cast or move it: other threads use the same module (it runs on float32 inputs:
+        :func:`~secure_ml.defenses.reconstruction.reconstruction_error` casts them).
+        """
+        if self._reconstruction is None:
+            return None
+        device = torch.device(device if device is not None else "cpu")
+        if device.type == "cpu":
+            return self._reconstruction
+        net = self._copies.get(device)
+        return net if net is not None else self._copies.setdefault(device, copy.deepcopy(self._reconstruction).to(device))
 
     def _accepted_shapes(self) -> Tuple[Tuple[int, ...], ...]:
         """The configured shape, plus the shape without its leading 1 (e.g. (28, 28) for (1, 28, 28))."""
@@ -220,7 +232,7 @@ class InputPolicy:
 
     def activation_failures(self, model: nn.Module, x: torch.Tensor) -> List[Optional[str]]:
         """Per image, the first activation check it fails (one of ``_CHECK_FIELD``, in its order) or None; one forward."""
-        scores = self.scores(model, x)
+        scores = self.scores(model, x, reconstruction=self.max_reconstruction is not None)
         for check in LAYER_CHECKS:
             limits = getattr(self, _CHECK_FIELD[check])
             if limits is not None and scores[check].shape[1] != len(limits):
@@ -231,13 +243,12 @@ class InputPolicy:
         flags = violated(scores, self._activation_limits())
         return [next((check for check in _CHECK_FIELD if check in flags and bool(flags[check][i])), None) for i in range(len(x))]
 
-    def scores(self, model: nn.Module, x: torch.Tensor) -> dict:
-        """The checks' per-image statistics: :func:`activation_scores`, plus ``reconstruction`` when the policy has an autoencoder."""
+    def scores(self, model: nn.Module, x: torch.Tensor, reconstruction: bool = True) -> dict:
+        """The checks' per-image statistics: :func:`activation_scores`, plus ``reconstruction`` when the policy has an autoencoder (and ``reconstruction``)."""
         scores = activation_scores(model, x)
-        if self._reconstruction is not None:
-            ae = self._reconstruction.to(device=x.device, dtype=x.dtype if x.is_floating_point() else torch.float32)
+        if self._reconstruction is not None and reconstruction:
             with torch.no_grad():
-                scores["reconstruction"] = reconstruction_error(ae, x).cpu()
+                scores["reconstruction"] = reconstruction_error(self.reconstruction_model(x.device), x).cpu()
         return scores
 
     def _static_decision(self, n_bad: int, lo: float, hi: float, var: float) -> Optional[PolicyDecision]:
@@ -266,7 +277,7 @@ class InputPolicy:
         are calibrated unless given in ``kwargs`` (``None`` disables one; the others stay None); the budget
         ``false_positive_rate`` is split evenly over the calibrated ones, and ``headroom`` lifts each limit
         by that share of its statistic's spread. Other ``kwargs`` go to the constructor (``max_variance``
-        keeps its fixed default). ``checks`` (names from ``ACTIVATION_CHECKS``) overrides which checks are
+        keeps its fixed default). ``checks`` (names from ``POLICY_CHECKS``) overrides which checks are
         calibrated, e.g. one check alone in a threshold sweep.
         """
         if not isinstance(clean_x, torch.Tensor) or clean_x.dim() < 1 or len(clean_x) == 0:
@@ -292,6 +303,8 @@ class InputPolicy:
         if checks is not None and (isinstance(checks, str) or not set(checks) <= set(_CHECK_FIELD)):
             raise ValueError(f"checks must be a list of {tuple(_CHECK_FIELD)}; got {checks!r}")
         todo = [check for check in (default_checks(scores) if checks is None else checks) if _CHECK_FIELD[check] not in kwargs]
+        if "reconstruction" in todo and "reconstruction" not in scores:
+            raise ValueError("the reconstruction check needs an autoencoder: pass reconstruction_net")
         n = len(scores["energy"])
         limits = calibrate_activation_limits(scores, todo, budget_k(n, false_positive_rate, len(todo)), headroom)
         positive = {c: v for c, v in limits.items() if (min(v) if isinstance(v, tuple) else v) > 0}

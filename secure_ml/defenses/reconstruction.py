@@ -36,6 +36,7 @@ from torch import nn
 
 from secure_ml.errors import ConfigError
 
+MAX_TEXT = 1 << 19  # base64 characters decode() reads at most (this version's weights: ≈ 103,000)
 ARCH_VERSION = 1  # bump on any change to ReconstructionNet (cached weights are keyed by it)
 SHAPE = (1, 28, 28)
 FAINT = 0.3  # pixels below this (background and the rims of strokes) count towards the error
@@ -83,7 +84,12 @@ class ReconstructionConfig:
 
 
 def reconstruction_error(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Per-image L1 error on the faint pixels, ``Σ |net(x) − x| · [x < FAINT]``, shape ``(B,)``; differentiable in ``x``."""
+    """Per-image L1 error on the faint pixels, ``Σ |net(x) − x| · [x < FAINT]``, shape ``(B,)``, float32; differentiable in ``x``.
+
+    The autoencoder stays float32 (its weights are never cast: a half-precision call would round them for
+    good, and concurrent callers would race on the dtype); ``x`` is cast to float32 instead.
+    """
+    x = x.to(torch.float32)
     return ((net(x) - x).abs() * (x < FAINT).to(x.dtype)).flatten(1).sum(1)
 
 
@@ -119,6 +125,8 @@ def decode(text: str) -> ReconstructionNet:
     """Inverse of :func:`encode`; ValueError in one sentence for anything that is not such weights."""
     if not isinstance(text, str):
         raise ValueError(f"reconstruction_net must be base64 text of safetensors weights; got {type(text).__name__}")
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"reconstruction_net is longer than this version's autoencoder weights ({len(text)} characters)")
     try:
         state = st_load(base64.b64decode(text.encode("ascii"), validate=True))
         net = ReconstructionNet()

@@ -14,7 +14,7 @@ each refusal is ``errors.error_response``'s JSON ``{"error", "reason", "detail"}
 4. rate limit: 429 ``rate_limited`` + ``Retry-After``; 503 ``limits_unavailable`` when Redis fails (fail closed)
 5. body limit: 413 ``body_too_large`` / 408 ``body_timeout`` / 400 ``content_length_mismatch`` while streaming
 6. payload: 422 ``json`` / ``schema`` / ``shape`` / ``dtype`` / ``non_finite`` / ``range``
-7. input policy: 422 ``range`` / ``variance`` / ``energy`` (the check's name, never a statistic or a limit); 503 / 504
+7. input policy: 422 ``range`` / ``variance`` / ``energy`` / ``reconstruction`` (the check's name, never a statistic or a limit); 503 / 504
 8. prediction: 200 ``{"label", "probabilities"}`` (rounded or left out: ``output.*``)
 9. extraction detector: alert line, then ``flag`` / ``throttle`` / ``block`` (403 ``extraction_suspected``)
 

@@ -6,8 +6,8 @@ one-line warning that it carries non-private training state). Any registered net
 ``secure_ml.models`` can be served.
 
 The input policy, in this precedence: ``policy.file`` > ``policy.calibrate`` (the held-out TEST split of
-``policy.calibration_data_dir``: digits that were never training members; an autoencoder stored in the
-artifact is kept and its limit recalibrated too) > the policy stored in the
+``policy.calibration_data_dir``: digits that were never training members; with ``policy.from_checkpoint``
+an autoencoder stored in the artifact is kept and its limit recalibrated too) > the policy stored in the
 artifact or checkpoint (``policy.from_checkpoint``) > the limits written in serve.yaml.
 """
 
@@ -94,6 +94,20 @@ def calibration_digits(cfg: PolicyConfig) -> torch.Tensor:
     return images[: cfg.calibration_samples]
 
 
+def _stored_autoencoder(cfg: PolicyConfig, stored: Optional[dict]) -> dict:
+    """``{"reconstruction_net": ...}`` of the artifact's policy when ``policy.from_checkpoint`` (its limit is recalibrated), else ``{}``."""
+    ae = stored.get("reconstruction_net") if cfg.from_checkpoint and isinstance(stored, dict) else None
+    if ae is None:
+        return {}
+    try:
+        InputPolicy(reconstruction_net=ae)
+    except ValueError as exc:
+        raise ConfigError(
+            f"--ckpt_path: the stored input policy's autoencoder is invalid ({exc}); set policy.from_checkpoint: false"
+        ) from None
+    return {"reconstruction_net": ae}
+
+
 def build_policy(cfg: PolicyConfig, model: nn.Module, stored: Optional[dict] = None) -> Tuple[InputPolicy, str]:
     """``(policy, where it came from)``; see the module docstring for the precedence."""
     if cfg.file is not None:
@@ -106,8 +120,7 @@ def build_policy(cfg: PolicyConfig, model: nn.Module, stored: Optional[dict] = N
             raise ConfigError(f"serve.yaml: policy.file: '{path}' is not a valid policy ({exc})") from None
     if cfg.calibrate:
         clean = calibration_digits(cfg)
-        ae = stored.get("reconstruction_net") if isinstance(stored, dict) else None  # the artifact's autoencoder is recalibrated too
-        extra = {"reconstruction_net": ae} if isinstance(ae, str) else {}
+        extra = _stored_autoencoder(cfg, stored)
         try:
             policy = InputPolicy.calibrate(model, clean, cfg.false_positive_rate, min_value=cfg.min_value, max_value=cfg.max_value, **extra)
         except ValueError as exc:
