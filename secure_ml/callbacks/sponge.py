@@ -98,6 +98,7 @@ class SpongeCallback(EpochMetricCallback):
         self.reconstruction_config = ReconstructionConfig(digits=reconstruction_digits, epochs=reconstruction_epochs)
         self.policy: Optional[InputPolicy] = None
         self._autoencoder: Optional[InputPolicy] = None  # limit-free policy: the autoencoder's text and its per-device copies
+        self._reconstruction_scores: Optional[tuple] = None  # (calibration digits, their scores): the same every epoch
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         """Refuse, in one line, a net whose activation energy is undefined (before any training)."""
@@ -138,9 +139,7 @@ class SpongeCallback(EpochMetricCallback):
             scores = activation_scores(net, calib)
         extra = {}
         if self._autoencoder is not None:
-            ae = self._autoencoder.reconstruction_model(calib.device)
-            with torch.no_grad():
-                scores = {**scores, "reconstruction": reconstruction_error(ae, calib).cpu()}
+            scores = {**scores, "reconstruction": self._reconstruction_of(calib)}
             extra["reconstruction_net"] = self._autoencoder.reconstruction_net
         policy = InputPolicy.from_scores(scores, self.false_positive_rate, self.headroom, **extra)
         if stage == "test":
@@ -172,6 +171,15 @@ class SpongeCallback(EpochMetricCallback):
             "sponge/energy_bound_ratio": _bound_ratio(policy.max_energy, reference["energy"]),
             "sponge/density_bound_ratio": _bound_ratio(policy.max_density or 1.0, reference["density"]),  # a density cannot exceed 1
         }
+
+    def _reconstruction_of(self, calib: torch.Tensor) -> torch.Tensor:
+        """The autoencoder's scores of the calibration digits, computed once: neither the digits nor the autoencoder change."""
+        cached = self._reconstruction_scores
+        if cached is None or cached[0].shape != calib.shape or not torch.equal(cached[0], calib.detach().cpu()):
+            with torch.no_grad():
+                ae = self._autoencoder.reconstruction_model(calib.device)
+                cached = self._reconstruction_scores = (calib.detach().cpu().clone(), reconstruction_error(ae, calib).cpu())
+        return cached[1]
 
     def state_dict(self) -> Dict[str, Any]:
         return {"policy": self.policy.to_dict() if self.policy is not None else None}

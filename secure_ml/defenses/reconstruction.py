@@ -116,9 +116,14 @@ def train(cfg: ReconstructionConfig, log: Optional[Callable[[str], None]] = None
     return net.eval().requires_grad_(False)
 
 
+def _blob(net: ReconstructionNet) -> bytes:
+    """The weights as a safetensors blob (the cache file's content)."""
+    return st_save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})
+
+
 def encode(net: ReconstructionNet) -> str:
     """The weights as base64 text of a safetensors blob (what the policy dict stores)."""
-    return base64.b64encode(st_save({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()})).decode("ascii")
+    return base64.b64encode(_blob(net)).decode("ascii")
 
 
 def decode(text: str) -> ReconstructionNet:
@@ -152,7 +157,7 @@ def load_or_train(cfg: ReconstructionConfig, cache_dir: Optional[str], log: Opti
     path = Path(os.path.expanduser(cache_dir)) / f"reconstruction-{cache_key(cfg)}.safetensors" if cache_dir else None
     if path is not None and path.is_file():
         try:
-            net = decode(base64.b64encode(path.read_bytes()).decode("ascii"))
+            net = decode(base64.b64encode(path.read_bytes()).decode("ascii"))  # one validating path for cache and policy
         except (OSError, ValueError) as exc:
             raise ConfigError(
                 f"the cached autoencoder '{path}' cannot be loaded ({exc}); delete it or set --sponge.reconstruction_cache_dir elsewhere"
@@ -164,7 +169,7 @@ def load_or_train(cfg: ReconstructionConfig, cache_dir: Optional[str], log: Opti
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(base64.b64decode(encode(net)))
+        tmp.write_bytes(_blob(net))
         tmp.replace(path)
     if log is not None:
         log(f"secure-ml: reconstruction autoencoder trained on {cfg.digits} procedural digits ({path or 'not cached'})")
