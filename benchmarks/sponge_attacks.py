@@ -3,11 +3,13 @@
     python benchmarks/sponge_attacks.py [--ckpt CKPT] [--data-dir ../shared/data] [--per-cell 200] [--steps 10,20,100] [--reconstruction]
 
 Without ``--ckpt`` it first trains the capstone (``secure-ml fit --config configs/capstone.yaml``, scorecard
-callbacks off). Non-member data: the datamodule's 800 validation digits calibrate the policy exactly as the
-SpongeCallback does for the checkpoint (``InputPolicy.calibrate``: α = 0.5% split over the 3 checks that apply to the net's
-activations, headroom 0.1);
+callbacks off). Non-member data: the datamodule's validation digits (``--val-size``; by default the run's own
+``data.val_size`` from the ``config.yaml`` beside its ``checkpoints/`` folder, else 800) calibrate the policy exactly as
+the SpongeCallback does for the checkpoint (``InputPolicy.calibrate``: α = 0.5% split over the checks that apply to the
+net's activations, headroom 0.1);
 false positives are measured on the 2,000 test digits (95% Clopper–Pearson interval), plus a resampling
-check (R random 800/2,000 splits of the 2,800 non-members: the spread a different validation draw gives).
+check (R random splits of the validation + test non-members into the same sizes: the spread a different validation
+draw gives).
 
 Attackers (targets: ≥ 99% rejected, ≤ 0.5% false positives, adaptive worst accepted energy ≤ 1.2x clean q99.5):
 * crafted: signed-gradient or Adam ascent (lr 0.01) on the L2 or L0 objective, from uniform noise or from
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from scipy.stats import beta  # noqa: E402
 
 from secure_ml.attacks.sponge import activation_energy, craft_sponges, gaussian_sponges  # noqa: E402
@@ -64,6 +67,14 @@ def load_net(path: str):
     return net.eval()
 
 
+def run_val_size(ckpt) -> int:
+    """``data.val_size`` of the run that wrote ``ckpt`` (its ``config.yaml`` next to ``checkpoints/``), else the default 800."""
+    config = Path(ckpt).resolve().parents[1] / "config.yaml" if ckpt else None
+    if config is None or not config.is_file():
+        return 800
+    return int(((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("val_size", 800))
+
+
 def rejected(policy: InputPolicy, net, x: torch.Tensor) -> torch.Tensor:
     return torch.tensor([not d.allowed for d in policy.check_batch(x, net)])
 
@@ -79,13 +90,14 @@ def main() -> None:
     ap.add_argument("--resamples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--val-size", type=int, help="validation digits of the split (default: the run's config.yaml, else 800)")
     ap.add_argument("--reconstruction", action="store_true", help="add the autoencoder check to our policy (peer: without it)")
     ap.add_argument("--reconstruction-cache", default="~/.cache/secure-ml/reconstruction")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     net = load_net(a.ckpt) if a.ckpt else train_capstone(a.data_dir, Path("/tmp/secure_ml_sponge_bench"))
-    dm = MNISTDataModule(data_dir=a.data_dir, download=False)
+    dm = MNISTDataModule(data_dir=a.data_dir, download=False, val_size=a.val_size or run_val_size(a.ckpt))
     dm.setup("fit")
     xv, xt, yt = dm.val_dataset.tensors[0], dm.test_dataset.tensors[0], dm.test_dataset.tensors[1]
     with torch.no_grad():

@@ -22,8 +22,13 @@ SMALL = rec.ReconstructionConfig(digits=2000, epochs=3)  # the default is 8,000 
 
 
 @pytest.fixture(scope="module")
-def autoencoder(tmp_path_factory):
-    return rec.load_or_train(SMALL, str(tmp_path_factory.mktemp("ae-cache")))
+def ae_cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("ae-cache"))
+
+
+@pytest.fixture(scope="module")
+def autoencoder(ae_cache):
+    return rec.load_or_train(SMALL, ae_cache)
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +64,31 @@ def test_weights_round_trip_and_anything_else_is_refused_in_one_sentence(autoenc
         rec.decode(base64.b64encode(st_save(not_finite)).decode())
     with pytest.raises(ValueError, match="^reconstruction_net is longer than"):
         rec.decode("A" * (rec.MAX_TEXT + 4))
+
+
+class _Drawn(torch.nn.Module):
+    """A stand-in autoencoder that always redraws the same image."""
+
+    def __init__(self, image: torch.Tensor):
+        super().__init__()
+        self.image = image
+
+    def forward(self, x):
+        return self.image.expand_as(x)
+
+
+def test_the_error_counts_faint_pixels_only():
+    """Ink the autoencoder does not redraw counts where the image is faint (x < FAINT); the strokes do not."""
+    drawn, x = torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28)
+    drawn[..., 10, 5:15] = 0.9  # a stroke the autoencoder draws...
+    drawn[..., 11, 5:15] = 0.25  # ...and its blurred rim, which the image lacks: 10 x 0.25, counted
+    x[..., 10, 5:15] = 0.95  # the writer's stroke (x >= FAINT): not counted
+    x[..., 20, 0:4] = 0.1  # faint ink on the background: 4 x 0.1, counted
+    x[..., 24, 0:2] = 0.5  # strong ink on the background (x >= FAINT): not counted (docs: the cheapest route)
+    assert rec.reconstruction_error(_Drawn(drawn), x).item() == pytest.approx(2.9, abs=1e-5)
+    x.requires_grad_(True)
+    rec.reconstruction_error(_Drawn(drawn), x).sum().backward()
+    assert x.grad[..., 20, 0:4].abs().min() > 0 and x.grad[..., 24, 0:2].abs().max() == 0  # the gradient flows where it counts
 
 
 @pytest.mark.slow
@@ -166,14 +196,16 @@ def test_served_from_a_release_it_rejects_the_sponge_with_its_own_reason(tanh_po
 
 
 @pytest.mark.slow
-def test_fit_calibrates_it_on_validation_digits_and_keeps_it_in_the_checkpoint_state(tiny_mnist, tmp_path, monkeypatch):
+def test_fit_calibrates_it_on_validation_digits_and_keeps_it_in_the_checkpoint_state(
+    tiny_mnist, tmp_path, monkeypatch, autoencoder, ae_cache
+):
     from secure_ml.callbacks import sponge as module
     from secure_ml.models import TanhCNN
     from secure_ml.module import SecureClassifier
     from tests.helpers.training import quiet_trainer, small_datamodule
 
     cb = SpongeCallback(n_sponges=4, craft_steps=3, calibration_samples=100, latency_repeats=1, reconstruction=True)
-    cb.reconstruction_config, cb.reconstruction_cache_dir = rec.ReconstructionConfig(digits=64, epochs=1), None  # a tiny autoencoder
+    cb.reconstruction_config, cb.reconstruction_cache_dir = SMALL, ae_cache  # the module's small autoencoder, from its cache
     estimated = []  # the checks whose leave-one-out false positives the callback logs
     real = module.leave_one_out_rejected
     monkeypatch.setattr(
@@ -181,7 +213,7 @@ def test_fit_calibrates_it_on_validation_digits_and_keeps_it_in_the_checkpoint_s
     )
     trainer = quiet_trainer(tmp_path, callbacks=[cb])
     trainer.fit(SecureClassifier(net=TanhCNN()), small_datamodule(tiny_mnist, dp=False))
-    assert cb.policy.max_reconstruction is not None and cb.policy.reconstruction_net == rec.encode(rec.train(cb.reconstruction_config))
+    assert cb.policy.max_reconstruction is not None and cb.policy.reconstruction_net == rec.encode(autoencoder)
     assert estimated and all(c[-1] == "reconstruction" for c in estimated)  # its false positives count in sponge/false_positive_rate
     restored = SpongeCallback()
     restored.load_state_dict(cb.state_dict())

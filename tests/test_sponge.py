@@ -13,6 +13,7 @@ from secure_ml.data import MNISTDataModule
 from secure_ml.defenses.energy import EnergyUndefined
 from secure_ml.models.small_cnn import SmallCNN
 from secure_ml.module import SecureClassifier
+from tests.helpers.data import make_mnist_dir
 from tests.helpers.models import trained_small_cnn
 from tests.helpers.training import quiet_trainer
 
@@ -269,3 +270,37 @@ def test_net_without_hidden_activations_gets_one_line_naming_the_option(tiny_mni
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and err[-1].startswith("secure-ml: error: --sponge: Linear has no hidden activations")
     assert "--sponge.enabled false" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_calibration_uses_every_validation_digit_by_default(tmp_path, monkeypatch):
+    """``calibration_samples`` null (the default): the policy is calibrated on the whole validation split (--data.val_size),
+    here 900 digits, more than the old fixed default of 800."""
+    import secure_ml.callbacks.eval_record as record
+    import secure_ml.callbacks.sponge as module
+
+    seen = []
+    monkeypatch.setattr(record.EvalRecord, "finish", lambda self: self.close() or False)  # the callback's own forward
+    real = module.activation_scores
+    monkeypatch.setattr(module, "activation_scores", lambda net, x: seen.append(x.detach().cpu().clone()) or real(net, x))
+    dm = MNISTDataModule(
+        data_dir=str(make_mnist_dir(tmp_path / "data", n_train=1000)), download=False, train_size=1000, val_size=900, test_size=60
+    )
+    trainer = quiet_trainer(tmp_path, callbacks=[SpongeCallback(n_sponges=4, craft_steps=3, latency_repeats=1)])
+    trainer.fit(SecureClassifier(net=ActNet(nn.Tanh())), dm)
+    val = {tuple(v.flatten().tolist()) for v in dm.val_dataset.tensors[0]}
+    assert len(val) > 800 and seen and all({tuple(v.flatten().tolist()) for v in x} == val for x in seen)
+
+
+def test_more_calibration_digits_than_the_validation_split_is_refused_in_one_line(tiny_mnist, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["fit", "--data.data_dir", str(tiny_mnist), "--data.download", "false", "--trainer.logger", "false"]
+    args += ["--data.train_size", "300", "--data.val_size", "100", "--data.test_size", "100", "--sponge.calibration_samples", "150"]
+    args += ["--robustness.enabled", "false", "--membership.enabled", "false", "--trainer.enable_checkpointing", "false"]
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and "Traceback" not in "\n".join(err)
+    assert err[-1] == (
+        "secure-ml: error: --sponge.calibration_samples (150) is larger than the 100 validation digits (--data.val_size); "
+        "lower it, raise --data.val_size, or leave it null to use them all"
+    )

@@ -41,7 +41,7 @@ class SpongeCallback(EpochMetricCallback):
         gaussian_scales: standard deviations of the seed's Gaussian-noise sponges.
         craft_steps: gradient-ascent steps on the activation energy.
         craft_lr: per-pixel step of the ascent (Adam's step size for the Adam variants).
-        calibration_samples: validation digits used to calibrate the policy.
+        calibration_samples: validation digits used to calibrate the policy (null: all of them, ``--data.val_size``).
         false_positive_rate: clean-digit rejection budget of the calibration, split over its checks.
         headroom: each limit sits this share of the clean spread above its order statistic.
         max_samples: test digits on which the false-positive rate is measured in test.
@@ -63,7 +63,7 @@ class SpongeCallback(EpochMetricCallback):
         gaussian_scales: List[float] = [0.5, 1.0, 2.0, 5.0],
         craft_steps: int = 20,
         craft_lr: float = 0.01,
-        calibration_samples: int = 800,
+        calibration_samples: Optional[int] = None,
         false_positive_rate: float = 0.005,
         headroom: float = HEADROOM,
         max_samples: int = 400,
@@ -80,7 +80,7 @@ class SpongeCallback(EpochMetricCallback):
             ("latency_repeats", latency_repeats),
             ("n_sponges", n_sponges),
             ("craft_steps", craft_steps),
-            ("calibration_samples", calibration_samples),
+            ("calibration_samples", 1 if calibration_samples is None else calibration_samples),
             ("max_samples", max_samples),
             ("every_n_epochs", every_n_epochs),
         ):
@@ -105,6 +105,11 @@ class SpongeCallback(EpochMetricCallback):
         if not self.enabled:
             return
         ds = getattr(trainer.datamodule, "val_dataset", None) if trainer.datamodule is not None else None
+        if ds is not None and self.calibration_samples is not None and self.calibration_samples > len(ds):
+            raise ConfigError(
+                f"--sponge.calibration_samples ({self.calibration_samples}) is larger than the {len(ds)} validation digits "
+                "(--data.val_size); lower it, raise --data.val_size, or leave it null to use them all"
+            )
         probe = _probe(ds)
         try:
             activation_energy(pl_module.net, probe)
@@ -131,9 +136,10 @@ class SpongeCallback(EpochMetricCallback):
     def _evaluate(self, pl_module, stage: str) -> dict:
         net, trainer = pl_module.net, pl_module.trainer
         vx, vy = held_out(trainer, "val")
-        calib = on_device(pl_module, subsample(vx, vy, self.calibration_samples, self.seed)[0])[0]
+        n_calib = len(vy) if self.calibration_samples is None else self.calibration_samples
+        calib = on_device(pl_module, subsample(vx, vy, n_calib, self.seed)[0])[0]
         if self.recorded is not None and stage == "val":  # the validation loop's forward already recorded every digit
-            positions = subsample(torch.arange(len(vy)), vy, self.calibration_samples, self.seed)[0]
+            positions = subsample(torch.arange(len(vy)), vy, n_calib, self.seed)[0]
             scores = {k: v[positions] for k, v in scores_from_energy(energy_from_calls(self.recorded.calls)).items()}
         else:
             scores = activation_scores(net, calib)
