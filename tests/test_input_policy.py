@@ -198,7 +198,7 @@ def test_energy_limit_needs_the_model_with_the_same_layers(setup):
 def test_dict_round_trip_versions_and_validation(setup):
     _, policy, _ = setup
     d = json.loads(json.dumps(policy.to_dict()))
-    assert d["shape"] == [1, 28, 28] and d["version"] == 4 and len(d["max_layer_density"]) == 3
+    assert d["shape"] == [1, 28, 28] and d["version"] == 5 and len(d["max_layer_density"]) == 3
     assert d["max_layer_energy"] is None and d["max_layer_positive"] is None  # a ReLU net: the density checks apply
     assert InputPolicy.from_dict(d) == policy
     v3 = {k: v for k, v in d.items() if k not in ("max_reconstruction", "reconstruction_net")}
@@ -212,7 +212,7 @@ def test_dict_round_trip_versions_and_validation(setup):
     with pytest.raises(ValueError, match="version-1 policy"):
         InputPolicy.from_dict({**v1, "max_energy": 150.0})  # its energy was measured on ReLU calls: refuse, don't reinterpret
     with pytest.raises(ValueError, match="unsupported InputPolicy version"):
-        InputPolicy.from_dict({**d, "version": 5})
+        InputPolicy.from_dict({**d, "version": 6})
     with pytest.raises(ValueError, match="unknown InputPolicy field"):
         InputPolicy.from_dict({**d, "max_abs_value": 3.0})
     with pytest.raises(ValueError, match="min_value must be below max_value"):

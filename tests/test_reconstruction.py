@@ -77,18 +77,20 @@ class _Drawn(torch.nn.Module):
         return self.image.expand_as(x)
 
 
-def test_the_error_counts_faint_pixels_only():
-    """Ink the autoencoder does not redraw counts where the image is faint (x < FAINT); the strokes do not."""
+def test_the_two_errors_count_faint_and_background_pixels():
+    """Faint error: pixels faint in the image (x < FAINT). Background error: faint in the image and in its redrawing
+    (the rims the autoencoder draws do not count). Strokes and strong ink count in neither."""
     drawn, x = torch.zeros(1, 1, 28, 28), torch.zeros(1, 1, 28, 28)
     drawn[..., 10, 5:15] = 0.9  # a stroke the autoencoder draws...
-    drawn[..., 11, 5:15] = 0.25  # ...and its blurred rim, which the image lacks: 10 x 0.25, counted
-    x[..., 10, 5:15] = 0.95  # the writer's stroke (x >= FAINT): not counted
-    x[..., 20, 0:4] = 0.1  # faint ink on the background: 4 x 0.1, counted
-    x[..., 24, 0:2] = 0.5  # strong ink on the background (x >= FAINT): not counted (docs: the cheapest route)
-    assert rec.reconstruction_error(_Drawn(drawn), x).item() == pytest.approx(2.9, abs=1e-5)
+    drawn[..., 11, 5:15] = 0.25  # ...and its blurred rim, which the image lacks: 10 x 0.25, faint error only
+    x[..., 10, 5:15] = 0.95  # the writer's stroke (x >= FAINT): neither
+    x[..., 20, 0:4] = 0.1  # faint ink on the background: 4 x 0.1, both
+    x[..., 24, 0:2] = 0.5  # strong ink on the background (x >= FAINT): neither (docs: the cheapest route)
+    assert rec.ERRORS == ("faint", "background") and rec.FAINT == 0.3 and rec.BACKGROUND == 0.2
+    assert rec.reconstruction_error(_Drawn(drawn), x).tolist() == [pytest.approx([2.9, 0.4], abs=1e-5)]
     x.requires_grad_(True)
-    rec.reconstruction_error(_Drawn(drawn), x).sum().backward()
-    assert x.grad[..., 20, 0:4].abs().min() > 0 and x.grad[..., 24, 0:2].abs().max() == 0  # the gradient flows where it counts
+    rec.reconstruction_error(_Drawn(drawn), x)[:, 1].sum().backward()
+    assert x.grad[..., 20, 0:4].abs().min() > 0 and x.grad[..., 11, 5:15].abs().max() == 0  # the gradient flows where it counts
 
 
 @pytest.mark.slow
@@ -140,10 +142,10 @@ def test_adaptive_attacker_knows_the_reconstruction_limit(tanh_policies):
 
 
 @pytest.mark.slow
-def test_policy_dict_version_4_round_trip_and_refusals(tanh_policies):
+def test_policy_dict_version_5_round_trip_and_refusals(tanh_policies):
     _, with_ae, without, _ = tanh_policies
     d = with_ae.to_dict()
-    assert d["version"] == 4 and isinstance(d["reconstruction_net"], str)
+    assert d["version"] == 5 and isinstance(d["reconstruction_net"], str) and len(d["max_reconstruction"]) == 2
     back = InputPolicy.from_dict(json.loads(json.dumps(d)))
     assert back == with_ae and back.reconstruction_model() is not None
     assert "reconstruction_net" not in repr(with_ae)  # 100 kB of base64 stays out of logs
@@ -152,8 +154,14 @@ def test_policy_dict_version_4_round_trip_and_refusals(tanh_policies):
     assert InputPolicy.from_dict(v3) == without
     with pytest.raises(ValueError, match="unknown InputPolicy field.*max_reconstruction"):
         InputPolicy.from_dict({**d, "version": 3})
+    # version 4 bounded the faint error alone: its single limit is not today's pair, so it is refused, not reinterpreted
+    with pytest.raises(ValueError, match="version-4 policy's reconstruction limit bounds one error.*recalibrate it"):
+        InputPolicy.from_dict({**d, "version": 4, "max_reconstruction": 12.5})
+    assert InputPolicy.from_dict({**without.to_dict(), "version": 4}) == without  # a v4 policy without the check loads
+    with pytest.raises(ValueError, match=r"one limit per error \('faint', 'background'\); got 1"):
+        InputPolicy(max_reconstruction=[10.0], reconstruction_net=with_ae.reconstruction_net)
     with pytest.raises(ValueError, match="max_reconstruction needs the autoencoder"):
-        InputPolicy(max_reconstruction=10.0)
+        InputPolicy(max_reconstruction=(10.0, 5.0))
     with pytest.raises(ValueError, match=r"redraws images of shape \(1, 28, 28\)"):
         InputPolicy(shape=(3, 32, 32), reconstruction_net=with_ae.reconstruction_net)
 

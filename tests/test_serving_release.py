@@ -36,7 +36,7 @@ ALLOWED = {
     "input_policy.max_layer_density",  # the sponge merge's per-layer density limits
     "input_policy.max_layer_energy",  # per-layer L2 limits (bounded activations: tanh, GELU, SiLU)
     "input_policy.max_layer_positive",  # per-layer positive-share limits (same)
-    "input_policy.max_reconstruction",  # the autoencoder check's limit (policy version 4)
+    "input_policy.max_reconstruction",  # the autoencoder check's limits (policy version 5: one per error)
     "input_policy.reconstruction_net",  # its weights: base64 safetensors of an autoencoder trained on procedural digits only
     "input_policy.version",  # InputPolicy.to_dict()'s format version
     "privacy.dp",

@@ -9,8 +9,10 @@ config.yaml: the (k+1)-th largest, k from the policy's budget α/4, plus 0.1 x (
 digits' false positives and the share of each cell above the limit.
 Candidates (x: the image, r: its reconstruction): whole-image L1 and L2; L1 on pixels with x below 0.2 / 0.3 / 0.5
 (version 4 used x < 0.3); on pixels faint in both (x < 0.3 and r < 0.2: version 5; x and r < 0.2); on pixels the
-autoencoder leaves faint (r < 0.05 / 0.1 / 0.2, whatever x); and MagNet's Jensen-Shannon divergence between the
-classifier's softmax (T = 10) on the image and on its reconstruction.
+autoencoder leaves faint (r < 0.05 / 0.1 / 0.2, whatever x); MagNet's Jensen-Shannon divergence between the
+classifier's softmax (T = 10) on the image and on its reconstruction; and the product's version-5 check
+(``v5 pair``: the faint and the background errors of ``reconstruction_error``, each at its own clean spread, one
+limit for the pair, calibrated and applied by the policy's own ``calibrate_activation_limits`` / ``violated``).
 """
 
 import argparse
@@ -27,8 +29,8 @@ from sponge_attacks import load_net, run_val_size  # noqa: E402
 
 from secure_ml.attacks.sponge import craft_sponges  # noqa: E402
 from secure_ml.data import MNISTDataModule  # noqa: E402
-from secure_ml.defenses.calibration import budget_k, order_limit  # noqa: E402
-from secure_ml.defenses.reconstruction import ReconstructionConfig, load_or_train  # noqa: E402
+from secure_ml.defenses.calibration import budget_k, calibrate_activation_limits, order_limit, violated  # noqa: E402
+from secure_ml.defenses.reconstruction import ReconstructionConfig, load_or_train, reconstruction_error  # noqa: E402
 
 
 def scores(ae, net, x):
@@ -78,6 +80,12 @@ def main() -> None:
         limit = order_limit(v, k, 0.1)
         fp = int((st[name] > limit).sum())
         print(f"{name:<10} {fp:>8}  " + "  ".join(f"{float((sc[c][name] > limit).double().mean()):>16.3f}" for c in cells))
+    with torch.no_grad():
+        pair = {"reconstruction": reconstruction_error(ae, xv)}
+        limits = calibrate_activation_limits(pair, ["reconstruction"], k, 0.1)
+        flagged = {c: violated({"reconstruction": reconstruction_error(ae, v)}, limits)["reconstruction"] for c, v in cells.items()}
+        fp = int(violated({"reconstruction": reconstruction_error(ae, xt)}, limits)["reconstruction"].sum())
+    print(f"{'v5 pair':<10} {fp:>8}  " + "  ".join(f"{float(flagged[c].double().mean()):>16.3f}" for c in cells))
 
 
 if __name__ == "__main__":

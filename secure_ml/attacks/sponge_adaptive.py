@@ -73,7 +73,6 @@ def _ratios(policy: InputPolicy, stats: dict, vacuous_ok: bool) -> dict:
         ("variance", policy.max_variance),
         ("energy", policy.max_energy),
         ("density", policy.max_density),
-        ("reconstruction", policy.max_reconstruction),
     ):
         if limit is not None and not (vacuous_ok and name == "density" and limit >= 1.0):
             out[name] = stats[name] / limit
@@ -81,11 +80,12 @@ def _ratios(policy: InputPolicy, stats: dict, vacuous_ok: bool) -> dict:
         ("layer_density", "max_layer_density"),
         ("layer_energy", "max_layer_energy"),
         ("layer_positive", "max_layer_positive"),
+        ("reconstruction", "max_reconstruction"),  # one limit per error (faint, background)
     ):
         if getattr(policy, field) is None:
             continue
         limits = torch.tensor(getattr(policy, field), dtype=stats[name].dtype, device=stats[name].device)
-        keep = limits < 1.0 if vacuous_ok and name != "layer_energy" else torch.ones_like(limits, dtype=torch.bool)
+        keep = limits < 1.0 if vacuous_ok and name in ("layer_density", "layer_positive") else torch.ones_like(limits, dtype=torch.bool)
         if keep.any():
             out[name] = stats[name][:, keep] / limits[keep]
     return out

@@ -12,9 +12,10 @@ Checks (each one statistic per image, rejected when strictly above its limit):
   of activations > 0. Both are held at the same level of each layer's own clean spread: the
   image's score is ``max_l (value_l − median_l) / (q99_l − median_l)`` over the calibration
   digits' median and 99th percentile, and the stored limits are ``median_l + limit · (q99_l − median_l)``;
-* ``reconstruction``: the L1 error of the policy's autoencoder of digit shapes
-  (:mod:`secure_ml.defenses.reconstruction`), when the policy has one: a score the caller adds to the
-  activation scores under this key.
+* ``reconstruction``: the L1 errors of the policy's autoencoder of digit shapes on the faint and on the background
+  pixels (:mod:`secure_ml.defenses.reconstruction`), when the policy has one: scores ``(B, 2)`` the caller adds to
+  the activation scores under this key, held like ``layer_energy`` (each error at its own clean spread, one limit
+  for the pair; the stored limits are one per error).
 
 Which checks apply is resolved once from the clean scores (:func:`default_checks`). Where the
 activations have exact zeros (ReLU: the median clean density is below 1) the density checks bound
@@ -44,6 +45,7 @@ from secure_ml.defenses.energy import activation_energy
 
 ACTIVATION_CHECKS = ("energy", "density", "layer_density", "layer_energy", "layer_positive")
 LAYER_CHECKS = ("layer_density", "layer_energy", "layer_positive")  # one limit per hidden layer
+COMPONENT_CHECKS = LAYER_CHECKS + ("reconstruction",)  # one limit per column of the scores (hidden layer; reconstruction error)
 SHARE_CHECKS = ("density", "layer_density", "layer_positive")  # shares: a limit above 1 is clamped to 1
 SPARSE_CHECKS = ("energy", "density", "layer_density")  # activations with exact zeros (ReLU)
 DENSE_CHECKS = ("energy", "layer_energy", "layer_positive")  # activations never zero (tanh, GELU, SiLU)
@@ -79,10 +81,10 @@ def default_checks(scores: Dict[str, torch.Tensor]) -> Tuple[str, ...]:
 
 
 def layer_affine(name: str, layer_scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(offset_l, scale_l)`` per hidden layer of a per-layer check: a layer's score is ``(value_l − offset_l) / scale_l``.
+    """``(offset_l, scale_l)`` per column of a per-layer check (or of the reconstruction errors): a column's score is ``(value_l − offset_l) / scale_l``.
 
     ``layer_density``: ``(0, mean_l)`` (:func:`layer_scale`, as in policy version 2). ``layer_energy``,
-    ``layer_positive``: ``(median_l, q99_l − median_l)``, the layer's own clean upper spread, so a
+    ``layer_positive``, ``reconstruction``: ``(median_l, q99_l − median_l)``, the layer's own clean upper spread, so a
     layer whose statistic barely varies on clean digits (the share of positive activations of a
     wide layer) is held as tightly as one that varies a lot (a 0.5× mean would bound nothing there).
     """
@@ -96,7 +98,7 @@ def layer_affine(name: str, layer_scores: torch.Tensor) -> Tuple[torch.Tensor, t
 def _statistic(scores: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """The one value per image a check compares: the score itself, or ``max_l`` of the layer scores (:func:`layer_affine`)."""
     v = scores[name].double()
-    if name not in LAYER_CHECKS:
+    if name not in COMPONENT_CHECKS:
         return v
     offset, scale = layer_affine(name, v)
     return ((v - offset) / scale).max(1).values
@@ -123,7 +125,7 @@ def calibrate_activation_limits(scores: Dict[str, torch.Tensor], checks: Sequenc
     """
     limits: Dict[str, object] = {}
     for name in checks:
-        if name in LAYER_CHECKS:
+        if name in COMPONENT_CHECKS:
             offset, scale = layer_affine(name, scores[name])
             per_layer = offset + order_limit(_statistic(scores, name), k, headroom) * scale
             limits[name] = tuple(float(v) for v in (per_layer.clamp(max=1.0) if name in SHARE_CHECKS else per_layer))
@@ -161,7 +163,7 @@ def violated(scores: Dict[str, torch.Tensor], limits: Dict[str, object]) -> Dict
         limit = limits.get(name)
         if limit is None:
             continue
-        if name in LAYER_CHECKS:
+        if name in COMPONENT_CHECKS:
             out[name] = (scores[name].double() > torch.tensor(limit, dtype=torch.float64)).any(1)
         else:
             out[name] = scores[name].double() > limit

@@ -19,8 +19,9 @@ to the net's activations (:func:`secure_ml.defenses.calibration.default_checks`)
 (ReLU) energy, density and layer density; without (tanh, GELU, SiLU: the density is always 1)
 energy, layer energy and layer positive share.
 
-``reconstruction`` (optional, policy version 4): the L1 error with which a small autoencoder of digit
-shapes, trained on procedural digits only, redraws the image's faint pixels (``max_reconstruction``; the autoencoder's
+``reconstruction`` (optional, policy version 4; version 5: two errors): the L1 errors with which a small autoencoder of
+digit shapes, trained on procedural digits only, redraws the image's faint pixels and its background (``max_reconstruction``,
+one limit per error, held like the per-layer checks; the autoencoder's
 weights travel in ``reconstruction_net``, :mod:`secure_ml.defenses.reconstruction`). Calibrated like the
 activation checks, with its own share of the budget; it rejects inputs that no longer look like digits
 (sponges crafted from digits among them) whatever their activation statistics.
@@ -47,12 +48,13 @@ from secure_ml.defenses.calibration import (
     default_checks,
     violated,
 )
+from secure_ml.defenses.reconstruction import ERRORS as RECONSTRUCTION_ERRORS
 from secure_ml.defenses.reconstruction import SHAPE as RECONSTRUCTION_SHAPE
 from secure_ml.defenses.reconstruction import ReconstructionNet, decode, reconstruction_error
 
 REASONS = ("ok", "shape", "dtype", "non_finite", "range", "variance", "energy", "reconstruction")
 HEADROOM = 0.1  # limits sit 10% of the clean spread above their order statistic: 800 digits cannot pin a 0.17% tail
-VERSION = 4  # v4: + max_reconstruction, reconstruction_net; v3: + max_layer_energy, max_layer_positive; v2: energy over the inputs of weight layers; v1 (no "version"): ReLU calls
+VERSION = 5  # v5: max_reconstruction is a pair (faint, background errors); v4: + max_reconstruction, reconstruction_net; v3: + max_layer_energy, max_layer_positive; v2: energy over the inputs of weight layers; v1 (no "version"): ReLU calls
 _CHECK_FIELD = {
     "energy": "max_energy",
     "density": "max_density",
@@ -63,6 +65,7 @@ _CHECK_FIELD = {
 }
 _V4_FIELDS = ("max_reconstruction", "reconstruction_net")
 _LAYER_FIELDS = tuple(_CHECK_FIELD[c] for c in LAYER_CHECKS)
+_TUPLE_FIELDS = _LAYER_FIELDS + ("max_reconstruction",)  # stored as lists
 _DETAIL = {
     "dtype": "pixel values must be floating point numbers",
     "non_finite": "the image contains NaN or infinite values",
@@ -133,7 +136,7 @@ class InputPolicy:
     max_layer_density: Optional[Tuple[float, ...]] = None
     max_layer_energy: Optional[Tuple[float, ...]] = None
     max_layer_positive: Optional[Tuple[float, ...]] = None
-    max_reconstruction: Optional[float] = None
+    max_reconstruction: Optional[Tuple[float, ...]] = None  # one limit per reconstruction error (ERRORS: faint, background)
     reconstruction_net: Optional[str] = field(default=None, repr=False)  # base64 safetensors of the autoencoder
 
     def __post_init__(self) -> None:
@@ -151,10 +154,14 @@ class InputPolicy:
             setattr(self, name, float(v))
         if self.min_value >= self.max_value:
             raise ValueError(f"min_value must be below max_value; got {self.min_value} and {self.max_value}")
-        for name in ("max_variance", "max_energy", "max_density", "max_reconstruction"):
+        for name in ("max_variance", "max_energy", "max_density"):
             setattr(self, name, _positive_or_none(name, getattr(self, name)))
-        for name in _LAYER_FIELDS:
+        for name in _TUPLE_FIELDS:
             setattr(self, name, _layer_limits(name, getattr(self, name)))
+        if self.max_reconstruction is not None and len(self.max_reconstruction) != len(RECONSTRUCTION_ERRORS):
+            raise ValueError(
+                f"max_reconstruction must hold one limit per error {RECONSTRUCTION_ERRORS}; got {len(self.max_reconstruction)}"
+            )
         self._reconstruction: Optional[ReconstructionNet] = None
         self._copies: dict = {}  # device -> the autoencoder there (float32; made once per device, never cast)
         if self.reconstruction_net is not None:
@@ -315,22 +322,22 @@ class InputPolicy:
         """JSON-friendly dict (lists for tuples) with ``version``."""
         d = asdict(self)
         d["shape"] = list(self.shape)
-        for name in _LAYER_FIELDS:
+        for name in _TUPLE_FIELDS:
             d[name] = list(getattr(self, name)) if getattr(self, name) is not None else None
         return {"version": VERSION, **d}
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputPolicy":
-        """Inverse of :meth:`to_dict`; reads versions 1–4 (v3 has no reconstruction check, v2 no per-layer energy/positive limits: they stay None).
+        """Inverse of :meth:`to_dict`; reads versions 1–5 (v3 has no reconstruction check, v2 no per-layer energy/positive limits: they stay None).
 
-        ValueError on unknown keys, on a version's keys it did not have, and on a v1 policy with
-        activation limits (measured differently).
+        ValueError on unknown keys, on a version's keys it did not have, on a v1 policy with activation
+        limits and on a v4 policy with a reconstruction limit (both measured differently: recalibrate).
         """
         if not isinstance(d, dict):
             raise ValueError(f"expected a dict; got {type(d).__name__}")
         d = dict(d)
         version = d.pop("version", 1)
-        if version not in (1, 2, 3, VERSION):
+        if version not in (1, 2, 3, 4, VERSION):
             raise ValueError(f"unsupported InputPolicy version {version!r} (this code reads 1 to {VERSION})")
         known = {f.name for f in fields(cls)} - (set(_V4_FIELDS) if version < 4 else set())
         known -= set(_LAYER_FIELDS) - {"max_layer_density"} if version < 3 else set()
@@ -340,5 +347,9 @@ class InputPolicy:
         if version == 1 and (d.get("max_energy") is not None or d.get("max_density") is not None):
             raise ValueError(
                 "a version-1 policy's energy limits were measured on ReLU calls, not on today's hidden activations; recalibrate it"
+            )
+        if version == 4 and d.get("max_reconstruction") is not None:
+            raise ValueError(
+                "a version-4 policy's reconstruction limit bounds one error, today's policy bounds two (faint and background pixels); recalibrate it"
             )
         return cls(**d)
