@@ -3,8 +3,8 @@
     python benchmarks/sponge_attacks.py [--ckpt CKPT] [--data-dir ../shared/data] [--per-cell 200] [--steps 10,20,100] [--reconstruction]
 
 Without ``--ckpt`` it first trains the capstone (``secure-ml fit --config configs/capstone.yaml``, scorecard
-callbacks off). Non-member data: the datamodule's validation digits (``--val-size``; by default the run's own
-``data.val_size`` from the ``config.yaml`` beside its ``checkpoints/`` folder, else 800) calibrate the policy exactly as
+callbacks off). Non-member data: the datamodule's validation digits (the run's own split — ``data.train_size``, ``val_size``,
+``test_size``, ``seed`` — from the ``config.yaml`` beside its ``checkpoints/`` folder, else the defaults; ``--val-size`` overrides) calibrate the policy exactly as
 the SpongeCallback does for the checkpoint (``InputPolicy.calibrate``: α = 0.5% split over the checks that apply to the
 net's activations, headroom 0.1);
 false positives are measured on the 2,000 test digits (95% Clopper–Pearson interval), plus a resampling
@@ -67,12 +67,21 @@ def load_net(path: str):
     return net.eval()
 
 
-def run_val_size(ckpt) -> int:
-    """``data.val_size`` of the run that wrote ``ckpt`` (its ``config.yaml`` next to ``checkpoints/``), else the default 800."""
+SPLIT_KEYS = ("train_size", "val_size", "test_size", "seed")  # what decides which digits are members, validation, test
+
+
+def run_split(ckpt, val_size=None) -> dict:
+    """The data split of the run that wrote ``ckpt``: ``SPLIT_KEYS`` from its ``config.yaml`` next to ``checkpoints/``
+    (the datamodule's defaults when there is none, said on stdout); ``val_size`` overrides."""
     config = Path(ckpt).resolve().parents[1] / "config.yaml" if ckpt else None
-    if config is None or not config.is_file():
-        return 800
-    return int(((yaml.safe_load(config.read_text()) or {}).get("data") or {}).get("val_size", 800))
+    data = (yaml.safe_load(config.read_text()) or {}).get("data") or {} if config is not None and config.is_file() else None
+    split = {k: data[k] for k in SPLIT_KEYS if k in data} if data is not None else {}
+    if val_size is not None:
+        split["val_size"] = val_size
+    print(
+        f"data split: {split or 'the datamodule defaults'} ({'from ' + str(config) if data is not None else 'no config.yaml beside the checkpoint'})"
+    )
+    return split
 
 
 def rejected(policy: InputPolicy, net, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +106,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     net = load_net(a.ckpt) if a.ckpt else train_capstone(a.data_dir, Path("/tmp/secure_ml_sponge_bench"))
-    dm = MNISTDataModule(data_dir=a.data_dir, download=False, val_size=a.val_size or run_val_size(a.ckpt))
+    dm = MNISTDataModule(data_dir=a.data_dir, download=False, **run_split(a.ckpt, a.val_size))
     dm.setup("fit")
     xv, xt, yt = dm.val_dataset.tensors[0], dm.test_dataset.tensors[0], dm.test_dataset.tensors[1]
     with torch.no_grad():

@@ -246,6 +246,14 @@ def test_calibrating_at_start_up_keeps_the_artifacts_autoencoder(tanh_policies, 
     assert build_policy(ignore, model, with_ae.to_dict())[0].reconstruction_net is None  # from_checkpoint: false is honoured
     with pytest.raises(ConfigError, match=r"^--ckpt_path: the stored input policy's autoencoder is invalid \(reconstruction_net must be"):
         build_policy(cfg, model, {**with_ae.to_dict(), "reconstruction_net": 12})  # an edited artefact: refused, not dropped
+    # an artefact from before version 5 (one reconstruction limit): served as stored it is refused, naming the way out...
+    v4 = {**with_ae.to_dict(), "version": 4, "max_reconstruction": 12.5}
+    stored_only = PolicyConfig(calibrate=False)
+    with pytest.raises(ConfigError, match=r"version-4 policy's reconstruction limit .* set policy.calibrate: true to recalibrate it"):
+        build_policy(stored_only, model, v4)
+    # ...which works: its autoencoder is kept and both errors get limits
+    upgraded, _ = build_policy(cfg, model, v4)
+    assert upgraded.reconstruction_net == with_ae.reconstruction_net and len(upgraded.max_reconstruction) == 2
 
 
 @pytest.mark.slow
@@ -265,6 +273,23 @@ def test_any_input_dtype_and_concurrent_checks_leave_the_autoencoder_as_stored(t
     assert results == [decisions[i % 16] for i in range(64)]
     stored = rec.decode(with_ae.reconstruction_net).state_dict()
     assert all(torch.equal(v, stored[k]) and v.dtype == torch.float32 for k, v in with_ae.reconstruction_model().state_dict().items())
+
+
+@pytest.mark.slow
+def test_both_errors_are_compared_with_their_own_limit(tanh_policies):
+    """A digit passes with generous limits; a tiny limit on either error alone rejects it with reason reconstruction."""
+    model, with_ae, _, xt = tanh_policies
+    digit = xt[:1]
+    ((faint, background),) = rec.reconstruction_error(with_ae.reconstruction_model(), digit).tolist()
+    assert faint > background > 0  # the background is a part of the faint pixels, and this digit has some of both
+
+    def verdict(limits):
+        d = {k: v for k, v in with_ae.to_dict().items() if k != "version"}
+        return InputPolicy(**{**d, "max_reconstruction": limits}).check_batch(digit, model)[0]
+
+    assert verdict((1e9, 1e9)).allowed
+    assert verdict((faint * 0.5, 1e9)).reason == "reconstruction"
+    assert verdict((1e9, background * 0.5)).reason == "reconstruction"  # the background limit is applied on its own
 
 
 def test_asking_for_the_check_without_an_autoencoder_is_one_sentence(tanh_policies):

@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
-from sponge_attacks import load_net, rejected, run_val_size  # noqa: E402
+from sponge_attacks import load_net, rejected, run_split  # noqa: E402
 
 from secure_ml.attacks.sponge import craft_sponges  # noqa: E402
 from secure_ml.data import MNISTDataModule  # noqa: E402
@@ -46,7 +46,7 @@ def main() -> None:
     a = ap.parse_args()
     net = load_net(a.ckpt)
     blob = encode(load_or_train(ReconstructionConfig(), a.cache_dir, print))
-    dm = MNISTDataModule(data_dir=a.data_dir, download=False, val_size=run_val_size(a.ckpt))
+    dm = MNISTDataModule(data_dir=a.data_dir, download=False, **run_split(a.ckpt))
     dm.setup("fit")
     pool = torch.cat([dm.val_dataset.tensors[0], dm.test_dataset.tensors[0]])
     members = dm.train_dataset.tensors[0]

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from sponge_attacks import load_net, run_val_size  # noqa: E402
+from sponge_attacks import load_net, run_split  # noqa: E402
 
 from secure_ml.attacks.sponge import craft_sponges  # noqa: E402
 from secure_ml.data import MNISTDataModule  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--steps", default="20,100", help="ascent budgets of the sponges from digits")
     a = ap.parse_args()
     net, ae = load_net(a.ckpt), load_or_train(ReconstructionConfig(), a.cache_dir, print)
-    dm = MNISTDataModule(data_dir=a.data_dir, download=False, val_size=run_val_size(a.ckpt))
+    dm = MNISTDataModule(data_dir=a.data_dir, download=False, **run_split(a.ckpt))
     dm.setup("fit")
     xv, xt = dm.val_dataset.tensors[0], dm.test_dataset.tensors[0]
     g = torch.Generator().manual_seed(1)

@@ -350,6 +350,7 @@ class InputPolicy:
             )
         if version == 4 and d.get("max_reconstruction") is not None:
             raise ValueError(
-                "a version-4 policy's reconstruction limit bounds one error, today's policy bounds two (faint and background pixels); recalibrate it"
+                "a version-4 policy's reconstruction limit bounds one error, today's policy bounds two (faint and background pixels); "
+                "recalibrate it (a fit recalibrates every epoch; serve with policy.calibrate: true keeps the stored autoencoder)"
             )
         return cls(**d)

@@ -95,7 +95,7 @@ def calibration_digits(cfg: PolicyConfig) -> torch.Tensor:
 
 
 def _stored_autoencoder(cfg: PolicyConfig, stored: Optional[dict]) -> dict:
-    """``{"reconstruction_net": ...}`` of the artifact's policy when ``policy.from_checkpoint`` (its limit is recalibrated), else ``{}``."""
+    """``{"reconstruction_net": ...}`` of the artifact's policy when ``policy.from_checkpoint`` (its limits are recalibrated), else ``{}``."""
     ae = stored.get("reconstruction_net") if cfg.from_checkpoint and isinstance(stored, dict) else None
     if ae is None:
         return {}
@@ -133,7 +133,8 @@ def build_policy(cfg: PolicyConfig, model: nn.Module, stored: Optional[dict] = N
             return InputPolicy.from_dict(stored), "calibrated during training (from the artifact)"
         except ValueError as exc:
             raise ConfigError(
-                f"--ckpt_path: the stored input policy is invalid ({exc}); set policy.from_checkpoint: false to use serve.yaml's limits"
+                f"--ckpt_path: the stored input policy is invalid ({exc}); set policy.calibrate: true to recalibrate it at start-up "
+                "(a stored autoencoder is kept), or policy.from_checkpoint: false to use serve.yaml's limits"
             ) from None
     try:
         limits = {k: getattr(cfg, k) for k in ("min_value", "max_value", "max_variance", "max_energy", "max_density")}
