@@ -50,7 +50,7 @@ def main() -> None:
     dm.setup("fit")
     pool = torch.cat([dm.val_dataset.tensors[0], dm.test_dataset.tensors[0]])
     members = dm.train_dataset.tensors[0]
-    holder = InputPolicy.calibrate(net, pool[:800], reconstruction_net=blob)  # only its scoring is used
+    holder = InputPolicy(reconstruction_net=blob)  # limit-free: only its scoring is used
     pool_scores, pool_static = holder.scores(net, pool), rejected(InputPolicy(), net, pool)
     g = torch.Generator().manual_seed(1)
     starts = members[torch.randperm(len(members), generator=g)[: a.per_cell]]

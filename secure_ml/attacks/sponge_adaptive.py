@@ -27,6 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from secure_ml.defenses.calibration import SHARE_CHECKS
 from secure_ml.defenses.energy import eval_mode, l0_objective, l2_objective, record
 from secure_ml.defenses.input_policy import InputPolicy
 from secure_ml.defenses.reconstruction import reconstruction_error
@@ -85,7 +86,7 @@ def _ratios(policy: InputPolicy, stats: dict, vacuous_ok: bool) -> dict:
         if getattr(policy, field) is None:
             continue
         limits = torch.tensor(getattr(policy, field), dtype=stats[name].dtype, device=stats[name].device)
-        keep = limits < 1.0 if vacuous_ok and name in ("layer_density", "layer_positive") else torch.ones_like(limits, dtype=torch.bool)
+        keep = limits < 1.0 if vacuous_ok and name in SHARE_CHECKS else torch.ones_like(limits, dtype=torch.bool)
         if keep.any():
             out[name] = stats[name][:, keep] / limits[keep]
     return out

@@ -80,11 +80,12 @@ class SpongeCallback(EpochMetricCallback):
             ("latency_repeats", latency_repeats),
             ("n_sponges", n_sponges),
             ("craft_steps", craft_steps),
-            ("calibration_samples", 1 if calibration_samples is None else calibration_samples),
+            ("calibration_samples", calibration_samples),
             ("max_samples", max_samples),
             ("every_n_epochs", every_n_epochs),
         ):
-            check_min(v, f"--sponge.{name}")
+            if v is not None:  # calibration_samples: null means every validation digit
+                check_min(v, f"--sponge.{name}")
         if not 0 < false_positive_rate < 1:
             raise ConfigError(f"--sponge.false_positive_rate must be in (0, 1); got {false_positive_rate}")
         if not 0 <= headroom < 10:
