@@ -40,5 +40,6 @@ run startup startup
 run train_step "$PY" benchmarks/train_step.py --data-dir "$DATA" --steps 30
 run callback_share "$PY" benchmarks/callback_share.py --data-dir "$DATA" --rounds 4 --threads 2
 run end_to_end "$PY" benchmarks/end_to_end.py --data-dir "$DATA" --rounds 2
+run phase_times "$PY" benchmarks/phase_times.py --data-dir "$DATA"
 run serve_load "$PY" benchmarks/serve_load.py --duration 15 --rounds 2
 echo "logs in $OUT"

@@ -1,4 +1,4 @@
-from secure_ml.cli import main
+from secure_ml.cli import console
 
 if __name__ == "__main__":
-    main()
+    console()

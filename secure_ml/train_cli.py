@@ -9,8 +9,11 @@ list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false
 
 import logging
 import warnings
+from pathlib import Path
 from typing import List, Optional
 
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from secure_ml.callbacks import (
@@ -24,6 +27,7 @@ from secure_ml.callbacks import (
 from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.data.datamodule import MNISTDataModule
+from secure_ml.errors import ConfigError
 from secure_ml.module import SecureClassifier
 
 TRAINER_DEFAULTS = {
@@ -77,12 +81,51 @@ class SecureMLCLI(LightningCLI):
     * ``data.poisson_sampling`` is linked to ``model.dp.enabled``: a DP run always gets a
       Poisson-sampled loader, and the flag cannot be set against it.
     * the scorecard callbacks are CLI keys (see the module docstring).
+    * ``secure-ml fit --test_after_fit true`` tests the fit's last checkpoint in the same process.
     """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.dp.enabled", "data.poisson_sampling")
         for key, callback in {**TRAINING_CALLBACKS, **SCORECARD_CALLBACKS}.items():
             parser.add_lightning_class_args(callback, key)
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="fit: then test the fit's last checkpoint in the same process (as `secure-ml test --ckpt_path` on it would, "
+            "without a second start-up); the report goes into the fit's run folder. Ignored by test/validate/predict, so a "
+            "fit's saved config.yaml can be reused for them",
+        )
+
+    def before_fit(self) -> None:
+        if self.config.fit.get("test_after_fit") and not _checkpointers(self.trainer):
+            raise ConfigError(
+                "--test_after_fit tests the fit's last checkpoint, but this run writes none: keep a ModelCheckpoint "
+                "in --trainer.callbacks (configs/capstone.yaml writes checkpoints/last.ckpt) and --trainer.enable_checkpointing true"
+            )
+
+    def after_fit(self) -> None:
+        """``--test_after_fit``: what ``secure-ml test --ckpt_path <the newest checkpoint>`` would do, seeded as a new process is."""
+        if not self.config.fit.get("test_after_fit"):
+            return
+        ckpt = newest_checkpoint(self.trainer)
+        if ckpt is None:
+            raise ConfigError("--test_after_fit: the fit wrote no checkpoint to test (did it train at all?)")
+        seed = self.config.fit.get("seed_everything")
+        if seed is not None and seed is not False:
+            seed_everything(seed, workers=True)
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt)
+
+
+def _checkpointers(trainer) -> list:
+    return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
+
+
+def newest_checkpoint(trainer) -> Optional[str]:
+    """The most recently written checkpoint of this fit's ModelCheckpoint callbacks (the last epoch's), or None."""
+    paths = {Path(p) for cb in _checkpointers(trainer) for p in (cb.last_model_path, cb.best_model_path) if p}
+    paths = [p for p in paths if p.is_file()]
+    return str(max(paths, key=lambda p: p.stat().st_mtime_ns)) if paths else None
 
 
 def cli_main(

@@ -112,6 +112,67 @@ def test_fit_then_test_in_process(tiny_mnist, tmp_path, monkeypatch):
     assert rows[0].startswith("index,label,p0") and len(rows) == 1 + 100
 
 
+@pytest.mark.slow
+def test_test_after_fit_reports_what_a_separate_test_reports(tiny_mnist, tmp_path, monkeypatch):
+    """``fit --test_after_fit true`` tests the last checkpoint in the same process: the same scorecard as ``secure-ml test
+    --config <run>/config.yaml --ckpt_path last.ckpt`` afterwards, with EMA on (the averaged weights are what a checkpoint
+    holds and what is tested)."""
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from secure_ml.callbacks.ema import EMACallback
+
+    monkeypatch.chdir(tmp_path)
+    common = smoke_args(tiny_mnist, "--data.batch_size", "32", "--ema.enabled", "true")
+    cli = cli_main(["fit", *common, "--test_after_fit", "true"])
+    run = tmp_path / "lightning_logs" / "version_0"
+    ckpt_path = run / "checkpoints" / "last.ckpt"
+    in_process = json.loads((run / "metrics.json").read_text())["test"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["test_after_fit"] is True
+    main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(ckpt_path)])  # the fit's own config: the flag is ignored
+    separate = json.loads((tmp_path / "lightning_logs" / "version_1" / "metrics.json").read_text())["test"]
+    assert "test/acc" in separate and set(in_process) == set(separate)
+    timed = {k for k in separate if "latency" in k}  # wall-clock ratios differ between any two runs
+    assert {k: v for k, v in in_process.items() if k not in timed} == {k: v for k, v in separate.items() if k not in timed}
+    # Under test the module held the checkpoint's weights, the average...
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    held = cli.model.state_dict()
+    assert all(torch.equal(held[k], v) for k, v in ckpt["state_dict"].items())
+    # ...negative control: Lightning's own WeightAveraging hook, on that load, would have put the raw last iterate back.
+    ema = next(cb for cb in cli.trainer.callbacks if isinstance(cb, EMACallback))
+    WeightAveraging.on_load_checkpoint(ema, cli.trainer, cli.model, ckpt)
+    assert not all(torch.equal(cli.model.state_dict()[k], v) for k, v in ckpt["state_dict"].items())
+
+
+@pytest.mark.slow
+def test_console_run_loses_nothing_it_wrote(tiny_mnist, tmp_path):
+    """``python -m secure_ml`` leaves its live objects to the OS at exit (cli.console): the events, the report and the
+    checkpoint of a fit and its test are all complete."""
+    args = [sys.executable, "-m", "secure_ml", "fit", *smoke_args(tiny_mnist, "--data.batch_size", "32"), "--test_after_fit", "true"]
+    proc = subprocess.run(args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = tmp_path / "lightning_logs" / "version_0"
+    assert {"train/loss", "val/acc", "privacy/epsilon", "test/acc", "mia/rmia_auc"} <= _scalars(run)
+    assert "test/acc" in json.loads((run / "metrics.json").read_text())["test"] and (run / "dashboard.png").stat().st_size > 0
+    assert "Clean accuracy" in proc.stdout  # the scorecard table
+    assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+
+
+def test_console_freezes_the_live_objects_after_the_command(monkeypatch):
+    import gc
+
+    from secure_ml.cli import console
+
+    monkeypatch.setattr(sys, "argv", ["secure-ml", "preflight", "--help"])
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        with pytest.raises(SystemExit):
+            console()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+
+
 BAD_INPUT = {
     "poison-rate": (["--data.poison.rate", "1.5"], "--data.poison.rate"),
     "negative-eps": (["--model.adversarial.epsilon", "-0.1"], "--model.adversarial.epsilon"),
@@ -126,6 +187,10 @@ BAD_INPUT = {
     "no-hidden-activations": (
         ["--model.net", "torch.nn.BatchNorm2d", "--model.net.num_features", "1"],
         "--sponge: BatchNorm2d has no hidden",
+    ),
+    "test-after-fit-without-checkpoints": (
+        ["--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--test_after_fit", "true"],
+        "--test_after_fit tests the fit's last checkpoint, but this run writes none",
     ),
 }
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 
 from secure_ml.errors import ConfigError
 
@@ -82,7 +83,10 @@ class EMACallback(WeightAveraging):
             super().on_save_checkpoint(trainer, pl_module, checkpoint)
 
     def on_load_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict) -> None:
-        if self._average_model is not None:
+        # Only a resumed fit restores the raw iterate: its "state_dict" holds the average, which is what test,
+        # validate and predict must evaluate. (Lightning's own hook would also run after a fit in the same process,
+        # e.g. ``--test_after_fit``, and put the raw weights back under test.)
+        if self._average_model is not None and trainer.state.fn == TrainerFn.FITTING:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
 
     @property
