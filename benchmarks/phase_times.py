@@ -1,6 +1,6 @@
 """Where the time of `secure-ml fit --test_after_fit true` of capstone.yaml goes, phase by phase (wall clock).
 
-    python benchmarks/phase_times.py --data-dir ../shared/data
+    python benchmarks/phase_times.py --data-dir ../shared/data [--exit-rounds 4]
 
 Runs the capstone's fit and its test in one process with :class:`PhaseClock` appended to ``--trainer.callbacks``; the
 clock prints seconds since the parent started the process at each Lightning hook, and this script sums them into
@@ -8,11 +8,17 @@ phases: start-up (Python, imports, the CLI's parse), data (Trainer set-up, readi
 sanitizer), training (the epochs' batches), validation with the scorecard callbacks, the end of fit (checkpoints,
 dashboard), and the test: its loop, its callbacks (the RMIA reference model among them), the report, and the
 interpreter's shutdown.
+
+Then ``--exit-rounds`` alternating runs of ``secure-ml fit --config configs/capstone.yaml --print_config`` (imports,
+parse, exit) started through :func:`secure_ml.cli.main` and through the console entry point
+:func:`secure_ml.cli.console` (which leaves the live objects to the OS at exit): the medians show what the shutdown's
+garbage collections cost each command.
 """
 
 import argparse
 import atexit
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,6 +91,7 @@ def phases(stamps: list) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--exit-rounds", type=int, default=4, help="runs of each exit arm (0: skip)")
     args = ap.parse_args(argv)
     cmd = [sys.executable, "-m", "secure_ml", "fit", "--config", str(REPO / "configs" / "capstone.yaml")]
     cmd += ["--data.data_dir", str(Path(args.data_dir).resolve()), "--data.download", "false", "--trainer.enable_progress_bar", "false"]
@@ -104,7 +111,27 @@ def main(argv=None) -> int:
     for name, seconds in phases(stamps + [(total, "exit")]).items():
         print(f"{name:<38} {seconds:6.1f} s")
     print(f"{'total':<38} {total:6.1f} s")
+    if args.exit_rounds:
+        exit_costs(args.exit_rounds)
     return 0
+
+
+def exit_costs(rounds: int) -> None:
+    """``secure-ml fit --print_config`` through cli.main (the interpreter's own shutdown) and cli.console, alternating."""
+    argv = ["fit", "--config", str(REPO / "configs" / "capstone.yaml"), "--print_config"]
+    arms = {
+        "cli.main (plain shutdown)": [sys.executable, "-c", "from secure_ml.cli import main; main()", *argv],
+        "cli.console (python -m secure_ml)": [sys.executable, "-m", "secure_ml", *argv],
+    }
+    times = {name: [] for name in arms}
+    for r in range(rounds):
+        for name in list(arms) if r % 2 == 0 else list(arms)[::-1]:
+            t0 = time.perf_counter()
+            subprocess.run(arms[name], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+            times[name].append(time.perf_counter() - t0)
+    print(f"\nsecure-ml fit --print_config, median of {rounds}:")
+    for name, t in times.items():
+        print(f"  {name:<36} {statistics.median(t):5.2f} s  ({', '.join(f'{x:.2f}' for x in t)})")
 
 
 if __name__ == "__main__":
