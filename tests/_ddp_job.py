@@ -118,8 +118,13 @@ def main(argv=None) -> None:
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if a.scorecard else 0,
         callbacks=[counter, *security],
+        default_root_dir=a.out,
     )
     trainer.fit(model, dm)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    test_metrics = None
+    if a.scorecard:  # the test stage too: its report is written by rank 0 only (after a broadcast every rank joins)
+        test_metrics = {k: float(v) for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items()}
     flat = torch.cat([p.detach().flatten() for p in model.net.parameters()])
     eps = model.private.epsilon(dp.delta) if a.noise > 0 else None
     torch.save(
@@ -132,7 +137,8 @@ def main(argv=None) -> None:
             "mode": model.private.mode,
             "empty": counter.empty,
             "global_step": trainer.global_step,
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+            "metrics": metrics,
+            "test_metrics": test_metrics,
         },
         Path(a.out) / f"rank{trainer.global_rank}.pt",
     )

@@ -49,7 +49,7 @@ def two_processes(tmp_path_factory, data):
         [sys.executable, str(JOB), "--jobs", str(root / "jobs.json")], capture_output=True, text=True, timeout=900, env=env, cwd=root
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {name: _results(root / name) for name in RUNS}
+    return {"_root": root, **{name: _results(root / name) for name in RUNS}}
 
 
 def _run_here(tmp_path, data, name, *args):
@@ -119,3 +119,14 @@ def test_scorecard_callbacks_under_ddp_agree_across_ranks(two_processes):
     for key in ("adv/fgsm_acc@0.1", "adv/pgd_acc@0.1", "mia/auc", "privacy/epsilon_lower_bound", "sponge/reject_rate", "val/acc"):
         assert key in ranks[0]["metrics"], key
         assert ranks[0]["metrics"][key] == pytest.approx(ranks[1]["metrics"][key]), key
+
+
+def test_scorecard_test_stage_under_ddp_writes_one_report(two_processes):
+    """``trainer.test`` under DDP: both ranks finish (the report's folder is a broadcast every rank joins; asked on rank 0
+    alone, rank 1 exited and rank 0 died in the broadcast) and rank 0 writes metrics.json with the ranks' test metrics."""
+    ranks = two_processes["scorecard"]
+    assert [r["test_metrics"] is not None for r in ranks] == [True, True]
+    for key in ("test/acc", "adv/fgsm_acc@0.1", "mia/auc", "sponge/reject_rate"):
+        assert ranks[0]["test_metrics"][key] == pytest.approx(ranks[1]["test_metrics"][key]), key
+    report = json.loads((two_processes["_root"] / "scorecard" / "metrics.json").read_text())
+    assert report["test"]["test/acc"] == pytest.approx(ranks[0]["test_metrics"]["test/acc"])

@@ -20,10 +20,10 @@ class PredictionWriter(BasePredictionWriter):
         self.filename = filename
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
+        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename  # a broadcast under DDP: every rank must ask
         if not trainer.is_global_zero or not predictions:
             return
         probs = torch.cat([p.detach().cpu() for p in predictions])
-        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             w = csv.writer(f)

@@ -115,16 +115,16 @@ class Scorecard(Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         final = _scores(trainer.callback_metrics)
+        out = Path(trainer.log_dir or trainer.default_root_dir)  # a broadcast under DDP: every rank must ask
         if trainer.is_global_zero:
-            self._write_report(trainer, final)
+            self._write_report(out, final)
         failures = check_gates(self.gates, final)
         if failures:
             raise GateFailure("security gate failed: " + "; ".join(failures))
 
-    def _write_report(self, trainer, final: Dict[str, float]) -> None:
+    def _write_report(self, out: Path, final: Dict[str, float]) -> None:
         import matplotlib.pyplot as plt
 
-        out = Path(trainer.log_dir or trainer.default_root_dir)
         out.mkdir(parents=True, exist_ok=True)
         gates = [{"gate": str(g), "passed": g.metric in final and g.passes(final[g.metric])} for g in self.gates]
         (out / "metrics.json").write_text(json.dumps({"test": final, "history": self.history, "gates": gates}, indent=2))
