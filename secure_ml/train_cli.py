@@ -8,6 +8,7 @@ list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false
 """
 
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -105,10 +106,10 @@ class SecureMLCLI(LightningCLI):
             )
 
     def after_fit(self) -> None:
-        """``--test_after_fit``: what ``secure-ml test --ckpt_path <the newest checkpoint>`` would do, seeded as a new process is."""
+        """``--test_after_fit``: what ``secure-ml test --ckpt_path <the last checkpoint>`` would do, seeded as a new process is."""
         if not self.config.fit.get("test_after_fit"):
             return
-        ckpt = newest_checkpoint(self.trainer)
+        ckpt = checkpoint_to_test(self.trainer)
         if ckpt is None:
             raise ConfigError("--test_after_fit: the fit wrote no checkpoint to test (did it train at all?)")
         seed = self.config.fit.get("seed_everything")
@@ -121,11 +122,29 @@ def _checkpointers(trainer) -> list:
     return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
 
 
-def newest_checkpoint(trainer) -> Optional[str]:
-    """The most recently written checkpoint of this fit's ModelCheckpoint callbacks (the last epoch's), or None."""
-    paths = {Path(p) for cb in _checkpointers(trainer) for p in (cb.last_model_path, cb.best_model_path) if p}
-    paths = [p for p in paths if p.is_file()]
-    return str(max(paths, key=lambda p: p.stat().st_mtime_ns)) if paths else None
+def checkpoint_to_test(trainer) -> Optional[str]:
+    """Lightning's "last" checkpoint of this fit: the newest file named ``last[-N].ckpt`` in a ModelCheckpoint's folder
+    (``checkpoints/last.ckpt`` in the capstone); without one, the latest save of a ModelCheckpoint that monitors nothing;
+    without that, the first one's best. None when the fit wrote none.
+
+    Not simply the newest file: at the end of a DP fit the monitored (best) checkpoints are rewritten with the steps their
+    selection saw (``privacy.selection``), so the best epoch's file can be newer than the last epoch's.
+    """
+    checkpointers = _checkpointers(trainer)
+    lasts = [
+        path
+        for cb in checkpointers
+        if cb.dirpath and Path(cb.dirpath).is_dir()
+        for path in Path(cb.dirpath).iterdir()
+        if path.suffix == cb.FILE_EXTENSION and re.fullmatch(rf"{re.escape(cb.CHECKPOINT_NAME_LAST)}(-\d+)?", path.stem)
+    ]
+    if lasts:
+        return str(max(lasts, key=lambda p: p.stat().st_mtime_ns))
+    for candidates in ([cb for cb in checkpointers if not cb.monitor], checkpointers[:1]):
+        paths = [Path(cb.best_model_path) for cb in candidates if cb.best_model_path and Path(cb.best_model_path).is_file()]
+        if paths:
+            return str(max(paths, key=lambda p: p.stat().st_mtime_ns))
+    return None
 
 
 def cli_main(

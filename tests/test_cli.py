@@ -143,6 +143,35 @@ def test_test_after_fit_reports_what_a_separate_test_reports(tiny_mnist, tmp_pat
     assert not all(torch.equal(cli.model.state_dict()[k], v) for k, v in ckpt["state_dict"].items())
 
 
+def test_test_after_fit_picks_the_last_checkpoint_even_when_the_best_was_rewritten_later(tmp_path):
+    """At the end of a DP fit the monitored (best) files are rewritten (privacy.selection): the newest file is then the
+    best epoch's, and testing it would not be what ``secure-ml test --ckpt_path last.ckpt`` reports."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from secure_ml.train_cli import checkpoint_to_test
+
+    last, best = tmp_path / "last.ckpt", tmp_path / "best-epoch0.ckpt"
+    last.write_bytes(b"epoch 2")
+    best.write_bytes(b"epoch 0")
+    os.utime(last, ns=(1_000_000_000, 1_000_000_000))
+    os.utime(best, ns=(2_000_000_000, 2_000_000_000))  # rewritten after the last epoch's save
+    monitored = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max")
+    monitored.best_model_path = str(best)
+    everything = ModelCheckpoint(dirpath=tmp_path, filename="last", enable_version_counter=False)
+    everything.best_model_path = str(last)
+    assert max((last, best), key=lambda p: p.stat().st_mtime_ns) == best  # "the newest file" would be the wrong one
+    assert checkpoint_to_test(SimpleNamespace(checkpoint_callbacks=[monitored, everything])) == str(last)
+    last.unlink()  # no last*.ckpt: the latest save of a ModelCheckpoint that monitors nothing, else the first one's best
+    other = tmp_path / "epoch=2-step=9.ckpt"
+    other.write_bytes(b"epoch 2")
+    everything.best_model_path = str(other)
+    assert checkpoint_to_test(SimpleNamespace(checkpoint_callbacks=[monitored, everything])) == str(other)
+    assert checkpoint_to_test(SimpleNamespace(checkpoint_callbacks=[monitored])) == str(best)
+    assert checkpoint_to_test(SimpleNamespace(checkpoint_callbacks=[])) is None
+
+
 @pytest.mark.slow
 def test_console_run_loses_nothing_it_wrote(tiny_mnist, tmp_path):
     """``python -m secure_ml`` leaves its live objects to the OS at exit (cli.console): the events, the report and the
