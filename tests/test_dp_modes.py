@@ -158,3 +158,54 @@ def test_opacus_modes_refuse_non_zero_padding_and_auto_picks_bk(padding_mode):
             resolve_mode(DPConfig(backend="opacus", grad_sample_mode=grad_sample_mode), mixed=False, distributed=False, net=net)
     assert resolve_mode(DPConfig(backend="auto"), mixed=False, distributed=False, net=net).name == "bk"
     assert resolve_mode(DPConfig(backend="opacus"), mixed=False, distributed=False, net=_padded_net("zeros")).name == "ghost"
+
+
+class _ChannelsLastNet(torch.nn.Module):
+    """Its second convolution sees channels-last activations, as in a net converted with ``.to(memory_format=torch.channels_last)``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(4, 3, 3, padding=1)
+        self.fc = torch.nn.Linear(3 * 28 * 28, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.conv1(x)).contiguous(memory_format=torch.channels_last)
+        return self.fc(torch.flatten(self.conv2(h), 1))
+
+
+def test_opacus_modes_refuse_channels_last_activations_and_bk_clips_them_right():
+    from opacus import GradSampleModule
+
+    from secure_ml.errors import ConfigError
+    from secure_ml.privacy.bookkeeping import BookKeepingClipper
+
+    x, y = _data(8)
+    torch.manual_seed(0)
+    net = _ChannelsLastNet()
+    true = []
+    for i in range(len(y)):
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
+        true.append((net.conv2.weight.grad.clone(), torch.cat([p.grad.flatten() for p in net.parameters()]).norm()))
+    # Why: Opacus's hooks give wrong per-sample gradients for that layer (the control for the refusal below)
+    gsm = GradSampleModule(net, loss_reduction="sum")
+    torch.nn.functional.cross_entropy(gsm(x), y, reduction="sum").backward()
+    assert (net.conv2.weight.grad_sample - torch.stack([g for g, _ in true])).abs().max() > 1e-2
+    gsm._close()
+    net.zero_grad(set_to_none=True)
+    loader = DPDataLoader.from_data_loader(DataLoader(TensorDataset(*_data()), batch_size=32), generator=torch.Generator().manual_seed(0))
+    for mode in ("hooks", "ghost"):
+        cfg = DPConfig(backend="opacus", noise_multiplier=1.0, noise_seed=0)
+        private = make_private(net, torch.optim.SGD(net.parameters(), lr=0.1), loader, cfg, total_steps=10, mode=mode)
+        with pytest.raises(ConfigError, match="layer 'conv2' .*channels-last.*--model.dp.backend bk"):
+            dp_step(private, net, private.optimizer, x, y, AdversarialConfig(epsilon=0.0))
+        private.close()
+        net(x)  # the guard leaves with the mode
+    # The book-keeping clipper gets the per-sample norms right on the same net.
+    clipper = BookKeepingClipper(net, 1e9)
+    with clipper.recording():
+        loss = torch.nn.functional.cross_entropy(net(x), y, reduction="none")
+    _, norms = clipper.clipped_sum(loss)
+    clipper.close()
+    torch.testing.assert_close(norms, torch.stack([n for _, n in true]), rtol=1e-4, atol=1e-6)

@@ -25,6 +25,7 @@ from secure_ml.errors import ConfigError
 from secure_ml.privacy import steps
 from secure_ml.privacy.bookkeeping import BookKeepingClipper, BookKeepingDPOptimizer
 from secure_ml.privacy.config import DPConfig
+from secure_ml.privacy.layout import refuse_channels_last
 from secure_ml.privacy.private import NoiseSource, PrivateTraining
 from secure_ml.privacy.reference import ReferenceDPOptimizer
 
@@ -91,9 +92,11 @@ def _opacus(grad_sample_mode: str) -> Callable[[DPSetup], PrivateTraining]:
             hooks, optimizer, _ = engine.make_private(**common)
             hooks.forbid_grad_accumulation()  # an attack's stray backward through the hooks would raise, not leak
         spec = MODES[grad_sample_mode]
-        return PrivateTraining(
+        private = PrivateTraining(
             spec, optimizer, engine.accountant, s.sigma, s.sample_rate, optimizer.expected_batch_size, s.noise, hooks, criterion
         )
+        private.guards = refuse_channels_last(s.net)  # Opacus's conv per-sample gradients are wrong on channels-last inputs
+        return private
 
     return build
 

@@ -68,6 +68,7 @@ class PrivateTraining:
     criterion: Optional[Any] = None
     step_limit: Optional[int] = None
     extra: Dict[str, Any] = field(default_factory=dict)
+    guards: List[Any] = field(default_factory=list)  # hooks checking the mode's run-time preconditions (privacy.layout)
 
     @property
     def mode(self) -> str:
@@ -115,6 +116,9 @@ class PrivateTraining:
         if remove is not None:
             remove()
         self.hooks = None
+        for guard in self.guards:
+            guard.remove()
+        self.guards = []
 
 
 def _history(state: Dict[str, Any]) -> List[Tuple[float, float, int]]:
