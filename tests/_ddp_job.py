@@ -96,13 +96,14 @@ def main(argv=None) -> None:
     counter = CountEmpty()
     security = []
     if a.scorecard:
-        from secure_ml.callbacks import MembershipInferenceCallback, RobustnessCallback, Scorecard, SpongeCallback
+        from secure_ml.callbacks import MembershipInferenceCallback, PredictionWriter, RobustnessCallback, Scorecard, SpongeCallback
 
         security = [
             RobustnessCallback(max_samples=32, pgd_max_samples=16, pgd_steps=2),
             MembershipInferenceCallback(max_samples=64),
             SpongeCallback(n_sponges=4, craft_steps=3, calibration_samples=40, max_samples=40),
             Scorecard(log_figure=False),
+            PredictionWriter(),
         ]
     trainer = Trainer(
         accelerator="cpu",
@@ -125,6 +126,7 @@ def main(argv=None) -> None:
     test_metrics = None
     if a.scorecard:  # the test stage too: its report is written by rank 0 only (after a broadcast every rank joins)
         test_metrics = {k: float(v) for k, v in trainer.test(model, datamodule=dm, verbose=False)[0].items()}
+        trainer.predict(model, datamodule=dm, return_predictions=False)  # predictions.csv, written by rank 0 alone
     flat = torch.cat([p.detach().flatten() for p in model.net.parameters()])
     eps = model.private.epsilon(dp.delta) if a.noise > 0 else None
     torch.save(

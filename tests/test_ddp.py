@@ -122,11 +122,14 @@ def test_scorecard_callbacks_under_ddp_agree_across_ranks(two_processes):
 
 
 def test_scorecard_test_stage_under_ddp_writes_one_report(two_processes):
-    """``trainer.test`` under DDP: both ranks finish (the report's folder is a broadcast every rank joins; asked on rank 0
-    alone, rank 1 exited and rank 0 died in the broadcast) and rank 0 writes metrics.json with the ranks' test metrics."""
+    """``trainer.test`` and ``trainer.predict`` under DDP: both ranks finish (the report's folder is a broadcast every rank
+    joins; asked on rank 0 alone, rank 1 exited and rank 0 died in the broadcast), rank 0 writes metrics.json with the
+    ranks' test metrics and predictions.csv with a row per test digit."""
     ranks = two_processes["scorecard"]
     assert [r["test_metrics"] is not None for r in ranks] == [True, True]
     for key in ("test/acc", "adv/fgsm_acc@0.1", "mia/auc", "sponge/reject_rate"):
         assert ranks[0]["test_metrics"][key] == pytest.approx(ranks[1]["test_metrics"][key]), key
     report = json.loads((two_processes["_root"] / "scorecard" / "metrics.json").read_text())
     assert report["test"]["test/acc"] == pytest.approx(ranks[0]["test_metrics"]["test/acc"])
+    rows = (two_processes["_root"] / "scorecard" / "predictions.csv").read_text().splitlines()  # predict: the same broadcast
+    assert rows[0].startswith("index,label,p0") and len(rows) == 1 + 100
