@@ -2,11 +2,11 @@
 
 Opacus 1.6 computes a Conv2d's per-sample gradients from the unfolded input, and on an input in channels-last memory
 (``x.contiguous(memory_format=torch.channels_last)``, or a net converted with ``.to(memory_format=...)``) they come out
-silently wrong: off by up to 64 on a 4-channel 8x8 example whose per-sample gradients are of order 10
-(``tests/test_dp_modes.py``). Wrong per-sample gradients mean wrong clipping, so the run would not be private at the
-ε it reports. Memory format is a property of the tensors a forward produces, not of the net, so it is checked where it
-happens: a forward pre-hook on each Conv2d, for as long as an Opacus mode is installed. The book-keeping and reference
-modes compute the same quantities correctly on either layout and are not guarded.
+silently wrong (``tests/test_dp_modes.py`` compares them with single-sample gradients). Wrong per-sample gradients mean
+wrong clipping, so the run would not be private at the ε it reports. Memory format is a property of the tensors a
+forward produces, not of the net, so it is checked where it happens: a forward pre-hook on each Conv2d, for as long as
+an Opacus mode is installed. The book-keeping mode's norms are right on that layout (tested); the reference mode
+(torch.func) differentiates each sample itself. Neither is guarded.
 """
 
 from functools import partial
