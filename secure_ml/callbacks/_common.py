@@ -1,6 +1,7 @@
 """Shared plumbing for the evaluation callbacks: which data, which grad context, when to run."""
 
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -13,6 +14,12 @@ from secure_ml.errors import ConfigError
 def stage_of(trainer: Trainer) -> str:
     """``test`` while testing, else ``val`` (validation during fit, or ``validate``)."""
     return "test" if trainer.testing else "val"
+
+
+def run_folder(trainer: Trainer) -> Path:
+    """The run's log folder (the Trainer's root without a logger). A broadcast under DDP: call it on every rank, then
+    let rank 0 write (asked on rank 0 alone, rank 1 went on and exited, and rank 0 died in the broadcast)."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 def held_out(trainer: Trainer, stage: str) -> Tuple[torch.Tensor, torch.Tensor]:

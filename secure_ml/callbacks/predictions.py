@@ -1,11 +1,12 @@
 """Write ``secure-ml predict`` output to a CSV file in the run's log folder."""
 
 import csv
-from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+
+from secure_ml.callbacks._common import run_folder
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -20,7 +21,7 @@ class PredictionWriter(BasePredictionWriter):
         self.filename = filename
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        path = Path(trainer.log_dir or trainer.default_root_dir) / self.filename  # a broadcast under DDP: every rank must ask
+        path = run_folder(trainer) / self.filename  # every rank: a broadcast under DDP
         if not trainer.is_global_zero or not predictions:
             return
         probs = torch.cat([p.detach().cpu() for p in predictions])

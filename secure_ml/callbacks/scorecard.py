@@ -8,6 +8,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from secure_ml.callbacks._common import run_folder
 from secure_ml.errors import ConfigError, SecureMLError
 from secure_ml.report.dashboard import dashboard_figure
 from secure_ml.report.gates import as_floats, check_gates, parse_gates
@@ -115,7 +116,7 @@ class Scorecard(Callback):
 
     def on_test_end(self, trainer, pl_module) -> None:
         final = _scores(trainer.callback_metrics)
-        out = Path(trainer.log_dir or trainer.default_root_dir)  # a broadcast under DDP: every rank must ask
+        out = run_folder(trainer)  # every rank: a broadcast under DDP
         if trainer.is_global_zero:
             self._write_report(out, final)
         failures = check_gates(self.gates, final)
