@@ -198,7 +198,7 @@ def subcommand_options() -> Dict[str, set]:
     original = train_cli.SecureMLCLI
     train_cli.SecureMLCLI = Probe
     try:
-        train_cli.cli_main(["fit"])
+        train_cli.cli_main([])  # no subcommand named: every subcommand's parser is built
     except _ParserBuilt as built:
         parser = built.args[0]
     finally:
