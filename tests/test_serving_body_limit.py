@@ -2,12 +2,14 @@
 
 import asyncio
 import json
+import socket
+import time
 
 import httpx
 import pytest
 
 from secure_ml.serving.middleware import BodyLimitMiddleware
-from tests.helpers.serving import KEY_A, ZEROS, base_config, post, raw_http, running, status_of
+from tests.helpers.serving import ADMIN, KEY_A, ZEROS, audit_lines, base_config, post, raw_http, running, status_of
 
 pytestmark = pytest.mark.serving
 
@@ -104,3 +106,24 @@ def test_body_limit_middleware_mismatch_under_limit():
     mw = BodyLimitMiddleware(lambda *a: None, max_body_bytes=5000)
     asyncio.run(mw({"type": "http", "headers": [(b"content-length", b"10")]}, receive, send))
     assert sent[0]["status"] == 400
+
+
+def test_a_client_hanging_up_mid_body_is_its_outcome_not_a_server_error(tmp_path):
+    """A key holder who sends half a body and closes must not be able to fake 500s (alerts, tracebacks) on demand."""
+    cfg = base_config(tmp_path)
+    body = json.dumps(ZEROS).encode()
+    head = b"Content-Length: %d\r\n" % len(body)
+    with running(cfg) as s:
+        port = int(s.url.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(_request(head, body[:100]))
+            time.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while len(audit_lines(cfg["audit"]["path"])) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        complete = post(s, body)  # the control: the same request with its whole body is served
+        metrics = httpx.get(s.url + "/metrics", headers={"X-API-Key": ADMIN}).text
+    first = audit_lines(cfg["audit"]["path"])[0]
+    assert (first["status"], first["decision"], first["reason"]) == (499, "rejected", "client_disconnect"), first
+    assert complete.status_code == 200
+    assert 'status="500"' not in metrics and 'reason="internal_error"' not in metrics

@@ -5,6 +5,7 @@ import json
 import re
 import socket
 import time
+from dataclasses import fields, is_dataclass
 
 import httpx
 import pytest
@@ -197,3 +198,29 @@ def test_calibration_reads_only_the_test_split(tmp_path):
         f.unlink()
     with pytest.raises(DataNotFoundError, match="policy.calibration_data_dir: the MNIST test split"):
         build_policy(cfg.policy, model)  # no test split: refused, never a fall-back to the training digits
+
+
+FLOAT_OPTIONS = [
+    (section.name, f.name)
+    for section in fields(ServeConfig)
+    if is_dataclass(section.type)
+    for f in fields(section.type)
+    if "float" in str(f.type).lower()
+]
+
+
+def test_every_float_option_is_listed():
+    assert ("body", "body_timeout_s") in FLOAT_OPTIONS and ("rate_limit", "max_qps") in FLOAT_OPTIONS
+    assert len(FLOAT_OPTIONS) >= 15  # the parametrisation below would otherwise quietly cover less
+
+
+@pytest.mark.parametrize("section, name", FLOAT_OPTIONS, ids=lambda v: str(v))
+def test_non_finite_limits_are_refused(section, name, monkeypatch):
+    """An infinite body timeout, rate or refused-key rate would switch its guard off while it reads as on."""
+    monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
+    default = getattr(getattr(ServeConfig(), section), name)
+    finite = default if default is not None else 0.5
+    config_from_dict({section: {name: finite}})  # the control: the same option with a finite value loads
+    for value in (float("inf"), float("-inf"), float("nan")):
+        with pytest.raises(ConfigError, match=rf"^serve\.yaml: {section}\.{name}: input should be a finite number"):
+            config_from_dict({section: {name: value}})

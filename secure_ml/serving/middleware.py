@@ -226,7 +226,12 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        if declared is not None and total != declared and not disconnected:
+        if disconnected:  # the client hung up before its body was complete: its outcome (nginx's 499), not a server error
+            await self._refuse(
+                scope, receive, send, 499, "client_disconnect", "the client closed the connection before its body was complete"
+            )
+            return
+        if declared is not None and total != declared:
             await self._refuse(
                 scope, receive, send, 400, "content_length_mismatch", f"Content-Length says {declared} bytes but {total} arrived"
             )
@@ -235,8 +240,6 @@ class BodyLimitMiddleware:
 
         async def replay() -> Message:
             nonlocal replayed
-            if disconnected:
-                return {"type": "http.disconnect"}
             if not replayed:
                 replayed = True
                 return {"type": "http.request", "body": body, "more_body": False}

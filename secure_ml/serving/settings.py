@@ -19,7 +19,9 @@ from secure_ml.errors import ConfigError
 
 API_KEYS_ENV = "SECURE_ML_API_KEYS"
 ADMIN_KEYS_ENV = "SECURE_ML_ADMIN_KEYS"
-SECTION = ConfigDict(extra="forbid")
+# allow_inf_nan=False: an infinite limit (``.inf`` in YAML) would leave its guard on but doing nothing (no timeout, no rate
+# limit), and NaN compares false with everything; both are refused as "input should be a finite number".
+SECTION = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 def _check(section: str, obj: Any, names: Sequence[str], ok: Callable[[Any], bool], rule: str) -> None:
