@@ -111,6 +111,8 @@ class SecureClassifier(LightningModule):
         optimizer = factory(self.net.parameters())
         if self.dp.enabled:
             optimizer = self._make_private(optimizer).optimizer
+        else:  # trained on without DP: a loaded checkpoint's ε no longer describes these weights
+            self._loaded_dp_state = None
         # The one place this is decided: every DP mode takes its own optimizer step (dp_step).
         self.automatic_optimization = self.private is None
         if self.scheduler_factory is not None:

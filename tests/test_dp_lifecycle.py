@@ -117,3 +117,30 @@ def test_a_selected_checkpoint_reports_epsilon_over_every_compared_epoch(tiny_mn
     with pytest.raises(GateFailure, match="privacy/epsilon"):  # the gate sees the selection ε, not the file's own
         tester.test(fresh, _dm(tiny_mnist), ckpt_path=best_cb.best_model_path)
     assert float(tester.callback_metrics["privacy/epsilon"]) == pytest.approx(_eps(3 * K), rel=1e-6)
+
+    # Resuming a fit from the selected file: its weights already cost the 3K steps its selection compared, so this
+    # epoch's K new steps compose on top of those (found by a review: they used to replace them and count as free).
+    resumed = _model()
+    t3 = _trainer(tmp_path / "resumed", epochs=2, limit_val_batches=0)
+    t3.fit(resumed, _dm(tiny_mnist), ckpt_path=best_cb.best_model_path)
+    assert t3.global_step == 2 * K  # the file's K trained steps and this epoch's K
+    assert resumed.private.steps == 4 * K
+    assert float(t3.callback_metrics["privacy/epsilon"]) == pytest.approx(_eps(4 * K), rel=1e-6)
+    assert ledger_from_checkpoint({"secure_ml_dp": resumed.private.state_dict()})["epsilon"] == pytest.approx(_eps(4 * K), rel=1e-6)
+
+
+@pytest.mark.slow
+def test_weights_trained_on_without_dp_report_no_epsilon(tiny_mnist, tmp_path):
+    first = _model()
+    t1 = _trainer(tmp_path, limit_val_batches=0)
+    t1.fit(first, _dm(tiny_mnist))
+    t1.save_checkpoint(tmp_path / "dp.ckpt")
+    plain = SecureClassifier(dp=DPConfig(enabled=False))
+    checker = _trainer(tmp_path / "check")
+    checker.test(plain, _dm(tiny_mnist), ckpt_path=str(tmp_path / "dp.ckpt"))
+    assert "privacy/epsilon" in checker.callback_metrics  # the control: the DP file's own weights report its ε
+    t2 = _trainer(tmp_path / "plain", epochs=2, limit_val_batches=0)
+    t2.fit(plain, small_datamodule(tiny_mnist, dp=False), ckpt_path=str(tmp_path / "dp.ckpt"))  # one more epoch, not private
+    tester = _trainer(tmp_path / "test")
+    tester.test(plain, small_datamodule(tiny_mnist, dp=False))
+    assert "privacy/epsilon" not in tester.callback_metrics  # a stale ε would pass an ε gate for non-private weights

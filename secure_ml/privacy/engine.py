@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from secure_ml.errors import ConfigError
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.modes import MODES, DPSetup, StepMode, resolve_mode
-from secure_ml.privacy.private import NoiseSource, PrivateTraining, epsilon_from_state
+from secure_ml.privacy.private import NoiseSource, PrivateTraining, epsilon_from_state, with_selection_spent
 
 __all__ = ["PrivateTraining", "check_model", "epsilon_from_state", "make_private", "poisson_sample_rate"]
 
@@ -86,6 +86,7 @@ def make_private(
                 f"the checkpoint trained with sample rate {state['sample_rate']:.6g} but this run has {sample_rate:.6g}; "
                 "resume with the same --data.batch_size and training set, or the accountant's ε would be wrong"
             )
+        state = with_selection_spent(state)  # resumed from a best checkpoint: its selection's steps are spent already
         sigma = float(state["noise_multiplier"])
     elif cfg.target_epsilon is not None:
         if total_steps <= 0:

@@ -18,7 +18,8 @@ DP_STATE_KEY = "secure_ml_dp"
 def ledger_from_checkpoint(ckpt: Mapping[str, Any], delta: Optional[float] = None) -> Optional[Dict[str, Any]]:
     """``{"dp", "accountant", "noise_multiplier", "sample_rate", "steps", "selection_steps", "delta", "epsilon"}``, or None without DP.
 
-    ``steps``: noisy steps that trained these weights; ``selection_steps``: steps of every model that
+    ``steps``: noisy steps that trained these weights (a run resumed from a selected file counts that file's
+    selection steps here too, :func:`~secure_ml.privacy.private.with_selection_spent`); ``selection_steps``: steps of every model that
     influenced the choice of this checkpoint (≥ ``steps``); ``epsilon``: ε at ``delta`` after
     ``selection_steps`` — the one to report for this file. ``delta`` defaults to the run's
     ``--model.dp.delta`` (from the checkpoint's hyper-parameters).

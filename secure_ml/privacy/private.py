@@ -135,13 +135,8 @@ def selection_steps(state: Dict[str, Any]) -> int:
     return max(int(state.get("selection_steps", 0) or 0), trained_steps(state))
 
 
-def epsilon_of(state: Dict[str, Any], delta: float, steps: Optional[int] = None) -> Optional[float]:
-    """ε at ``delta`` of a :meth:`PrivateTraining.state_dict` after ``steps`` (default: its selection steps).
-
-    Steps beyond those recorded in the accountant's history are composed with the run's own σ and q.
-    None with no step at all; ∞ with σ = 0.
-    """
-    steps = selection_steps(state) if steps is None else steps
+def _history_after(state: Dict[str, Any], steps: int) -> List[Tuple[float, float, int]]:
+    """The accountant history of ``state`` extended to ``steps``, the steps beyond its own composed with its σ and q."""
     history = _history(state)
     extra = steps - trained_steps(state)
     if extra < 0:
@@ -152,6 +147,31 @@ def epsilon_of(state: Dict[str, Any], delta: float, steps: Optional[int] = None)
             history[-1] = (sigma, q, history[-1][2] + extra)
         else:
             history.append((sigma, q, extra))
+    return history
+
+
+def with_selection_spent(state: Dict[str, Any]) -> Dict[str, Any]:
+    """``state`` to continue training from: its accountant history extended to its selection steps.
+
+    A selected (best) checkpoint's weights depend on every model its selection compared, so a run resumed from it starts
+    from the ε of those steps, not of the file's own: otherwise its new steps would replace the selection's in the
+    ledger and be reported as free. The resumed run's ``steps`` then count the selection's steps too.
+    """
+    spent = selection_steps(state)
+    if spent == trained_steps(state):
+        return state
+    accountant = {**state["accountant"], "history": _history_after(state, spent)}
+    return {**state, "accountant": accountant, "steps": spent}
+
+
+def epsilon_of(state: Dict[str, Any], delta: float, steps: Optional[int] = None) -> Optional[float]:
+    """ε at ``delta`` of a :meth:`PrivateTraining.state_dict` after ``steps`` (default: its selection steps).
+
+    Steps beyond those recorded in the accountant's history are composed with the run's own σ and q.
+    None with no step at all; ∞ with σ = 0.
+    """
+    steps = selection_steps(state) if steps is None else steps
+    history = _history_after(state, steps)
     if not history:
         return None
     if state["noise_multiplier"] == 0 or any(s == 0 for s, _, _ in history):
