@@ -21,7 +21,7 @@ import torch
 from fsspec.core import url_to_fs
 from lightning.fabric.plugins import CheckpointIO
 
-from secure_ml.errors import ConfigError
+from secure_ml.errors import UNREADABLE_CHECKPOINT, ConfigError, SecureMLError
 from secure_ml.release.checkpoint import UnsafeCheckpointError
 from secure_ml.release.checkpoint import _refusal_reason as _reason
 
@@ -50,14 +50,25 @@ def safe_load(path: Any, map_location: Any = "cpu", timeout: float = 60.0) -> Di
             raise ConfigError(f"--ckpt_path: '{where}' does not exist or is not a file")
         with fs.open(local, "rb") as f:
             return torch.load(f, map_location=map_location, weights_only=True)
+    except SecureMLError:
+        raise
     except pickle.UnpicklingError as exc:
         raise UnsafeCheckpointError(
             f"refused to load --ckpt_path '{where}': the safe loader (weights_only) rejected it: {_reason(exc)}; "
             "nothing in the file was executed. Only tensor checkpoints written by `secure-ml fit` load"
         ) from None
-    except (EOFError, RuntimeError, ValueError) as exc:
+    except UNREADABLE_CHECKPOINT as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--ckpt_path: '{where}' is not a readable PyTorch checkpoint ({first})") from None
+
+
+def check_checkpoint_file(path: Any) -> None:
+    """One ConfigError (or UnsafeCheckpointError) unless ``path`` loads safely as a Lightning checkpoint."""
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or "pytorch-lightning_version" not in ckpt:
+        raise ConfigError(
+            f"--ckpt_path: '{path}' is not a Lightning checkpoint (no state_dict and version): is it one `secure-ml fit` wrote?"
+        )
 
 
 class SafeCheckpointIO(CheckpointIO):

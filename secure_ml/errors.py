@@ -11,3 +11,8 @@ class ConfigError(SecureMLError, ValueError):
 
 class DataNotFoundError(SecureMLError, FileNotFoundError):
     """The MNIST files are neither on disk nor downloadable."""
+
+
+# What ``torch.load(..., weights_only=True)`` raises on bytes that are not a checkpoint (text, truncated, empty, random):
+# besides pickle's UnpicklingError (a refusal, reported apart), the unpickler trips on whatever the bytes lead it to.
+UNREADABLE_CHECKPOINT = (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError)

@@ -21,9 +21,10 @@ from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed
 from secure_ml.checkpoint_io import install_safe_checkpoint_io
 from secure_ml.errors import ConfigError
 from secure_ml.models import SmallCNN
+from secure_ml.models.probe import NUM_CLASSES, check_net_output, digit_shape
 from secure_ml.models.registry import describe_net
 from secure_ml.privacy.config import DPConfig
-from secure_ml.privacy.engine import PrivateTraining, make_private, poisson_sample_rate
+from secure_ml.privacy.engine import PrivateTraining, check_model, make_private, poisson_sample_rate
 from secure_ml.privacy.ledger import DP_STATE_KEY
 from secure_ml.privacy.modes import resolve_mode
 from secure_ml.privacy.private import epsilon_from_state
@@ -105,10 +106,29 @@ class SecureClassifier(LightningModule):
     # ---- optimisation and DP -----------------------------------------------------------
     def setup(self, stage: str) -> None:
         install_safe_checkpoint_io(self.trainer.strategy)  # --ckpt_path never unpickles code (runs before Lightning restores it)
+        if self.dp.enabled and stage == "fit":
+            check_model(self.net)  # Opacus's layer rules first: their message says what to change (BatchNorm → GroupNorm)
+        check_net_output(self.net, digit_shape(self.trainer.datamodule), NUM_CLASSES)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Lightning's restore of ``--ckpt_path``; weights of another net are one ConfigError, not torch's key listing."""
+        try:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        except RuntimeError as exc:
+            if "Error(s) in loading state_dict" not in str(exc):
+                raise
+            detail = " ".join(str(exc).split())
+            raise ConfigError(
+                f"--ckpt_path: its weights do not fit --model.net {type(self.net).__name__} "
+                f"({detail[:240]}{'...' if len(detail) > 240 else ''}); pass the net it was trained with (the run's config.yaml)"
+            ) from None
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
-        optimizer = factory(self.net.parameters())
+        try:
+            optimizer = factory(self.net.parameters())
+        except ValueError as exc:  # torch's own range checks (a negative lr, momentum, ...): one line, not a traceback
+            raise ConfigError(f"--model.optimizer: {exc}") from None
         if self.dp.enabled:
             optimizer = self._make_private(optimizer).optimizer
         else:  # trained on without DP: a loaded checkpoint's ε no longer describes these weights
@@ -122,6 +142,8 @@ class SecureClassifier(LightningModule):
     def _make_private(self, optimizer: torch.optim.Optimizer) -> PrivateTraining:
         """Resolve the DP mode once and wrap ``optimizer``; the accountant continues from the weights' own history."""
         self._check_trainer_for_dp()
+        if self.trainer.limit_train_batches == 0:  # Lightning then hands over an empty loader, not the Poisson one
+            raise ConfigError("--trainer.limit_train_batches 0 trains nothing; with --model.dp.enabled there is nothing to make private")
         estimated = self.trainer.estimated_stepping_batches  # also makes Lightning load the train loader
         total_steps = int(estimated) if math.isfinite(estimated) else 0  # 0: unbounded (max_epochs -1)
         if self.trainer.train_dataloader is None:  # unbounded runs return before loading it

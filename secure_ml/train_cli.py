@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Set
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
@@ -28,8 +29,9 @@ from secure_ml.callbacks import (
 )
 from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
+from secure_ml.checkpoint_io import check_checkpoint_file
 from secure_ml.data.datamodule import MNISTDataModule
-from secure_ml.errors import ConfigError
+from secure_ml.errors import ConfigError, SecureMLError
 from secure_ml.module import SecureClassifier
 
 TRAINER_DEFAULTS = {
@@ -103,6 +105,36 @@ class SecureMLCLI(LightningCLI):
         every = LightningCLI.subcommands()
         named = getattr(self, "_named_subcommand", None)
         return {named: every[named]} if named in every else every
+
+    def parse_arguments(self, parser, args) -> None:
+        """Lightning's parse, then ``--ckpt_path`` read through the safe loader before Lightning's own ``torch.load`` of it
+        (which reads its hyper-parameters while parsing): a text, empty, truncated or code-carrying file is one line."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        path = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            check_checkpoint_file(path)
+
+    def instantiate_classes(self) -> None:
+        """Lightning's, with a value the classes refuse (``--trainer.max_epochs -5``, ``--model.optimizer.init_args.lr -1``)
+        turned into one ConfigError instead of a traceback; our own ConfigErrors pass unchanged."""
+        try:
+            super().instantiate_classes()
+        except SecureMLError:
+            raise
+        except (ValueError, MisconfigurationException) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"the configuration was refused: {first}") from None
+
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.default_root_dir`` also moves the default logger's folder (its ``save_dir`` "." would keep the run,
+        checkpoints included, in the working directory while the flag reads as obeyed). An explicit save_dir wins."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config  # run=False: no subcommand level
+        trainer = config.get("trainer") if config is not None else None
+        root, logger = (trainer.get("default_root_dir"), trainer.get("logger")) if trainer is not None else (None, None)
+        init = getattr(logger, "init_args", None)
+        if root and init is not None and logger.class_path == TRAINER_DEFAULTS["logger"]["class_path"] and init.save_dir == ".":
+            init.save_dir = root
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.dp.enabled", "data.poisson_sampling")

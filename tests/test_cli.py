@@ -1,5 +1,6 @@
 """The secure-ml CLI: every config parses, fit/test run in-process, bad input gives one clear line."""
 
+import io
 import json
 import os
 import subprocess
@@ -202,6 +203,12 @@ def test_console_freezes_the_live_objects_after_the_command(monkeypatch):
         gc.unfreeze()
 
 
+def _torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 BAD_INPUT = {
     "poison-rate": (["--data.poison.rate", "1.5"], "--data.poison.rate"),
     "negative-eps": (["--model.adversarial.epsilon", "-0.1"], "--model.adversarial.epsilon"),
@@ -216,6 +223,16 @@ BAD_INPUT = {
     "no-hidden-activations": (
         ["--model.net", "torch.nn.BatchNorm2d", "--model.net.num_features", "1"],
         "--sponge: BatchNorm2d has no hidden",
+    ),
+    "pgd-step-size": (["--robustness.pgd_step_size", "-0.01"], "--robustness.pgd_step_size must be a finite number > 0"),
+    "craft-lr": (["--sponge.craft_lr", "0"], "--sponge.craft_lr must be a finite number > 0"),
+    "max-epochs": (["--trainer.max_epochs", "-5"], "`max_epochs` must be a non-negative integer"),
+    "optimizer-lr": (["--model.optimizer.init_args.lr", "-1"], "--model.optimizer: Invalid learning rate"),
+    "no-training-batches": (["--trainer.limit_train_batches", "0"], "--trainer.limit_train_batches 0 trains nothing"),
+    "unreachable-epsilon": (["--model.dp.target_epsilon", "0.001"], "--model.dp.target_epsilon 0.001 cannot be reached"),
+    "net-input": (
+        ["--model.net", "torch.nn.Linear", "--model.net.in_features", "784", "--model.net.out_features", "10", "--sponge.enabled", "false"],
+        "--model.net: Linear cannot take a batch of 1x28x28 digits",
     ),
     "test-after-fit-without-checkpoints": (
         ["--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--test_after_fit", "true"],
@@ -234,6 +251,9 @@ def bad_input_runs(tmp_path_factory):
     missing = ["fit", "--config", str(BASE), "--data.data_dir", str(root / "none"), "--data.download", "false"]
     cases["missing-data"] = {"argv": missing, "cwd": str(root)}
     cases["print-config"] = {"argv": ["fit", "--config", str(BASE), "--print_config"], "cwd": str(root)}
+    for name, content in BAD_CHECKPOINTS.items():
+        (root / f"{name}.ckpt").write_bytes(content)
+        cases[f"ckpt-{name}"] = {"argv": ["test", *smoke_args(data, "--ckpt_path", str(root / f"{name}.ckpt"))], "cwd": str(root)}
     (root / "cases.json").write_text(json.dumps(cases))
     env = {**os.environ, "SECURE_ML_KEY_DIR": str(root / "keys"), "PYTHONPATH": str(REPO)}
     proc = subprocess.run(
@@ -256,6 +276,23 @@ def test_bad_input_is_one_clear_error(bad_input_runs, case):
     # (the needle must come from the error: an echo of the command line, as Lightning's args warning was, would not count)
     assert needle in run["stderr"]
     assert "Traceback" not in run["stderr"] and "Logging error" not in run["stderr"]
+
+
+BAD_CHECKPOINTS = {
+    "text": b"hello\n",
+    "empty": b"",
+    "truncated": b"PK\x03\x04" + b"\x00" * 64,
+    "not-lightning": _torch_bytes({"w": torch.zeros(2)}),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_CHECKPOINTS))
+@pytest.mark.slow
+def test_a_bad_checkpoint_file_is_one_clear_error(bad_input_runs, name):
+    """Lightning's CLI reads --ckpt_path with a bare torch.load while parsing: each of these was a traceback."""
+    run = bad_input_runs[f"ckpt-{name}"]
+    assert run["code"] == 2 and "--ckpt_path" in run["stderr"] and "Traceback" not in run["stderr"], run["stderr"][-800:]
+    assert len(run["stderr"].strip().splitlines()) == 1, run["stderr"][-800:]
 
 
 @pytest.mark.slow
@@ -284,7 +321,7 @@ def test_no_cloud_logging_advert(bad_input_runs):
 
 @pytest.mark.slow
 def test_no_lightning_pytree_deprecation_line(bad_input_runs):
-    run = bad_input_runs["batchnorm"]  # it gets as far as the fit loop's set-up, where Lightning's _pytree warned
+    run = bad_input_runs["unreachable-epsilon"]  # it gets as far as the fit loop's set-up, where Lightning's _pytree warned
     assert "Loading `train_dataloader`" in run["stderr"] and "LeafSpec" not in run["stderr"], run["stderr"][-500:]
 
 

@@ -60,10 +60,10 @@ def test_canaries_are_appended_after_sanitization_by_a_seeded_coin():
         CanaryConfig(count=-1)
 
 
-def _audit(tiny_mnist, tmp_path, dp: bool, epochs: int) -> tuple:
+def _audit(tiny_mnist, tmp_path, dp: bool, epochs: int, sigma: float = 1.0) -> tuple:
     model = SecureClassifier(
         optimizer=lambda p: torch.optim.Adam(p, lr=3e-3),
-        dp=DPConfig(enabled=dp, noise_multiplier=1.0, noise_seed=0),
+        dp=DPConfig(enabled=dp, noise_multiplier=sigma, noise_seed=0),
     )
     trainer = _trainer(tmp_path, [OneRunAuditCallback(guess_fractions=[0.2, 0.5])], epochs=epochs)
     trainer.fit(model, _dm(tiny_mnist, dp=dp, canaries=200, seed=1))
@@ -73,10 +73,12 @@ def _audit(tiny_mnist, tmp_path, dp: bool, epochs: int) -> tuple:
 
 @pytest.mark.slow
 def test_one_run_audit_tells_a_dp_run_from_a_memorising_one(tiny_mnist, tmp_path):
-    lb_dp, eps = _audit(tiny_mnist, tmp_path, dp=True, epochs=3)
+    # σ = 2: an ε (≈ 1.0) well under what 200 canaries certify for the memorising run (≈ 2.4–2.6). At σ = 1 (ε ≈ 3.3) the control
+    # sat at that ceiling and passed or failed with the machine's float rounding (it failed on this one, 2026-12-02).
+    lb_dp, eps = _audit(tiny_mnist, tmp_path, dp=True, epochs=3, sigma=2.0)
     assert 0.0 <= lb_dp <= eps
     lb_plain, _ = _audit(tiny_mnist, tmp_path, dp=False, epochs=8)  # negative control: the audit can certify a large ε
-    assert lb_plain > max(eps, 1.0)
+    assert lb_plain > max(eps, 1.0), (lb_plain, eps)
 
 
 @pytest.mark.slow

@@ -202,3 +202,37 @@ def test_bad_arguments_are_one_line(dep, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("secure-ml: error: secure-ml preflight:") and "--serve-config" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("flag", ["--max-epsilon", "--max-delta", "--max-false-positive-rate"])
+def test_a_nan_budget_is_refused_not_passed(dep, flag, capsys):
+    """NaN compares false: "ε > nan" was never true, so the privacy-budget item passed any model (from a review)."""
+    from secure_ml.cli import main
+
+    dep.extra.extend([flag, "nan"])
+    with pytest.raises(SystemExit) as exc:
+        main(["preflight", *dep.argv()])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and f"{flag} must be a finite number > 0" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "text", ["a: [\n", "- 1\n", "scorecard: [1]\n", "scorecard:\n  gates: [1]\n"], ids=["yaml", "list", "section", "gates"]
+)
+def test_a_malformed_gates_file_is_one_line(dep, text, capsys):
+    from secure_ml.cli import main
+
+    (dep.tmp / "bad-gates.yaml").write_text(text)
+    argv = dep.argv()
+    argv[argv.index("--gates") + 1] = str(dep.tmp / "bad-gates.yaml")
+    with pytest.raises(SystemExit) as exc:
+        main(["preflight", *argv])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and "--gates" in err and len(err.splitlines()) == 1, err
+
+
+def test_a_malformed_metrics_file_fails_its_item(dep):
+    dep.metrics["gates"] = "abc"  # was an AttributeError traceback
+    assert dep.failed() == {"security-gates"}
+    dep.metrics["gates"] = [{"passed": False}]  # a recorded gate without its name
+    assert dep.failed() == {"security-gates"}

@@ -150,6 +150,17 @@ def test_simulator_refuses_non_loopback():
     check_loopback("http://[::1]:1")
 
 
+def test_simulator_checks_its_own_inputs_before_the_first_query(tmp_path):
+    """A mistyped --ckpt_path used to surface after the whole attack (its queries spent, its report lost)."""
+    with running(base_config(tmp_path)) as srv:
+        base = dict(url=srv.url, api_key=KEY_A, admin_key=ADMIN, queries=50, seeds=5, epochs=1, benign_queries=0, qps=0)
+        for bad, message in (({"ckpt_path": str(tmp_path / "nope.ckpt")}, "does not exist"), ({"torch_threads": -1}, "--torch-threads")):
+            with pytest.raises(ConfigError, match=message):
+                run_simulation(SimulatorConfig(**base, data_dir=str(REAL_DATA), **bad))
+        metrics = httpx.get(srv.url + "/metrics", headers={"X-API-Key": ADMIN}).text
+    assert 'endpoint="/predict"' not in metrics  # not one query was sent
+
+
 # ---- the attack itself (secure_ml.attacks.extraction), in process ----------------------------------------
 def test_steal_copies_the_model_and_stops_at_a_refusal():
     """Against an open oracle the Jacobian attack's copy agrees with the victim far above chance; a refusal ends it."""

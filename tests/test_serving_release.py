@@ -122,6 +122,17 @@ def test_export_refuses_a_model_trained_without_dp(tmp_path, capsys):
     assert code == 2 and "not an empty directory" in err  # never overwrites
 
 
+def test_export_of_unreadable_input_or_unwritable_output_is_one_line(tmp_path, capsys):
+    ckpt = write_checkpoint(tmp_path / "plain.ckpt")
+    (tmp_path / "text.ckpt").write_text("hello\n")  # the weights-only unpickler raised KeyError on it (from a review)
+    for argv, message in (
+        (["--ckpt_path", str(tmp_path / "text.ckpt"), "--output", str(tmp_path / "rel")], "is not a readable PyTorch checkpoint"),
+        (["--ckpt_path", str(ckpt), "--output", str(tmp_path / "text.ckpt" / "rel"), "--allow_non_dp"], "--output: cannot write"),
+    ):
+        code, err = run_cli(["export", *argv], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
 def test_tampered_weights_are_refused(tmp_path, capsys, monkeypatch):
     """Attack: swap the weights after export (another model's, or one flipped byte). Control: the untouched artifact loads."""
     monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)

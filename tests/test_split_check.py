@@ -133,6 +133,9 @@ def test_old_checkpoints_warn_and_bad_key_files_are_refused(tiny_mnist, _key_dir
     (_key_dir / "split.key").write_bytes(b"short")
     with pytest.raises(ConfigError, match="32-byte key"):
         _dm(tiny_mnist).state_dict()
+    (_key_dir / "dir.key").mkdir(mode=0o755)  # was told to `chmod 600` the directory (e.g. /tmp)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_or_create_key(_key_dir / "dir.key")
 
 
 def test_split_check_covers_the_canaries_and_brings_back_secret_ones(tiny_mnist):

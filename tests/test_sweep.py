@@ -66,6 +66,19 @@ def test_grid_is_the_product_of_its_axes_and_a_list_joins_grids(tmp_path):
             ["'a'", "low"],
         ),
         ({"base": ["C"], "grid": {"x": {"a": {}, "b": {}}, "y": {"a": {}}}}, []),
+        # from a review: each of these was a TypeError or optuna's ValueError (during the run) instead of one line
+        ({"base": [5], "grid": {"a": [1]}}, ["'base' must list config file paths"]),
+        (
+            {"base": ["C"], "search": {"trials": 1, "seed": "abc", "objectives": {"test/acc": "maximize"}, "space": {"a": [1]}}},
+            ["search.seed must be an integer"],
+        ),
+        (
+            {
+                "base": ["C"],
+                "search": {"trials": 1, "objectives": {"test/acc": "maximize"}, "space": {"a": {"low": 0.5, "high": 1.0, "step": 0}}},
+            },
+            ["'a'", "step must be > 0"],
+        ),
     ],
 )
 def test_malformed_sweep_files_name_the_key(tmp_path, body, words):
@@ -87,6 +100,13 @@ def test_extends_merges_set_and_replaces_the_rest(tmp_path):
     sweep = load_sweep(str(child))
     assert sweep.name == "full-cpu" and sweep.set == {"a.b": 1, "c.d": 5} and len(sweep.points) == 1 and sweep.repeats == 3
     assert load_sweep(str(child), repeats=2).repeats == 2
+
+
+def test_extends_with_a_set_that_is_not_a_mapping_names_it(tmp_path):
+    _write(tmp_path, {"base": [str(REPO / "configs" / "capstone.yaml")], "grid": {"x.y": [1]}}, "parent.yaml")
+    child = _write(tmp_path, {"extends": "parent.yaml", "set": [1, 2]}, "child.yaml")
+    with pytest.raises(ConfigError, match="'set' must be a mapping"):
+        load_sweep(str(child))
 
 
 def test_nest_and_cli_args():

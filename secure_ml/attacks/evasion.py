@@ -58,6 +58,8 @@ def pgd(
         raise ValueError(f"epsilon must be >= 0; got {epsilon}")
     if steps < 1:
         raise ValueError(f"steps must be >= 1; got {steps}")
+    if step_size is not None and not 0 < step_size < float("inf"):  # a step <= 0 descends the loss: a "robust" model
+        raise ValueError(f"step_size must be a finite number > 0; got {step_size}")
     x0 = x.detach()
     if epsilon == 0:
         return x0.clone()

@@ -78,6 +78,8 @@ class RobustnessCallback(EpochMetricCallback):
             ("pgd_steps", pgd_steps),
         ):
             check_min(v, f"RobustnessCallback {name}")
+        if pgd_step_size is not None and not 0 < pgd_step_size < float("inf"):  # a step <= 0 descends: inflated robustness
+            raise ConfigError(f"--robustness.pgd_step_size must be a finite number > 0 (null: 2.5·ε/steps); got {pgd_step_size}")
         self.epsilons, self.pgd_epsilon, self.pgd_steps, self.pgd_step_size = list(epsilons), pgd_epsilon, pgd_steps, pgd_step_size
         self.max_samples, self.pgd_max_samples, self.batch_size = max_samples, pgd_max_samples, batch_size
         self.every_n_epochs, self.seed = every_n_epochs, seed

@@ -86,6 +86,8 @@ class SpongeCallback(EpochMetricCallback):
         ):
             if v is not None:  # calibration_samples: null means every validation digit
                 check_min(v, f"--sponge.{name}")
+        if not 0 < craft_lr < float("inf"):  # checked here, not after an epoch of training in the first validation
+            raise ConfigError(f"--sponge.craft_lr must be a finite number > 0; got {craft_lr}")
         if not 0 < false_positive_rate < 1:
             raise ConfigError(f"--sponge.false_positive_rate must be in (0, 1); got {false_positive_rate}")
         if not 0 <= headroom < 10:

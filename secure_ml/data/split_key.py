@@ -47,6 +47,8 @@ def read_key(path: Path) -> Optional[bytes]:
         mode = path.stat().st_mode
     except FileNotFoundError:
         return None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"--data.split_key: {path} is a directory; give the key file's path (it is created when missing)")
     if os.name == "posix" and mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise ConfigError(f"the split key file {path} is readable by other users; run `chmod 600 {path}` (--data.split_key)")
     try:

@@ -4,10 +4,12 @@ Prints one line per checklist item of docs/deployment.md that a program can chec
 with the fix under each failure; exit status 1 when any item fails, 0 otherwise, 2 for bad arguments.
 """
 
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+from secure_ml.errors import ConfigError
 from secure_ml.preflight import model_checks as mc
 from secure_ml.preflight import service_checks as sc
 from secure_ml.preflight.deployment import gates_from, inspect
@@ -37,6 +39,13 @@ def _limit(gates, metric: str) -> Optional[float]:
 
 def run_checks(argv: List[str]) -> List[sc.Check]:
     args = _parser().parse_args(argv)
+    for flag, value in (
+        ("--max-epsilon", args.max_epsilon),
+        ("--max-delta", args.max_delta),
+        ("--max-false-positive-rate", args.max_false_positive_rate),
+    ):
+        if value is not None and not 0 < value < math.inf:  # NaN compares false: "ε > nan" would pass any model
+            raise ConfigError(f"secure-ml preflight: {flag} must be a finite number > 0; got {value}")
     default_gates = Path("configs/gates.yaml")
     gates_path = Path(args.gates) if args.gates else (default_gates if default_gates.is_file() else None)
     gates = gates_from(gates_path)

@@ -90,5 +90,12 @@ def gates_from(path: Optional[Path]) -> List[Any]:
         return []
     if not path.is_file():
         raise ConfigError(f"--gates: '{path}' does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    return parse_gates(((data.get("scorecard") or {}).get("gates")) or {})
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--gates: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
+    section = data.get("scorecard") if isinstance(data, dict) else None
+    gates = section.get("gates") if isinstance(section, dict) else None
+    if not isinstance(data, dict) or not isinstance(section or {}, dict) or not isinstance(gates or {}, dict):
+        raise ConfigError(f"--gates: '{path}' must hold scorecard: {{gates: {{metric: condition}}}} (as configs/gates.yaml does)")
+    return parse_gates(gates or {})

@@ -130,10 +130,10 @@ def gates_check(dep: Deployment, metrics_path: Optional[Path], gates: List[Any])
     try:
         report = json.loads(Path(metrics_path).read_text())
         measured = {k: float(v) for k, v in report["test"].items()}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        recorded = [str(g["gate"]) + ": failed in the report" for g in report.get("gates", []) if not g.get("passed")]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return fail("security-gates", f"{metrics_path} is not a secure-ml test report ({type(exc).__name__})", fix)
-    recorded = [g for g in report.get("gates", []) if not g.get("passed")]
-    failures = [str(g["gate"]) + ": failed in the report" for g in recorded] + check_gates(gates, measured)
+    failures = recorded + check_gates(gates, measured)
     if not gates and not report.get("gates"):
         failures.append("the report holds no gate and no --gates file was given")
     eps = (dep.ledger or {}).get("epsilon")

@@ -116,9 +116,12 @@ def write_release(out_dir: Path, model: nn.Module, policy: Optional[dict], priva
     data = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
     manifest = check_manifest(manifest_for(model, sha256_hex(data), policy, privacy), "--output")
     text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / WEIGHTS).write_bytes(data)
-    (out_dir / MANIFEST).write_text(text)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / WEIGHTS).write_bytes(data)
+        (out_dir / MANIFEST).write_text(text)
+    except OSError as exc:  # a parent that is a file, no permission, a full disk: the manifest (written last) is absent
+        raise ConfigError(f"--output: cannot write the release into '{out_dir}' ({exc.strerror or type(exc).__name__})") from None
     return Release(model, manifest["input_policy"], manifest, sha256_hex(text.encode()))
 
 

@@ -70,6 +70,8 @@ def _param(path: Path, name: str, spec: Any) -> Param:
     if log and low <= 0:
         raise _fail(path, f"{where}: a log scale needs low > 0; got {low}")
     kind = "int" if all(isinstance(v, int) for v in numbers) else "float"
+    if step is not None and step <= 0:
+        raise _fail(path, f"{where}: step must be > 0; got {step}")
     return Param(name, kind, low=low, high=high, log=log, step=step)
 
 
@@ -93,4 +95,7 @@ def parse_search(raw: Dict[str, Any], path: Path) -> Search:
     space = _mapping(s.get("space"), path, "search.space")
     if not space:
         raise _fail(path, "search.space is empty: nothing to search")
-    return Search(trials, sampler, objectives, {k: _param(path, k, v) for k, v in space.items()}, s.get("seed"))
+    seed = s.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise _fail(path, f"search.seed must be an integer; got {seed!r}")
+    return Search(trials, sampler, objectives, {k: _param(path, k, v) for k, v in space.items()}, seed)

@@ -90,7 +90,10 @@ def _read(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
         raise _fail(path, f"unknown key '{unknown[0]}' (known: {', '.join(sorted(TOP_KEYS))})")
     for key in ("base",):
         if key in raw:
-            raw[key] = [str((path.parent / b).resolve()) for b in _as_list(raw[key], path, key)]
+            bases = _as_list(raw[key], path, key)
+            if not all(isinstance(b, str) for b in bases):
+                raise _fail(path, f"'{key}' must list config file paths; got {bases!r}")
+            raw[key] = [str((path.parent / b).resolve()) for b in bases]
     if "extends" not in raw:
         return raw
     parent_path = (path.parent / str(raw.pop("extends"))).resolve()
@@ -98,9 +101,14 @@ def _read(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
         raise _fail(path, f"'extends' loops back to {parent_path}")
     parent = _read(parent_path, seen + (path.resolve(),))
     merged = {**parent, **raw}
-    merged["set"] = {**(parent.get("set") or {}), **(raw.get("set") or {})}
+    merged["set"] = {**_mapping(parent.get("set"), parent_path, "set"), **_mapping(raw.get("set"), path, "set")}
     if "test" in raw and "test" in parent:
-        merged["test"] = {**parent["test"], **raw["test"], "set": {**(parent["test"].get("set") or {}), **(raw["test"].get("set") or {})}}
+        p_test, r_test = _mapping(parent["test"], parent_path, "test"), _mapping(raw["test"], path, "test")
+        merged["test"] = {
+            **p_test,
+            **r_test,
+            "set": {**_mapping(p_test.get("set"), parent_path, "test.set"), **_mapping(r_test.get("set"), path, "test.set")},
+        }
     return merged
 
 

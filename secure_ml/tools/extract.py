@@ -149,8 +149,15 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
     check_loopback(cfg.url)
     if cfg.queries < 1 or cfg.seeds < 1 or cfg.benign_queries < 0 or cfg.epochs < 1:
         raise ConfigError("--queries, --seeds and --epochs must be >= 1 and --benign-queries >= 0")
+    if cfg.torch_threads is not None and cfg.torch_threads < 1:
+        raise ConfigError(f"--torch-threads must be >= 1; got {cfg.torch_threads}")
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
+    real = None
+    if cfg.ckpt_path:  # loaded before the first query: a mistyped path must not cost an attack's queries and its report
+        from secure_ml.serving.startup import load_served_model
+
+        real = load_served_model(cfg.ckpt_path, "cpu").model
     from secure_ml.tools.digits import load_test_digits
 
     t0 = time.monotonic()
@@ -180,10 +187,7 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
         detection_seen_via=("403" if stolen.refused_at is not None else "metrics") if detected_at is not None else None,
     )
 
-    if cfg.ckpt_path:
-        from secure_ml.serving.startup import load_served_model
-
-        real = load_served_model(cfg.ckpt_path, "cpu").model
+    if real is not None:
         with torch.no_grad():
             truth_x, truth = eval_x, real(eval_x).argmax(1)
         report["truth"] = "the served model"
@@ -271,6 +275,8 @@ def _parser() -> OneLineParser:
 
 def extract_main(argv: List[str]) -> int:
     args = _parser().parse_args(argv)
+    if args.json and not Path(args.json).parent.is_dir():
+        raise ConfigError(f"--json: the folder of '{args.json}' does not exist")
     sim = SimulatorConfig(**{k: v for k, v in vars(args).items() if k != "json"})
     try:
         report = run_simulation(sim)
