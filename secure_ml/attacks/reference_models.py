@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
-from secure_ml.data.sampling import train_loader
+from secure_ml.data.sampling import MaskSeeds, train_loader
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import make_private
 from secure_ml.privacy.modes import resolve_mode
@@ -44,7 +44,7 @@ def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: 
     opt = recipe.make_optimizer(net.parameters())
     dataset = TensorDataset(x, y)
     dp = recipe.noise_multiplier is not None
-    loader = train_loader(dataset, recipe.batch_size, seed, dp, poisson_generator=torch.Generator().manual_seed(seed + 1))
+    loader = train_loader(dataset, recipe.batch_size, seed, dp, masks=MaskSeeds(seed + 1))
     steps_per_epoch = len(loader)
     private = None
     if dp:

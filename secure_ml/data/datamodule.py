@@ -1,6 +1,5 @@
 """MNIST LightningDataModule: reproducible subsets, label-flip poisoning, sanitization, Poisson sampling."""
 
-import secrets
 from dataclasses import replace
 from typing import Optional
 
@@ -12,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from secure_ml.data.canaries import KINDS, CanaryConfig, with_canaries
 from secure_ml.data.mnist import load_mnist
 from secure_ml.data.poisoning import PoisonConfig, flip_labels
-from secure_ml.data.sampling import train_loader
+from secure_ml.data.sampling import MaskSeeds, train_loader
 from secure_ml.data.sanitization import SanitizationReport, SanitizerConfig, sanitize
 from secure_ml.data.split_key import key_id, load_or_create_key, read_key, resolve_key_path, split_tag, tags_equal
 from secure_ml.errors import ConfigError
@@ -224,12 +223,11 @@ class MNISTDataModule(LightningDataModule):
         trainer = self.trainer
         world_size = trainer.world_size if trainer is not None else 1
         rank = trainer.global_rank if trainer is not None else 0
-        # Each rank draws its own Poisson mask: a rank-specific generator, never the shared global seed,
-        # and by default a secret one (see sampling_seed).
-        base = self.sampling_seed if self.sampling_seed is not None else secrets.randbits(62)
-        poisson_gen = torch.Generator().manual_seed(base + 7919 * (rank + 1))
+        # Each rank draws its own Poisson masks, each batch's from its own seed, never the shared global seed,
+        # and by default from a secret key (see sampling_seed and MaskSeeds).
+        masks = MaskSeeds(self.sampling_seed, rank)
         return train_loader(
-            self.train_dataset, self.batch_size, self.seed, self.poisson_sampling, world_size, rank, self.num_workers, poisson_gen
+            self.train_dataset, self.batch_size, self.seed, self.poisson_sampling, world_size, rank, self.num_workers, masks
         )
 
     # Evaluation batches: the training batch size, at least EVAL_BATCH (larger CPU batches are slower, secure_ml.models.batching).

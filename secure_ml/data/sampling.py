@@ -5,6 +5,8 @@ Lightning-free. Under several processes ``batch_size`` is the *global* batch siz
 1-process run.
 """
 
+import hashlib
+import secrets
 from typing import Optional
 
 import torch
@@ -12,6 +14,45 @@ from opacus.data_loader import dtype_safe, shape_safe, wrap_collate_with_empty
 from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler, UniformWithReplacementSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torch.utils.data._utils.collate import default_collate
+
+
+class MaskSeeds:
+    """The Poisson masks' generator, reseeded before every batch with ``SHA-256(key ‖ rank ‖ batch)``.
+
+    The key is 256 bits from the OS CSPRNG per loader (``seed`` None, the default: the masks are secret), or derived from
+    ``seed`` for reproducible runs. torch's CPU generator keeps only the low 32 bits of a seed, so a generator seeded
+    once per run gave all of a run's masks 32 bits of secrecy; here each batch has its own seed, as
+    :class:`secure_ml.privacy.private.NoiseSource` does for the noise. ``rank`` gives each process its own masks.
+    """
+
+    def __init__(self, seed: Optional[int] = None, rank: int = 0):
+        key = secrets.token_bytes(32) if seed is None else hashlib.sha256(b"secure-ml mask seed %d" % seed).digest()
+        self._key = key + int(rank).to_bytes(8, "little")
+        self.secret = seed is None
+        self.drawn = 0
+        self._generator = torch.Generator()
+
+    def next(self) -> torch.Generator:
+        """The generator for the next batch's mask."""
+        digest = hashlib.sha256(self._key + self.drawn.to_bytes(8, "little")).digest()
+        self.drawn += 1
+        return self._generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+
+    def __repr__(self) -> str:  # never print the key
+        return f"MaskSeeds(secret={self.secret}, drawn={self.drawn})"
+
+
+class PoissonSampler(UniformWithReplacementSampler):
+    """Opacus's Poisson sampler (each row in each batch with probability q), each batch's mask from its own seed."""
+
+    def __init__(self, *, num_samples: int, sample_rate: float, steps: int, masks: MaskSeeds):
+        super().__init__(num_samples=num_samples, sample_rate=sample_rate, steps=steps)
+        self.masks = masks
+
+    def __iter__(self):
+        for _ in range(self.steps):
+            mask = torch.rand(self.num_samples, generator=self.masks.next()) < self.sample_rate
+            yield mask.nonzero(as_tuple=False).reshape(-1).tolist()
 
 
 class EmptySafeDistributedPoissonSampler(DistributedUniformWithReplacementSampler):
@@ -23,6 +64,10 @@ class EmptySafeDistributedPoissonSampler(DistributedUniformWithReplacementSample
     once, on rank 0), which is exactly what the Poisson mechanism prescribes.
     """
 
+    def __init__(self, *, masks: Optional[MaskSeeds] = None, **kwargs):
+        super().__init__(**kwargs)
+        self.masks = masks  # None: Opacus's own generator (one seed per run)
+
     def __iter__(self):
         if self.shuffle:
             g = torch.Generator().manual_seed(self.shuffle_seed + self.epoch)
@@ -31,7 +76,8 @@ class EmptySafeDistributedPoissonSampler(DistributedUniformWithReplacementSample
             indices = torch.arange(self.total_size)
         indices = indices[self.rank : self.total_size : self.num_replicas]
         for _ in range(self.num_batches):
-            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            generator = self.masks.next() if self.masks is not None else self.generator
+            mask = torch.rand(self.num_samples, generator=generator) < self.sample_rate
             yield indices[mask.nonzero(as_tuple=False).reshape(-1)].tolist()
 
 
@@ -43,9 +89,9 @@ def train_loader(
     world_size: int = 1,
     rank: int = 0,
     num_workers: int = 0,
-    poisson_generator: Optional[torch.Generator] = None,
+    masks: Optional[MaskSeeds] = None,
 ) -> DataLoader:
-    """The training loader; ``poisson_generator`` must differ across ranks (it draws each rank's mask)."""
+    """The training loader; ``masks`` draws this rank's Poisson masks (default: a secret key of its own)."""
     if not poisson:
         if world_size == 1:
             return DataLoader(
@@ -66,10 +112,11 @@ def train_loader(
         sample_empty_shapes=[(0, *shape_safe(t)) for t in first],
         dtypes=[dtype_safe(t) for t in first],
     )
+    masks = masks if masks is not None else MaskSeeds(rank=rank)
     if world_size == 1:
-        sampler = UniformWithReplacementSampler(num_samples=len(dataset), sample_rate=sample_rate, steps=steps, generator=poisson_generator)
+        sampler = PoissonSampler(num_samples=len(dataset), sample_rate=sample_rate, steps=steps, masks=masks)
     else:
         sampler = EmptySafeDistributedPoissonSampler(
-            total_size=len(dataset), sample_rate=sample_rate, shuffle_seed=seed, steps=steps, generator=poisson_generator
+            total_size=len(dataset), sample_rate=sample_rate, shuffle_seed=seed, steps=steps, masks=masks
         )
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers)
