@@ -21,7 +21,7 @@ import torch
 from fsspec.core import url_to_fs
 from lightning.fabric.plugins import CheckpointIO
 
-from secure_ml.errors import UNREADABLE_CHECKPOINT, ConfigError, SecureMLError
+from secure_ml.errors import UNREADABLE_CHECKPOINT, ConfigError, SecureMLError, first_line
 from secure_ml.release.checkpoint import UnsafeCheckpointError
 from secure_ml.release.checkpoint import _refusal_reason as _reason
 
@@ -58,7 +58,7 @@ def safe_load(path: Any, map_location: Any = "cpu", timeout: float = 60.0) -> Di
             "nothing in the file was executed. Only tensor checkpoints written by `secure-ml fit` load"
         ) from None
     except UNREADABLE_CHECKPOINT as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"--ckpt_path: '{where}' is not a readable PyTorch checkpoint ({first})") from None
 
 

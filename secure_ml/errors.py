@@ -16,3 +16,9 @@ class DataNotFoundError(SecureMLError, FileNotFoundError):
 # What ``torch.load(..., weights_only=True)`` raises on bytes that are not a checkpoint (text, truncated, empty, random):
 # besides pickle's UnpicklingError (a refusal, reported apart), the unpickler trips on whatever the bytes lead it to.
 UNREADABLE_CHECKPOINT = (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name when it has none): the reason quoted in a one-line error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -31,7 +31,7 @@ from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.checkpoint_io import check_checkpoint_file
 from secure_ml.data.datamodule import MNISTDataModule
-from secure_ml.errors import ConfigError, SecureMLError
+from secure_ml.errors import ConfigError, SecureMLError, first_line
 from secure_ml.module import SecureClassifier
 
 TRAINER_DEFAULTS = {
@@ -123,7 +123,7 @@ class SecureMLCLI(LightningCLI):
         except SecureMLError:
             raise
         except (ValueError, MisconfigurationException) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise ConfigError(f"the configuration was refused: {first}") from None
 
     def before_instantiate_classes(self) -> None:

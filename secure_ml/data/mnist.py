@@ -6,7 +6,7 @@ from typing import Tuple
 import torch
 from torchvision.datasets import MNIST
 
-from secure_ml.errors import DataNotFoundError
+from secure_ml.errors import DataNotFoundError, first_line
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -27,7 +27,7 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> Tuple[torch.Tensor
     try:
         ds = MNIST(root=str(root), train=train, download=download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise DataNotFoundError(
             f"MNIST was not found in '{root / 'MNIST' / 'raw'}'"
             + (" and could not be downloaded" if download else " (download is off)")

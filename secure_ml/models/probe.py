@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from secure_ml.errors import ConfigError
+from secure_ml.errors import ConfigError, first_line
 
 NUM_CLASSES = 10  # the digits' labels 0..9
 
@@ -32,7 +32,7 @@ def check_net_output(net: nn.Module, shape: tuple, num_classes: int) -> None:
         with torch.no_grad():
             out = net(probe)
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(f"--model.net: {name} cannot take a batch of {'x'.join(map(str, shape))} digits ({first})") from None
     finally:
         for m, training in flags:

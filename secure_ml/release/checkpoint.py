@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
-from secure_ml.errors import UNREADABLE_CHECKPOINT, ConfigError, SecureMLError
+from secure_ml.errors import UNREADABLE_CHECKPOINT, ConfigError, SecureMLError, first_line
 from secure_ml.models.registry import build_net
 
 NET_PREFIX = "net."
@@ -50,7 +50,7 @@ def read_checkpoint(path: Path) -> Mapping[str, Any]:
             "Only tensor checkpoints written by `secure-ml fit` are served; nothing in the file was executed"
         ) from None
     except UNREADABLE_CHECKPOINT as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ConfigError(f"--ckpt_path: '{path}' is not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("state_dict"), Mapping):
         raise ConfigError(f"--ckpt_path: '{path}' has no 'state_dict' mapping: is it a checkpoint written by `secure-ml fit`?")
