@@ -9,7 +9,8 @@ the dashboard figure included, logged to a TensorBoard logger in a temporary fol
 run), alternating the two ``--repeats`` times after one warm-up fit. The clock runs from the first
 training batch to the end of ``on_fit_end`` (training, validation, the callbacks and their
 end-of-fit work); it reports the median time per epoch, the overhead ratio against the target
-(≤ 1.15, issue 10), and the median seconds each callback spent per epoch.
+(≤ 1.15, issue 10), the median seconds each callback spent per epoch, and the training batches' own
+seconds per epoch in each arm (does anything the callbacks leave behind slow the steps that follow?).
 """
 
 import argparse
@@ -53,6 +54,19 @@ class FitClock(Callback):
         self.seconds = time.perf_counter() - self.start
 
 
+class BatchClock(Callback):
+    """Seconds inside training batches (batch start → batch end), summed over the fit."""
+
+    def __init__(self):
+        self.t0, self.seconds = None, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seconds += time.perf_counter() - self.t0
+
+
 def _timed(key, method):
     def run(*args, **kwargs):
         t0 = time.perf_counter()
@@ -78,10 +92,10 @@ def scorecard_callbacks():
     return out
 
 
-def run(dm, with_callbacks: bool, log_dir: str, epochs: int) -> float:
-    """Seconds per epoch of one fit; SPENT[key] gets each callback's seconds per epoch."""
+def run(dm, with_callbacks: bool, log_dir: str, epochs: int) -> tuple:
+    """(seconds per epoch, training batches' seconds per epoch) of one fit; SPENT[key] gets each callback's seconds per epoch."""
     model = SecureClassifier(adversarial=AdversarialConfig(**CAPSTONE["model"]["adversarial"]), dp=DPConfig(**CAPSTONE["model"]["dp"]))
-    clock = FitClock()
+    clock, batches = FitClock(), BatchClock()
     for key in SCORECARD_CALLBACKS:
         SPENT[key].append(0.0)
     trainer = Trainer(
@@ -92,14 +106,14 @@ def run(dm, with_callbacks: bool, log_dir: str, epochs: int) -> float:
         enable_model_summary=False,
         inference_mode=False,
         num_sanity_val_steps=0,
-        callbacks=[*(scorecard_callbacks() if with_callbacks else []), clock],
+        callbacks=[batches, *(scorecard_callbacks() if with_callbacks else []), clock],
     )
     trainer.fit(model, dm)
     for key in SCORECARD_CALLBACKS:
         spent = SPENT[key].pop()
         if with_callbacks:
             SPENT[key].append(spent / epochs)
-    return clock.seconds / epochs
+    return clock.seconds / epochs, batches.seconds / epochs
 
 
 def main() -> None:
@@ -127,10 +141,12 @@ def main() -> None:
         run(dm, True, log_dir, 1)  # warm-up: first-call costs (allocator, Opacus, torch.func, matplotlib) land in neither column
         for key in SCORECARD_CALLBACKS:
             SPENT[key].clear()
-        times = {False: [], True: []}
+        times, steps = {False: [], True: []}, {False: [], True: []}
         for r in range(a.repeats):
             for flag in (False, True) if r % 2 == 0 else (True, False):  # the order alternates: drift hits both arms alike
-                times[flag].append(run(dm, flag, log_dir, a.epochs))
+                epoch, in_steps = run(dm, flag, log_dir, a.epochs)
+                times[flag].append(epoch)
+                steps[flag].append(in_steps)
     base, full = statistics.median(times[False]), statistics.median(times[True])
     paired = [f / b for f, b in zip(times[True], times[False])]  # each repeat's two fits ran back to back
     own = sum(statistics.median(spent) for spent in SPENT.values())
@@ -140,6 +156,10 @@ def main() -> None:
     for key, spent in SPENT.items():
         print(f"  {key:<11} {statistics.median(spent):6.2f} s/epoch  ({statistics.median(spent) / base:6.1%} of the bare epoch)")
     print(f"  all hooks   {own:6.2f} s/epoch  ({own / base:6.1%} of the bare epoch)")
+    print(
+        f"training batches alone, s/epoch: without {statistics.median(steps[False]):.2f}, with {statistics.median(steps[True]):.2f}"
+        f"  (runs without: {', '.join(f'{t:.2f}' for t in steps[False])}; with: {', '.join(f'{t:.2f}' for t in steps[True])})"
+    )
     print(f"paired ratios (with / without, per repeat): {', '.join(f'{p:.3f}' for p in paired)}; median {statistics.median(paired):.3f}")
     print(f"overhead ratio: {full / base:.3f}  ({'PASS' if full / base <= TARGET else 'FAIL'} target <= {TARGET})")
 

@@ -40,8 +40,8 @@ class AdversarialConfig:
             raise ConfigError(f"--model.adversarial.attack must be 'fgsm' or 'pgd'; got '{self.attack}'")
         if self.pgd_steps < 1:
             raise ConfigError(f"--model.adversarial.pgd_steps must be >= 1; got {self.pgd_steps}")
-        if self.pgd_step_size is not None and self.pgd_step_size <= 0:
-            raise ConfigError(f"--model.adversarial.pgd_step_size must be > 0; got {self.pgd_step_size}")
+        if self.pgd_step_size is not None and not 0 < self.pgd_step_size < float("inf"):  # NaN fails too
+            raise ConfigError(f"--model.adversarial.pgd_step_size must be a finite number > 0; got {self.pgd_step_size}")
 
     @property
     def active(self) -> bool:

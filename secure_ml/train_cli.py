@@ -30,6 +30,7 @@ from secure_ml.callbacks import (
 from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.checkpoint_io import check_checkpoint_file
+from secure_ml.ckpt_hparams import reconcile, typed_model_flags
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, first_line
 from secure_ml.module import SecureClassifier
@@ -76,6 +77,18 @@ SCORECARD_CALLBACKS = {
 }
 
 
+def _our_error(exc: BaseException):
+    """The SecureMLError in ``exc``'s chain of causes (jsonargparse wraps it in "Does not validate against any of the Union
+    subtypes"), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, SecureMLError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 class SecureMLCLI(LightningCLI):
     """LightningCLI with the DP wiring made impossible to bypass.
 
@@ -109,6 +122,7 @@ class SecureMLCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         """Lightning's parse, then ``--ckpt_path`` read through the safe loader before Lightning's own ``torch.load`` of it
         (which reads its hyper-parameters while parsing): a text, empty, truncated or code-carrying file is one line."""
+        self._argv = list(args) if args is not None else sys.argv[1:]
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         path = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
@@ -123,8 +137,28 @@ class SecureMLCLI(LightningCLI):
         except SecureMLError:
             raise
         except (ValueError, MisconfigurationException) as exc:
+            ours = _our_error(exc)  # a class of ours refused inside jsonargparse's Union adaptation ("--model.net" is one)
+            if ours is not None:
+                raise ours from None
             first = first_line(exc)
             raise ConfigError(f"the configuration was refused: {first}") from None
+
+    def _parse_ckpt_path(self) -> None:
+        """Lightning's (the checkpoint's hyper-parameters over the configuration), then each ``--model.*`` flag typed on the
+        command line checked against them (:mod:`secure_ml.ckpt_hparams`): before, they were dropped without a word."""
+        sub = self.config.get("subcommand")
+        before = self.config[sub].clone() if sub else None
+        super()._parse_ckpt_path()
+        if before is not None:
+            reconcile(before, self.config[sub], typed_model_flags(getattr(self, "_argv", [])))
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Lightning's, with what it refuses only once the loaders are sized (``--trainer.limit_train_batches 0.0001``:
+        a fraction of under one batch) turned into one ConfigError, as :meth:`instantiate_classes` does at build time."""
+        try:
+            super()._run_subcommand(subcommand)
+        except MisconfigurationException as exc:
+            raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir`` also moves the default logger's folder (its ``save_dir`` "." would keep the run,

@@ -180,6 +180,10 @@ def test_secure_ml_test_writes_report_and_gates_fail_the_exit(tiny_mnist, tmp_pa
     assert metrics["gates"] == [{"gate": "mia/auc <= 1", "passed": True}]
     assert {"test/acc", "adv/fgsm_acc@0.1", "mia/auc", "sponge/reject_rate", "privacy/epsilon"} <= set(metrics["test"])
     assert [h["epoch"] for h in metrics["history"]] == [0]
+    # the tested weights' digest is the one `secure-ml export` puts in the manifest (preflight ties report and artefact by it)
+    from secure_ml.release.cli import export_checkpoint
+
+    assert metrics["weights_sha256"] == export_checkpoint(ckpt, str(tmp_path / "release")).manifest["weights"]["sha256"]
     assert (report / "dashboard.png").stat().st_size > 10_000
     assert "Membership-inference AUC" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exc:

@@ -234,6 +234,12 @@ BAD_INPUT = {
         ["--model.net", "torch.nn.Linear", "--model.net.in_features", "784", "--model.net.out_features", "10", "--sponge.enabled", "false"],
         "--model.net: Linear cannot take a batch of 1x28x28 digits",
     ),
+    # (before: a traceback after an epoch of training, at the first validation)
+    "canary-guesses": (["--data.canaries.count", "1"], "--data.canaries.count 1 with --audit.guess_fractions"),
+    # (before: the probe passed and every weight trained to NaN, exit 0)
+    "net-std-zero": (["--model.net.init_args.std", "0"], "--model.net.init_args.std (SmallCNN) must be a finite number > 0"),
+    # (before: Lightning's traceback when the loader was sized, after the data and the sanitizer had run)
+    "limit-fraction": (["--trainer.limit_train_batches", "0.0001"], "the configuration was refused: You requested to check 0.0001"),
     "test-after-fit-without-checkpoints": (
         ["--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--test_after_fit", "true"],
         "--test_after_fit tests the fit's last checkpoint, but this run writes none",

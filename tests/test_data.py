@@ -31,6 +31,36 @@ def test_missing_data_is_one_clear_sentence(tmp_path):
         load_mnist(str(tmp_path / "nothing"), train=True, download=False)
 
 
+def _corrupt(root, name, edit):
+    """Rewrite ``root/MNIST/raw/name`` through ``edit(bytes) -> bytes``."""
+    path = root / "MNIST" / "raw" / name
+    path.write_bytes(edit(path.read_bytes()))
+
+
+def test_mismatched_label_file_is_refused(tiny_mnist):
+    """The test split's labels in place of the training split's: 200 labels for 600 images. torchvision reads the files
+    apart, so unchecked, the datamodule trained image i on the test split's label i (exit 0)."""
+    raw = tiny_mnist / "MNIST" / "raw"
+    (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
+    with pytest.raises(DataNotFoundError, match=r"train-labels-idx1-ubyte .* holds 200 labels for the 600 images"):
+        load_mnist(str(tiny_mnist), train=True, download=False)
+    load_mnist(str(tiny_mnist), train=False, download=False)  # control: the untouched split still loads
+
+
+def test_out_of_range_labels_are_refused(tiny_mnist):
+    """A label byte of 200 (corruption): before, cleanlab's traceback inside the sanitizer."""
+    _corrupt(tiny_mnist, "train-labels-idx1-ubyte", lambda b: b[:8] + bytes([200]) + b[9:])  # the first label
+    with pytest.raises(DataNotFoundError, match=r"labels outside 0-9 \(e.g. 200, 1 in all\)"):
+        load_mnist(str(tiny_mnist), train=True, download=False)
+
+
+def test_unreadable_files_say_so_not_missing(tiny_mnist):
+    """A truncated images file is there but unreadable: the sentence says so instead of 'MNIST was not found'."""
+    _corrupt(tiny_mnist, "train-images-idx3-ubyte", lambda b: b[: len(b) // 2])
+    with pytest.raises(DataNotFoundError, match=r"train-images-idx3-ubyte / train-labels-idx1-ubyte in .* could not be read"):
+        load_mnist(str(tiny_mnist), train=True, download=False)
+
+
 def test_subsets_are_reproducible_and_disjoint(tiny_mnist):
     a, b, c = _dm(tiny_mnist), _dm(tiny_mnist), _dm(tiny_mnist, seed=7)
     for dm in (a, b, c):

@@ -146,6 +146,15 @@ def test_batchnorm_model_is_refused_with_flag_name():
         (dict(delta=1.5), "--model.dp.delta"),
         (dict(target_epsilon=-2.0), "--model.dp.target_epsilon"),
         (dict(enabled=True, noise_multiplier=0.0), "--model.dp.noise_multiplier"),
+        # YAML's .inf / .nan reach the dataclass (the command line refuses them itself): C = inf trained NaN weights under a
+        # normal-looking ε, a NaN target ε gave Opacus's starting σ = 10, a NaN σ a traceback after data loading.
+        (dict(enabled=True, max_grad_norm=float("inf")), "--model.dp.max_grad_norm must be a finite number"),
+        (dict(enabled=True, max_grad_norm=float("nan")), "--model.dp.max_grad_norm must be a finite number"),
+        (dict(enabled=True, noise_multiplier=float("nan")), "--model.dp.noise_multiplier must be a finite number"),
+        (dict(enabled=True, noise_multiplier=float("inf")), "--model.dp.noise_multiplier must be a finite number"),
+        (dict(enabled=True, target_epsilon=float("nan")), "--model.dp.target_epsilon must be a finite number"),
+        (dict(enabled=True, target_epsilon=float("inf")), "--model.dp.target_epsilon must be a finite number"),
+        (dict(enabled=True, delta=float("nan")), "--model.dp.delta"),
     ],
 )
 def test_bad_dp_config_names_the_flag(kwargs, flag):

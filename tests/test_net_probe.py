@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from secure_ml.errors import ConfigError
-from secure_ml.models import SmallCNN
+from secure_ml.models import SmallCNN, TanhCNN
 from secure_ml.models.probe import NUM_CLASSES, check_net_output
 from secure_ml.module import SecureClassifier
 from secure_ml.train_cli import cli_main
@@ -45,6 +45,30 @@ class BatchStats(nn.Module):
 def test_a_net_that_does_not_fit_the_digits_is_refused(net, message):
     with pytest.raises(ConfigError, match=rf"^--model.net: .*{message}"):
         check_net_output(net, (1, 28, 28), NUM_CLASSES)
+
+
+class DividesByZero(nn.Module):
+    """A net whose own normalisation divides by a zero std (``SmallCNN(std=0)`` before it refused one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(784, 10)
+
+    def forward(self, x):
+        return self.fc(((x - 0.1) / 0.0).flatten(1))
+
+
+def test_a_net_with_non_finite_logits_is_refused():
+    """Before, `--model.net.init_args.std 0` passed the probe and trained every weight to NaN, with exit 0."""
+    with pytest.raises(ConfigError, match=r"^--model.net: DividesByZero gives non-finite logits"):
+        check_net_output(DividesByZero(), (1, 28, 28), NUM_CLASSES)
+
+
+@pytest.mark.parametrize("cls", [SmallCNN, TanhCNN])
+@pytest.mark.parametrize("kwargs, flag", [(dict(std=0.0), "std"), (dict(std=float("nan")), "std"), (dict(mean=float("inf")), "mean")])
+def test_shipped_nets_refuse_a_bad_normalisation(cls, kwargs, flag):
+    with pytest.raises(ConfigError, match=rf"^--model.net.init_args.{flag} \({cls.__name__}\) must be a finite number"):
+        cls(**kwargs)
 
 
 def test_the_probe_passes_the_shipped_net_and_leaves_modes_and_statistics_alone():

@@ -41,7 +41,7 @@ class Deployment:
     """A passing deployment in ``tmp_path``; tests break one piece and expect exactly that item to fail."""
 
     def __init__(self, tmp_path: Path, data_dir: Path, monkeypatch):
-        from secure_ml.release.artifact import write_release
+        from secure_ml.release.artifact import weights_sha256, write_release
 
         self.tmp, self.data_dir = tmp_path, data_dir
         monkeypatch.setenv("SECURE_ML_API_KEYS", CLIENT)
@@ -54,6 +54,7 @@ class Deployment:
         self.logrotate = tmp_path / "logrotate.conf"
         self.logrotate.write_text(f"# secure-ml request logs\n{tmp_path}/logs/*.jsonl {{\n    daily\n    rotate 30\n}}\n")
         self.metrics = {"test": dict(GOOD_METRICS), "gates": [{"gate": "mia/auc <= 0.55", "passed": True}]}
+        self.metrics["weights_sha256"] = weights_sha256(model)  # what `secure-ml test` writes: the weights it measured
         self.extra: list = []
 
     def argv(self) -> list:
@@ -114,9 +115,13 @@ def _tls(d):
         (lambda d: d.metrics["test"].update({"mia/auc": 0.7}), {"security-gates"}),
         (lambda d: d.metrics["test"].update({"privacy/epsilon": 2.5}), {"security-gates"}),
         (lambda d: d.metrics["gates"].append({"gate": "adv/pgd_acc@0.1 >= 0.5", "passed": False}), {"security-gates"}),
+        # another run of the same recipe has the same ε: only the weights' digest tells its report apart (it passed before)
+        (lambda d: d.metrics.update(weights_sha256="0" * 64), {"security-gates"}),
+        (lambda d: d.metrics.pop("weights_sha256"), {"security-gates"}),
     ],
     ids=["plain-http", "keys-in-file", "short-min-length", "no-rate-limit", "no-detector", "log-unwritable", "not-rotated", "policy-uncalibrated",
-         "full-probabilities", "docs-on", "over-budget", "gate-fails", "report-of-another-model", "recorded-gate-failed"],
+         "full-probabilities", "docs-on", "over-budget", "gate-fails", "report-of-another-model", "recorded-gate-failed",
+         "report-of-other-weights-same-epsilon", "report-without-weights"],
 )  # fmt: skip
 def test_each_broken_item_is_caught_and_only_it(dep, breakage, expected, capsys):
     breakage(dep)

@@ -3,6 +3,7 @@
 import csv
 import math
 import multiprocessing as mp
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -66,6 +67,11 @@ def test_grid_is_the_product_of_its_axes_and_a_list_joins_grids(tmp_path):
             ["'a'", "low"],
         ),
         ({"base": ["C"], "grid": {"x": {"a": {}, "b": {}}, "y": {"a": {}}}}, []),
+        # two axes setting one option: the later one silently won, so points labelled apart trained alike
+        (
+            {"base": ["C"], "grid": {"model.dp.noise_multiplier": [0.5, 2.0], "dp": {"on": {"model.dp.noise_multiplier": 1.0}}}},
+            ["axes 'model.dp.noise_multiplier' and 'dp' both set 'model.dp.noise_multiplier'"],
+        ),
         # from a review: each of these was a TypeError or optuna's ValueError (during the run) instead of one line
         ({"base": [5], "grid": {"a": [1]}}, ["'base' must list config file paths"]),
         (
@@ -295,6 +301,44 @@ def test_validation_refuses_an_unknown_option_or_a_wrong_type_before_anything_ru
 
 
 # ---- tiny sweeps end to end --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        # --set beats every point's overrides: rows labelled sigma 0.5 and 2.0 both ran sigma 1.0
+        (["--set", "model.dp.noise_multiplier=1.0"], "--set model.dp.noise_multiplier sets an option the sweep varies"),
+        (["--set", "robustness.pgd_steps=5"], "--set robustness.pgd_steps sets an option the sweep varies"),  # a test.grid axis
+        (["--threads", "-2"], "--threads must be >= 1"),  # was torch's traceback
+        (["--threads", "0"], "--threads must be >= 1"),  # was silently the default
+        (["--stale-after", "0"], "--stale-after must be a finite number of seconds >= 20"),  # every live point looked dead
+    ],
+)
+def test_bad_command_line_options_are_refused_before_anything_runs(tmp_path, monkeypatch, argv, words):
+    from secure_ml.sweep.cli import sweep_main
+
+    monkeypatch.chdir(tmp_path)
+    body = {
+        "base": [str(REPO / "configs" / "capstone.yaml")],
+        "grid": {"model.dp.noise_multiplier": [0.5, 2.0]},
+        "test": {"grid": {"robustness.pgd_steps": [1, 20]}},
+        "report": [{"kind": "metrics", "metrics": ["test/acc"]}],
+    }
+    path = _write(tmp_path, body)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        sweep_main(["--config", str(path), *argv])
+    assert not (tmp_path / "sweeps").exists()  # nothing ran, no study was created
+
+
+def test_a_test_grid_that_keeps_the_metric_names_fails_the_point_instead_of_overwriting():
+    """A test.grid over PGD steps: both runs report adv/pgd_acc@0.1, and the row kept only the last one (0.0, not 0.0167)."""
+    from secure_ml.sweep.runner import _check_no_overwrite
+
+    seen = {}
+    _check_no_overwrite(seen, 0, {"adv/clean_acc": 0.9, "adv/pgd_acc@0.1": 0.0167, "mia/auc": float("nan")})
+    _check_no_overwrite(seen, 1, {"adv/clean_acc": 0.9, "adv/pgd_acc@0.3": 0.0, "mia/auc": float("nan")})  # names differ: fine
+    with pytest.raises(ConfigError, match=r"test runs 0 and 2 of the point both report adv/pgd_acc@0.1 \(0.0167 vs 0\)"):
+        _check_no_overwrite(seen, 2, {"adv/clean_acc": 0.9, "adv/pgd_acc@0.1": 0.0})
 
 
 def _tiny(tmp_path: Path, data: Path, grid) -> Path:

@@ -39,8 +39,8 @@ class RMIASettings:
     def __post_init__(self) -> None:
         if not 0 <= self.offline_a <= 1:
             raise ValueError(f"offline_a must lie in [0, 1]; got {self.offline_a}")
-        if self.gamma <= 0:
-            raise ValueError(f"gamma must be > 0; got {self.gamma}")
+        if not 0 < self.gamma < float("inf"):  # NaN fails too
+            raise ValueError(f"gamma must be a finite number > 0; got {self.gamma}")
 
 
 def label_probability(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = EVAL_BATCH) -> torch.Tensor:

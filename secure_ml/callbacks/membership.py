@@ -25,7 +25,8 @@ def accountant_epsilon(pl_module, delta: float) -> Optional[float]:
     private = getattr(pl_module, "private", None)
     if private is not None:
         return private.epsilon(delta)
-    state = getattr(pl_module, "_resume_dp_state", None)  # `test --ckpt_path`: the checkpoint's DP state
+    dp_state = getattr(pl_module, "dp_state", None)  # `test --ckpt_path`: the checkpoint's accountant state
+    state = dp_state() if dp_state is not None else None
     return epsilon_from_state(state, delta) if state is not None else None
 
 

@@ -90,7 +90,7 @@ class OneRunAuditCallback(EpochMetricCallback):
         if canaries is None:
             return {}
         x, y, included = canaries
-        guess_counts(len(y), self.guess_fractions)  # a clear error before any scoring when the fractions give no guesses
+        self._check_guesses(len(y))  # (a checkpoint's canaries are known only now)
         scores = canary_scores(_log_probs(pl_module.net, x), y)
         audit = one_run_audit(scores, included, dp_delta(pl_module, self.delta), self.confidence, self.guess_fractions)
         return {"privacy/audit_epsilon_lower_bound": audit.epsilon_lb, "privacy/audit_guess_accuracy": audit.correct / audit.guesses}
@@ -106,3 +106,16 @@ class OneRunAuditCallback(EpochMetricCallback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._datamodule = trainer.datamodule
+        cfg = getattr(trainer.datamodule, "canaries", None)
+        if self.enabled and cfg is not None and cfg.count > 0:  # before any training, not at the first validation
+            self._check_guesses(cfg.count)
+
+    def _check_guesses(self, m: int) -> None:
+        """ConfigError unless ``guess_fractions`` give at least one guess on ``m`` canaries."""
+        try:
+            guess_counts(m, self.guess_fractions)
+        except ValueError:
+            raise ConfigError(
+                f"--data.canaries.count {m} with --audit.guess_fractions {self.guess_fractions} gives no guess "
+                "(each fraction f guesses round(f·count/2) canaries each way); raise the count or the fractions"
+            ) from None

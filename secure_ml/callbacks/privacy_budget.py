@@ -45,7 +45,7 @@ class PrivacyBudget(Callback):
     """
 
     def __init__(self, max_epsilon: float):
-        if max_epsilon <= 0:
+        if not max_epsilon > 0:  # NaN fails too
             raise ConfigError(f"PrivacyBudget max_epsilon must be > 0; got {max_epsilon}")
         self.max_epsilon = max_epsilon
         self._stop_at: int = -1

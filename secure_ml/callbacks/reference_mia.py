@@ -29,8 +29,8 @@ def target_recipe(pl_module, datamodule, max_epochs: Optional[int], steps: Optio
     factory = pl_module.optimizer_factory or (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
     sigma = None
     if pl_module.dp.enabled:
-        private, state = pl_module.private, getattr(pl_module, "_resume_dp_state", None)
-        sigma = private.noise_multiplier if private is not None else (state or {}).get("noise_multiplier", pl_module.dp.noise_multiplier)
+        state = pl_module.dp_state()  # the live run's, or that of the weights loaded from --ckpt_path (σ calibrated for a target ε)
+        sigma = float((state or {}).get("noise_multiplier", pl_module.dp.noise_multiplier))
     return ReferenceRecipe(lambda: build_net(spec), factory, steps, dm.batch_size, pl_module.adversarial, sigma, pl_module.dp.max_grad_norm)
 
 

@@ -10,6 +10,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from secure_ml.callbacks._common import run_folder
 from secure_ml.errors import ConfigError, SecureMLError
+from secure_ml.release.artifact import weights_sha256
 from secure_ml.report.dashboard import dashboard_figure
 from secure_ml.report.gates import as_floats, check_gates, parse_gates
 from secure_ml.report.table import scorecard_table
@@ -118,17 +119,19 @@ class Scorecard(Callback):
         final = _scores(trainer.callback_metrics)
         out = run_folder(trainer)  # every rank: a broadcast under DDP
         if trainer.is_global_zero:
-            self._write_report(out, final)
+            self._write_report(out, final, weights_sha256(pl_module.net))
         failures = check_gates(self.gates, final)
         if failures:
             raise GateFailure("security gate failed: " + "; ".join(failures))
 
-    def _write_report(self, out: Path, final: Dict[str, float]) -> None:
+    def _write_report(self, out: Path, final: Dict[str, float], weights: str) -> None:
+        """metrics.json (with ``weights_sha256``: the tested weights, which ``secure-ml preflight`` ties to the artefact) and the dashboard."""
         import matplotlib.pyplot as plt
 
         out.mkdir(parents=True, exist_ok=True)
         gates = [{"gate": str(g), "passed": g.metric in final and g.passes(final[g.metric])} for g in self.gates]
-        (out / "metrics.json").write_text(json.dumps({"test": final, "history": self.history, "gates": gates}, indent=2))
+        report = {"test": final, "history": self.history, "gates": gates, "weights_sha256": weights}
+        (out / "metrics.json").write_text(json.dumps(report, indent=2))
         fig = dashboard_figure(self.history, final)
         fig.savefig(out / "dashboard.png", dpi=120)
         plt.close(fig)

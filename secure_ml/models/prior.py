@@ -51,8 +51,8 @@ class PriorConfig:
         for name in ("digits", "epochs", "batch_size", "adv_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--prior.{name} must be >= 1; got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ConfigError(f"--prior.lr must be > 0; got {self.lr}")
+        if not 0 < self.lr < float("inf"):  # NaN fails too
+            raise ConfigError(f"--prior.lr must be a finite number > 0; got {self.lr}")
         if not 0.0 <= self.adv_epsilon <= 1.0:
             raise ConfigError(f"--prior.adv_epsilon must be in [0, 1] (pixels); got {self.adv_epsilon}")
         if not 0 <= self.max_shift <= 8:

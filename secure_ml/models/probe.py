@@ -44,3 +44,7 @@ def check_net_output(net: nn.Module, shape: tuple, num_classes: int) -> None:
             f"--model.net: {name} maps a batch of one {'x'.join(map(str, shape))} digit to shape {tuple(out.shape)}; "
             f"it must give (1, {num_classes}): one logit per class"
         )
+    if not torch.isfinite(out).all():  # e.g. a normalisation that divides by 0: every step would train NaN weights
+        raise ConfigError(
+            f"--model.net: {name} gives non-finite logits ({out.flatten().tolist()[:3]}...) for a blank digit; check its init_args"
+        )

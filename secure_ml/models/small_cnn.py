@@ -3,10 +3,21 @@
 import torch
 from torch import nn
 
+from secure_ml.errors import ConfigError
 from secure_ml.models.pool import MaxPool2d
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
+
+
+def normalisation(net: str, mean: float, std: float) -> tuple:
+    """``(mean, std)`` as floats; ConfigError naming the flag unless both are finite and std > 0 (std 0 trains NaN weights)."""
+    mean, std = float(mean), float(std)
+    if not -float("inf") < mean < float("inf"):
+        raise ConfigError(f"--model.net.init_args.mean ({net}) must be a finite number; got {mean}")
+    if not 0 < std < float("inf"):
+        raise ConfigError(f"--model.net.init_args.std ({net}) must be a finite number > 0; got {std}")
+    return mean, std
 
 
 class SmallCNN(nn.Module):
@@ -26,8 +37,7 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10, mean: float = MNIST_MEAN, std: float = MNIST_STD):
         super().__init__()
         self.num_classes = int(num_classes)
-        self.mean = float(mean)
-        self.std = float(std)
+        self.mean, self.std = normalisation("SmallCNN", mean, std)
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
         self.pool = MaxPool2d(2, 2)

@@ -5,7 +5,7 @@ from torch import nn
 
 from secure_ml.errors import ConfigError
 from secure_ml.models.pool import MaxPool2d
-from secure_ml.models.small_cnn import MNIST_MEAN, MNIST_STD
+from secure_ml.models.small_cnn import MNIST_MEAN, MNIST_STD, normalisation
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -56,7 +56,8 @@ class TanhCNN(nn.Module):
             int(conv2_channels),
             int(hidden),
         )
-        self.activation, self.mean, self.std = activation, float(mean), float(std)
+        self.activation = activation
+        self.mean, self.std = normalisation("TanhCNN", mean, std)
         act = ACTIVATIONS[activation]
         self.features = nn.Sequential(
             nn.Conv2d(1, self.conv1_channels, 8, stride=2, padding=2),

@@ -121,6 +121,14 @@ def budget_check(dep: Deployment, max_epsilon: Optional[float], max_delta: float
     return ok("privacy-budget", detail)
 
 
+def _served_digest(dep: Deployment) -> Optional[str]:
+    """SHA-256 of the weights the service would load (release or training checkpoint); None when the model did not load."""
+    from secure_ml.release.artifact import weights_sha256
+
+    model = getattr(dep.served, "model", None)
+    return weights_sha256(model) if model is not None else None
+
+
 def gates_check(dep: Deployment, metrics_path: Optional[Path], gates: List[Any]) -> Check:
     from secure_ml.report.gates import check_gates
 
@@ -136,6 +144,13 @@ def gates_check(dep: Deployment, metrics_path: Optional[Path], gates: List[Any])
     failures = recorded + check_gates(gates, measured)
     if not gates and not report.get("gates"):
         failures.append("the report holds no gate and no --gates file was given")
+    tested, served = report.get("weights_sha256"), _served_digest(dep)
+    if served is not None and tested != served:  # ε alone matches every run of one recipe (same σ, q, steps)
+        failures.append(
+            "the report does not say which weights it measured (written before secure-ml recorded them): re-run the test"
+            if tested is None
+            else f"the report measured other weights (sha256 {str(tested)[:12]}…) than the artefact's ({served[:12]}…)"
+        )
     eps = (dep.ledger or {}).get("epsilon")
     if eps is not None and "privacy/epsilon" in measured and not math.isclose(measured["privacy/epsilon"], float(eps), rel_tol=1e-3):
         failures.append(

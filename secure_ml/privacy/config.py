@@ -1,5 +1,6 @@
 """DP-SGD settings with validation that names the flag."""
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
@@ -43,13 +44,14 @@ class DPConfig:
             raise ConfigError(
                 f"--model.dp.grad_sample_mode {self.grad_sample_mode} is an Opacus mode; use it with --model.dp.backend opacus (or auto)"
             )
-        if self.noise_multiplier < 0:
-            raise ConfigError(f"--model.dp.noise_multiplier must be >= 0; got {self.noise_multiplier}")
-        if self.max_grad_norm <= 0:
-            raise ConfigError(f"--model.dp.max_grad_norm must be > 0; got {self.max_grad_norm}")
+        # Written so that NaN fails too (a YAML `.nan` or `.inf` reaches here; the command line refuses them itself).
+        if not 0 <= self.noise_multiplier < math.inf:
+            raise ConfigError(f"--model.dp.noise_multiplier must be a finite number >= 0; got {self.noise_multiplier}")
+        if not 0 < self.max_grad_norm < math.inf:  # C = inf: unbounded sensitivity and noise of std inf (NaN weights)
+            raise ConfigError(f"--model.dp.max_grad_norm must be a finite number > 0; got {self.max_grad_norm}")
         if not 0.0 < self.delta < 1.0:
             raise ConfigError(f"--model.dp.delta must be in (0, 1); got {self.delta}")
-        if self.target_epsilon is not None and self.target_epsilon <= 0:
-            raise ConfigError(f"--model.dp.target_epsilon must be > 0; got {self.target_epsilon}")
+        if self.target_epsilon is not None and not 0 < self.target_epsilon < math.inf:
+            raise ConfigError(f"--model.dp.target_epsilon must be a finite number > 0; got {self.target_epsilon}")
         if self.enabled and self.target_epsilon is None and self.noise_multiplier == 0:
             raise ConfigError("--model.dp.noise_multiplier 0 gives no privacy (ε = ∞); set it > 0 or disable --model.dp.enabled")

@@ -8,7 +8,6 @@ and keeps the returned :class:`PrivateTraining`; steps are taken by
 from typing import Any, Dict, Optional, Union
 
 import torch
-from opacus.accountants.utils import get_noise_multiplier
 from opacus.data_loader import DPDataLoader
 from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler, UniformWithReplacementSampler
 from opacus.validators import ModuleValidator
@@ -16,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from secure_ml.errors import ConfigError
+from secure_ml.privacy.calibration import noise_for_epsilon
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.modes import MODES, DPSetup, StepMode, resolve_mode
 from secure_ml.privacy.private import NoiseSource, PrivateTraining, epsilon_from_state, with_selection_spent
@@ -92,15 +92,7 @@ def make_private(
         if total_steps <= 0:
             raise ConfigError("--model.dp.target_epsilon needs a finite training length: set --trainer.max_epochs or --trainer.max_steps")
         try:
-            sigma = float(
-                get_noise_multiplier(
-                    target_epsilon=cfg.target_epsilon,
-                    target_delta=cfg.delta,
-                    sample_rate=sample_rate,
-                    steps=total_steps,
-                    accountant=cfg.accountant,
-                )
-            )
+            sigma = noise_for_epsilon(cfg.target_epsilon, cfg.delta, sample_rate, total_steps, cfg.accountant)
         except ValueError as exc:
             raise ConfigError(
                 f"--model.dp.target_epsilon {cfg.target_epsilon} cannot be reached with δ = {cfg.delta:g}, q = {sample_rate:.4g} and {total_steps} steps ({exc})"

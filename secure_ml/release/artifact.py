@@ -107,13 +107,23 @@ def manifest_for(model: nn.Module, weights_sha256: str, policy: Optional[dict], 
     }
 
 
-def write_release(out_dir: Path, model: nn.Module, policy: Optional[dict], privacy: Mapping[str, Any]) -> Release:
-    """Write ``weights.safetensors`` then ``manifest.json`` (last: its presence marks a complete artifact) into ``out_dir``."""
+def weights_bytes(model: nn.Module) -> bytes:
+    """The net's parameters as the safetensors bytes of ``weights.safetensors`` (raw tensors; the same weights, the same bytes)."""
     from safetensors.torch import save
 
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 of :func:`weights_bytes`: the manifest's ``weights.sha256`` and a test report's ``weights_sha256``."""
+    return sha256_hex(weights_bytes(model))
+
+
+def write_release(out_dir: Path, model: nn.Module, policy: Optional[dict], privacy: Mapping[str, Any]) -> Release:
+    """Write ``weights.safetensors`` then ``manifest.json`` (last: its presence marks a complete artifact) into ``out_dir``."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ConfigError(f"--output: '{out_dir}' exists and is not an empty directory; choose a new one")
-    data = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    data = weights_bytes(model)
     manifest = check_manifest(manifest_for(model, sha256_hex(data), policy, privacy), "--output")
     text = json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n"
     try:

@@ -61,6 +61,13 @@ def _options(argv: List[str]):
         raise ConfigError(f"--n-jobs must be >= 1; got {a.n_jobs}")
     if a.repeats is not None and a.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1; got {a.repeats}")
+    if a.threads is not None and a.threads < 1:
+        raise ConfigError(f"--threads must be >= 1 (leave it out for cores / n-jobs); got {a.threads}")
+    beat = SweepOptions.beat_interval
+    if not 2 * beat <= a.stale_after < float("inf"):  # below the heartbeat's interval every live point looks dead: run twice
+        raise ConfigError(
+            f"--stale-after must be a finite number of seconds >= {2 * beat:g} (twice the {beat:g} s heartbeat); got {a.stale_after:g}"
+        )
     return SweepOptions(
         config=a.config,
         repeats=a.repeats,

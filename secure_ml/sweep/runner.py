@@ -19,9 +19,9 @@ import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from secure_ml.errors import SecureMLError
+from secure_ml.errors import ConfigError, SecureMLError
 from secure_ml.report.metric_names import describe
 from secure_ml.sweep.options import cli_args, config_args
 
@@ -146,6 +146,28 @@ def build_cli(args: List[str]):
     return cli_main(args, run=False, cli_class=_SweepCLI)
 
 
+def _same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def _check_no_overwrite(seen: Dict[str, Tuple[int, float]], run: int, metrics: Mapping[str, float]) -> None:
+    """ConfigError when test run ``run`` reports a metric an earlier test run of the point reported with another value.
+
+    A point keeps one value per metric name, so a ``test.grid`` axis that does not change the names (PGD steps, say, where
+    ``robustness.pgd_epsilon`` does) would keep only its last run's numbers. Equal values (the clean accuracy every test
+    run logs) are not a conflict.
+    """
+    for name, value in metrics.items():
+        if name in seen and not _same(seen[name][1], value):
+            earlier, before = seen[name]
+            raise ConfigError(
+                f"test runs {earlier} and {run} of the point both report {name} ({before:.6g} vs {value:.6g}): one row keeps one "
+                "value per metric, so a test.grid axis must change the metric names (as robustness.pgd_epsilon does); "
+                "make this option a grid axis instead"
+            )
+        seen.setdefault(name, (run, value))
+
+
 def run_train_point(
     bases: Sequence[Path],
     overrides: Mapping[str, Any],
@@ -169,6 +191,7 @@ def run_train_point(
             fit.trainer.fit(fit.model, datamodule=fit.datamodule)
             result.metrics.update(scalar_metrics(fit.trainer.callback_metrics))
             ckpt = _last_checkpoint(run_dir / "lightning_logs" / "fit")
+            from_tests: Dict[str, Tuple[int, float]] = {}  # metric → (test run, value)
             for i, extra in enumerate(test_runs):
                 version = f"test-{i}"
                 test = build_cli([*common, *cli_args({**extra, **_run_args(run_dir, version)})])
@@ -178,7 +201,9 @@ def run_train_point(
                 except GateFailure as exc:  # the metrics were written before the gates were checked
                     result.gate_failures.append(str(exc))
                 report = run_dir / "lightning_logs" / version / "metrics.json"
-                result.metrics.update(scalar_metrics(json.loads(report.read_text())["test"]))
+                metrics = scalar_metrics(json.loads(report.read_text())["test"])
+                _check_no_overwrite(from_tests, i, metrics)
+                result.metrics.update(metrics)
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # SystemExit from the parser included: the point fails, the sweep goes on

@@ -175,8 +175,13 @@ def expand_grid(grid: Any, path: Path, where: str = "grid") -> List[Point]:
             raise _fail(path, f"'{here}' must be a non-empty mapping of axes")
         axes = {name: _axis(path, here, str(name), values) for name, values in g.items()}
         for combo in itertools.product(*axes.values()):
-            overrides, test, assume, columns = {}, {}, {}, {}
+            overrides, test, assume, columns, combo_overrides = {}, {}, {}, {}, {}
             for name, (column, _, ov, tov, asm) in zip(axes, combo):
+                owner = next((prev for prev in columns if set(ov) & set(combo_overrides[prev])), None)
+                if owner is not None:  # the later axis would silently win: points labelled apart, trained alike
+                    twice = sorted(set(ov) & set(combo_overrides[owner]))[0]
+                    raise _fail(path, f"'{here}': axes '{owner}' and '{name}' both set '{twice}'; give each option one axis")
+                combo_overrides[name] = ov
                 overrides.update(ov)
                 test.update(tov)
                 assume.update(asm)

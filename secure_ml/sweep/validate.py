@@ -46,6 +46,7 @@ def validate(plan: Plan) -> OptionChecker:
     sweep = plan.sweep
     where = str(sweep.path)
     check_report(plan)
+    _check_set_is_no_axis(plan)
     checker = checker_for(sweep.bases)
     items = [("set", sweep.set), ("--set", plan.options.set)]  # then every point with them
     if sweep.kind == "policy":
@@ -65,3 +66,16 @@ def validate(plan: Plan) -> OptionChecker:
             items += [("search.space", {name: v}) for v in values]
     check_all(checker, where, items)
     return checker
+
+
+def _check_set_is_no_axis(plan: Plan) -> None:
+    """``--set`` wins over every point's own overrides: on an axis it would give every point one value under many labels."""
+    sweep = plan.sweep
+    axes = {k for p in sweep.points for k in p.overrides} | {k for combo in sweep.test_grid for k in combo}
+    axes |= set(sweep.search.space) if sweep.is_search else set()
+    clash = sorted(k for k in plan.options.set if k in axes)
+    if clash:
+        raise ConfigError(
+            f"--set {clash[0]} sets an option the sweep varies ({sweep.path}); every point would run with the --set value "
+            "under its own label: drop the --set, or change the sweep file"
+        )
