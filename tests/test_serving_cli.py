@@ -224,3 +224,13 @@ def test_serve_subprocess_end_to_end(tmp_path):
         proc.terminate()
         proc.wait(timeout=20)
     assert len((tmp_path / "audit.jsonl").read_text().splitlines()) >= 2
+
+
+def test_flags_override_an_empty_section(monkeypatch, tmp_path):
+    """`server:` left empty keeps its defaults, and --port/--host still win (the override was dropped: port 8000)."""
+    monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
+    path = tmp_path / "serve.yaml"
+    path.write_text("server:\naudit:\n  path: " + str(tmp_path / "audit.jsonl") + "\n")
+    server = load_serve_config(str(path), {"server.port": 8799, "server.host": "0.0.0.0"}).server
+    assert (server.port, server.host) == (8799, "0.0.0.0")
+    assert load_serve_config(str(path)).server.port == 8000  # control: without the flag, the default

@@ -154,11 +154,29 @@ def test_simulator_checks_its_own_inputs_before_the_first_query(tmp_path):
     """A mistyped --ckpt_path used to surface after the whole attack (its queries spent, its report lost)."""
     with running(base_config(tmp_path)) as srv:
         base = dict(url=srv.url, api_key=KEY_A, admin_key=ADMIN, queries=50, seeds=5, epochs=1, benign_queries=0, qps=0)
-        for bad, message in (({"ckpt_path": str(tmp_path / "nope.ckpt")}, "does not exist"), ({"torch_threads": -1}, "--torch-threads")):
+        for bad, message in (
+            ({"ckpt_path": str(tmp_path / "nope.ckpt")}, "does not exist"),
+            ({"torch_threads": -1}, "--torch-threads"),
+            ({"lam": float("nan")}, "--lam must be a finite number"),  # was httpx's traceback on a NaN image
+            ({"time_limit": -1.0}, "--time-limit must be"),  # was an empty run reported as "detected: no"
+        ):
             with pytest.raises(ConfigError, match=message):
                 run_simulation(SimulatorConfig(**base, data_dir=str(REAL_DATA), **bad))
         metrics = httpx.get(srv.url + "/metrics", headers={"X-API-Key": ADMIN}).text
     assert 'endpoint="/predict"' not in metrics  # not one query was sent
+
+
+def test_a_refused_key_is_an_error_not_an_undetected_attack(tmp_path):
+    """A wrong --api-key got 401s, which read as unlabeled answers: "detected: no", exit 0. A wrong --admin-key hid the
+    /metrics page, so under flag/throttle a detected attack read as undetected. Both are one line now."""
+    with running(base_config(tmp_path)) as srv:
+        base = dict(url=srv.url, queries=20, seeds=5, epochs=1, benign_queries=0, qps=0, data_dir=str(REAL_DATA), time_limit=60)
+        with pytest.raises(ConfigError, match=r"^--api-key: the service refused the key on /predict \(HTTP 401"):
+            run_simulation(SimulatorConfig(**base, api_key="wrong-key-0123456789abcdef", admin_key=ADMIN))
+        with pytest.raises(ConfigError, match=r"^--admin-key: the service refused the key on /metrics"):
+            run_simulation(SimulatorConfig(**base, api_key=KEY_A, admin_key=KEY_B))  # a client key, not an admin key
+        report = run_simulation(SimulatorConfig(**base, api_key=KEY_A, admin_key=ADMIN))  # control: the right keys run
+    assert report["queries_sent"] >= 5
 
 
 # ---- the attack itself (secure_ml.attacks.extraction), in process ----------------------------------------

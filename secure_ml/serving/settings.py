@@ -292,7 +292,9 @@ def load_serve_config(path: Optional[str] = None, overrides: Optional[Dict[str, 
         node = data
         *parents, leaf = dotted.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty section (`server:`), which keeps its defaults
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 break  # a section that is not a mapping: validation names it
         else:

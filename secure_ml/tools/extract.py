@@ -68,8 +68,9 @@ def check_loopback(url: str) -> None:
 class HttpOracle:
     """One API key's paced, bounded HTTP session; ``__call__`` is an :data:`~secure_ml.attacks.extraction.Oracle`."""
 
-    def __init__(self, url: str, key: str, qps: float, deadline: float):
+    def __init__(self, url: str, key: str, qps: float, deadline: float, flag: str = "--api-key"):
         self.http = httpx.Client(base_url=url, timeout=10.0, headers={"X-API-Key": key})
+        self.flag = flag  # named when the service refuses the key
         self.interval = 1.0 / qps if qps > 0 else 0.0
         self.deadline = deadline
         self.next_at = time.monotonic()
@@ -89,6 +90,7 @@ class HttpOracle:
                 self.retries += 1
                 time.sleep(min(float(r.headers.get("Retry-After", "1")), max(0.0, self.deadline - time.monotonic())))
                 continue
+            _check_answer(r, self.flag, "/predict")
             self.sent += 1
             return Answer(
                 label=r.json().get("label") if r.status_code == 200 else None, refused=r.status_code == 403, invalid=r.status_code == 422
@@ -97,6 +99,25 @@ class HttpOracle:
 
     def close(self) -> None:
         self.http.close()
+
+
+ANSWERS = (200, 403, 422)  # a label, a refusal by the input policy or the extraction detector, an invalid image
+
+
+def _check_answer(r: httpx.Response, flag: str, path: str) -> None:
+    """ConfigError for an answer that is neither a label nor a refusal of the query: a refused key (401) or a failing service
+    must not read as an attack that went undetected."""
+    if r.status_code in ANSWERS:
+        return
+    try:
+        body = r.json()
+        code = (body.get("reason") or body.get("error")) if isinstance(body, dict) else None
+    except ValueError:
+        code = None
+    reason = f"HTTP {r.status_code}" + (f" {code}" if isinstance(code, str) else "")
+    if r.status_code == 401:
+        raise ConfigError(f"{flag}: the service refused the key on {path} ({reason})")
+    raise ConfigError(f"the service answered {path} with {reason}; the run would not measure the detector")
 
 
 def parse_metrics(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
@@ -112,7 +133,9 @@ def _metrics(url: str, admin_key: Optional[str]) -> Dict:
     if admin_key is None:
         return {}
     r = httpx.get(url + "/metrics", headers={"X-API-Key": admin_key}, timeout=10.0)
-    return parse_metrics(r.text) if r.status_code == 200 else {}
+    if r.status_code != 200:  # no page is not "no alert"
+        _check_answer(r if r.status_code != 403 else httpx.Response(401, json={"error": "not an admin key"}), "--admin-key", "/metrics")
+    return parse_metrics(r.text)
 
 
 def _metric(metrics: Dict, name: str, key: str) -> Optional[float]:
@@ -120,7 +143,7 @@ def _metric(metrics: Dict, name: str, key: str) -> Optional[float]:
 
 
 def run_benign(cfg: SimulatorConfig, digits: torch.Tensor, deadline: float) -> Dict:
-    oracle = HttpOracle(cfg.url, cfg.benign_api_key, cfg.qps, deadline)
+    oracle = HttpOracle(cfg.url, cfg.benign_api_key, cfg.qps, deadline, "--benign-api-key")
     labels: List[int] = []
     answered: List[int] = []
     refused = invalid = 0
@@ -149,6 +172,11 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
     check_loopback(cfg.url)
     if cfg.queries < 1 or cfg.seeds < 1 or cfg.benign_queries < 0 or cfg.epochs < 1:
         raise ConfigError("--queries, --seeds and --epochs must be >= 1 and --benign-queries >= 0")
+    for flag, value in (("--lam", cfg.lam), ("--noise-std", cfg.noise_std), ("--qps", cfg.qps)):
+        if not 0 <= value < float("inf"):  # NaN fails too: a NaN image is not JSON
+            raise ConfigError(f"{flag} must be a finite number >= 0; got {value}")
+    if not 0 < cfg.time_limit < float("inf"):
+        raise ConfigError(f"--time-limit must be a number of seconds > 0; got {cfg.time_limit}")
     if cfg.torch_threads is not None and cfg.torch_threads < 1:
         raise ConfigError(f"--torch-threads must be >= 1; got {cfg.torch_threads}")
     if cfg.torch_threads:
@@ -277,6 +305,8 @@ def extract_main(argv: List[str]) -> int:
     args = _parser().parse_args(argv)
     if args.json and not Path(args.json).parent.is_dir():
         raise ConfigError(f"--json: the folder of '{args.json}' does not exist")
+    if args.json and Path(args.json).is_dir():  # checked before the first query: the report must not be lost after the attack
+        raise ConfigError(f"--json: '{args.json}' is a directory; name a file")
     sim = SimulatorConfig(**{k: v for k, v in vars(args).items() if k != "json"})
     try:
         report = run_simulation(sim)
