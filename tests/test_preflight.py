@@ -115,12 +115,17 @@ def _tls(d):
         (lambda d: d.metrics["test"].update({"mia/auc": 0.7}), {"security-gates"}),
         (lambda d: d.metrics["test"].update({"privacy/epsilon": 2.5}), {"security-gates"}),
         (lambda d: d.metrics["gates"].append({"gate": "adv/pgd_acc@0.1 >= 0.5", "passed": False}), {"security-gates"}),
+        # logrotate's glob: `*` stops at `/`, so a stanza one folder up does not rotate logs/serve-audit.jsonl (it passed)
+        (lambda d: d.logrotate.write_text(f"{d.tmp}/*.jsonl {{\n daily\n}}\n"), {"request-log-rotated"}),
+        # a "forever" block under memory:// is lifted by any restart, a rolling key rotation included
+        (lambda d: d.serve.update(extraction={"block_seconds": 0.0}), {"extraction-detector"}),
         # another run of the same recipe has the same ε: only the weights' digest tells its report apart (it passed before)
         (lambda d: d.metrics.update(weights_sha256="0" * 64), {"security-gates"}),
         (lambda d: d.metrics.pop("weights_sha256"), {"security-gates"}),
     ],
     ids=["plain-http", "keys-in-file", "short-min-length", "no-rate-limit", "no-detector", "log-unwritable", "not-rotated", "policy-uncalibrated",
          "full-probabilities", "docs-on", "over-budget", "gate-fails", "report-of-another-model", "recorded-gate-failed",
+         "rotated-one-folder-up", "forever-block-in-memory",
          "report-of-other-weights-same-epsilon", "report-without-weights"],
 )  # fmt: skip
 def test_each_broken_item_is_caught_and_only_it(dep, breakage, expected, capsys):

@@ -113,6 +113,9 @@ def test_nan_weights_refused(tmp_path):
         ("rate_limit:\n  burst: '10'\n", "rate_limit.burst: input should be a valid integer"),
         ("server: [1, 2]\n", "server: expected a mapping"),
         ("guards: true\n  bad: [\n", "not valid YAML"),
+        # keys no client can present (HTTP servers strip blanks and read header bytes as latin-1): every request was 401
+        ("auth:\n  api_keys: ['clé-secrète-0123456789']\n", "characters other than printable ASCII"),
+        ("auth:\n  api_keys: [' padded-key-0123456789 ']\n", "surrounding blanks"),
     ],
 )
 def test_bad_config_one_line_error(tmp_path, capsys, monkeypatch, yaml_text, message):
@@ -127,8 +130,8 @@ def test_bad_flags_one_line_error(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
     for argv, message in (
         [["serve"], "--ckpt_path"],
-        [["serve", "--ckpt_path", "x", "--port", "abc"], "invalid int"],
-        [["serve", "--ckpt_path", str(trained_checkpoint()), "--port", "70000"], "server.port"],
+        [["serve", "--ckpt_path", "x", "--port", "abc"], "--port: not a port number"],
+        [["serve", "--ckpt_path", str(trained_checkpoint()), "--port", "70000"], "--port: must be in 0..65535, got 70000"],
         [["serve", "--ckpt_path", "x", "--config", str(tmp_path / "nope.yaml")], "--config"],
     ):
         code, err = run_cli(argv, capsys)

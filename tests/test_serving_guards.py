@@ -158,10 +158,12 @@ BAD = {
         json.dumps(_with(0.0)).replace("0.0", "-Infinity", 1).encode(),
         json.dumps(_with(0.0)).replace("0.0", "1e999", 1).encode(),
     ],
-    "range": [_with(1.5), _with(-0.1), _with(10**400), _with(1e300)],
+    # (a 5,000-digit integer: Python's int parser refuses it, which read as "not valid UTF-8 JSON")
+    "range": [_with(1.5), _with(-0.1), _with(10**400), _with(1e300), json.dumps(_with(0.0)).replace("0.0", "9" * 5000, 1).encode()],
     "variance": [CHECKER],
     "json": [b"{", b"not json", b"\xff\xfe\x00", b"[" * 5000 + b"]" * 5000],
-    "schema": [b"[]", b"3", {"img": _img()}, {"image": _img(), "extra": 1}],
+    # (a repeated "image": json.loads kept the last one, answered 200)
+    "schema": [b"[]", b"3", {"img": _img()}, {"image": _img(), "extra": 1}, b'{"image": 1, ' + json.dumps(_with(0.0))[1:].encode()],
 }
 
 

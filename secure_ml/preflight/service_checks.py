@@ -150,6 +150,13 @@ def _patterns(text: str) -> List[str]:
     return [p.strip("\"'") for head in heads for p in head.split() if p.startswith(("/", "~", '"', "'"))]
 
 
+def _glob_covers(pattern: str, path: str) -> bool:
+    """Does logrotate's glob(3) ``pattern`` name ``path``? Component by component: ``*`` never crosses a ``/`` (fnmatch's does,
+    which passed a stanza for ``/var/log/*.jsonl`` as covering ``/var/log/app/audit.jsonl``)."""
+    parts, names = pattern.split("/"), path.split("/")
+    return len(parts) == len(names) and all(fnmatch.fnmatchcase(n, p) for n, p in zip(names, parts))
+
+
 def rotated_check(dep: Deployment, logrotate: Optional[Path]) -> Check:
     paths = log_paths(dep)
     places = [logrotate] if logrotate is not None else list(LOGROTATE_DEFAULTS)
@@ -157,7 +164,7 @@ def rotated_check(dep: Deployment, logrotate: Optional[Path]) -> Check:
     uncovered = []
     for path in paths:
         covering = [
-            f for f in files if any(fnmatch.fnmatch(str(path), os.path.expanduser(pat)) for pat in _patterns(f.read_text(errors="replace")))
+            f for f in files if any(_glob_covers(os.path.expanduser(pat), str(path)) for pat in _patterns(f.read_text(errors="replace")))
         ]
         if not covering:
             uncovered.append(str(path))
@@ -184,7 +191,16 @@ def extraction_check(dep: Deployment) -> Check:
     ex = dep.config.extraction
     if not dep.config.guard_on("extraction"):
         return fail("extraction-detector", "the model-extraction detector is off", "set extraction.enabled: true")
-    return ok("extraction-detector", f"PRADA per key (W < {ex.delta:g} after {ex.min_distances} distances), action {ex.action}")
+    local = not dep.config.rate_limit.storage.startswith(("redis", "rediss", "unix"))
+    if local and ex.action == "block" and ex.block_seconds == 0:  # "forever" cannot outlive the process that holds it
+        return fail(
+            "extraction-detector",
+            "extraction.block_seconds: 0 blocks 'forever', but under rate_limit.storage memory:// the block list lives in the "
+            "process: a restart (a rolling key rotation, a crash) lifts every block and starts PRADA afresh",
+            "set rate_limit.storage: redis://... (blocks shared and kept), or a finite extraction.block_seconds",
+        )
+    kept = " (blocks and PRADA state live in this process: a restart lifts them)" if local and ex.action == "block" else ""
+    return ok("extraction-detector", f"PRADA per key (W < {ex.delta:g} after {ex.min_distances} distances), action {ex.action}{kept}")
 
 
 def output_check(dep: Deployment) -> Check:

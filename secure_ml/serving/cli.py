@@ -1,5 +1,6 @@
 """``secure-ml serve``: argv in, exit status out, every user error one line (``secure_ml.cli.main`` prints it, exit 2)."""
 
+import argparse
 import logging
 import sys
 from typing import List
@@ -17,9 +18,20 @@ def _parser() -> OneLineParser:
     )
     p.add_argument("--config", default=None, help="serve.yaml (defaults apply to anything it leaves out)")
     p.add_argument("--host", default=None, help="listen address (default server.host, 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="listen port (default server.port; 0 = any free port)")
+    p.add_argument("--port", type=_port, default=None, help="listen port (default server.port; 0 = any free port)")
     p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     return p
+
+
+def _port(text: str) -> int:
+    """``--port``'s value, refused by argparse (one line naming the flag) outside 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 0..65535, got {port}")
+    return port
 
 
 def serve_main(argv: List[str]) -> int:

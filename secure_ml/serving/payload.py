@@ -70,10 +70,26 @@ def _rows(image: Any) -> List[List[float]]:
     return rows
 
 
+def _int(text: str) -> int:
+    """An integer literal, its length checked first: one too long for Python's int parser is out of range, not bad JSON."""
+    if len(text.lstrip("-")) > 400:  # > 1e400: no float holds it (and Python refuses int strings over 4,300 digits)
+        raise PayloadError("range", f"an integer of {len(text.lstrip('-'))} digits is too large for a float")
+    return int(text)
+
+
+def _unique_keys(pairs) -> dict:
+    """A JSON object, refused when a key repeats (json.loads would keep the last "image" of two)."""
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise PayloadError("schema", f"the key {twice[:40]!r} appears twice in one object")
+    return dict(pairs)
+
+
 def parse_image(body: bytes) -> torch.Tensor:
     """``body`` (raw bytes) → float64 tensor ``(1, 28, 28)`` (float64 so 1e300 fails ``range``, not ``non_finite``)."""
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
+        data = json.loads(body, parse_constant=_reject_constant, parse_int=_int, object_pairs_hook=_unique_keys)
     except PayloadError:
         raise
     except RecursionError:

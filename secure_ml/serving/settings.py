@@ -229,7 +229,17 @@ class ServeConfig:
             )
         if any(len(k) < self.auth.min_key_length for k in api_keys + admin_keys):
             raise ConfigError(f"serve.yaml: auth: an API key is shorter than auth.min_key_length={self.auth.min_key_length}")
+        if any(not _sendable(k) for k in api_keys + admin_keys):  # accepted here, it could never match a request
+            raise ConfigError(
+                "serve.yaml: auth: an API key holds characters other than printable ASCII, or surrounding blanks: "
+                "HTTP servers strip the blanks and read non-ASCII header bytes as latin-1, so no client could present it"
+            )
         return self
+
+
+def _sendable(key: str) -> bool:
+    """A key a client can send in an X-API-Key header as written: printable ASCII without surrounding blanks."""
+    return key == key.strip() and all(" " <= c <= "~" for c in key)
 
 
 # ---- loading ---------------------------------------------------------------------------------
