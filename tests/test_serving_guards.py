@@ -51,6 +51,25 @@ def test_metrics_needs_admin_key(srv):
     assert r.status_code == 200 and "secure_ml_requests_total" in r.text
 
 
+def test_every_metric_the_docs_name_is_served_under_that_name(srv):
+    """docs/deployment.md's alert table once named counters without `_total`: rules written from it select no series."""
+    import re
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    post(srv)  # a prediction and a refused key, so the labelled counters have samples
+    httpx.get(srv.url + "/metrics")
+    text = httpx.get(srv.url + "/metrics", headers={"X-API-Key": ADMIN}).text
+    served = set()
+    for family in text_string_to_metric_families(text):
+        served.add(family.name + "_total" if family.type == "counter" else family.name)
+        served |= {sample.name for sample in family.samples}
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
+    named = set(re.findall(r"`(secure_ml_[a-z_]+)", docs))
+    assert len(named) >= 8 and named <= served, sorted(named - served)
+
+
 def test_valid_key_predicts(srv):
     r = post(srv)
     assert r.status_code == 200 and set(r.json()) == {"label", "probabilities"}
