@@ -133,6 +133,12 @@ def test_privacy_budget_stops_before_epsilon_passes_it(tiny_mnist, tmp_path):
     assert over.get_epsilon(1e-5) > 4.0  # one more step would have passed the budget
     with pytest.raises(ConfigError, match="DP run"):
         _trainer(tmp_path, [PrivacyBudget(1.0)]).fit(SecureClassifier(), _dm(tiny_mnist))
+    # a fresh run whose first step alone passes the budget: said so (it read "already spent (ε before training: None)")
+    with pytest.raises(ConfigError, match=r"max_epsilon 0.1 is below the ε of one more step \(\d"):
+        _trainer(tmp_path, [PrivacyBudget(0.1)]).fit(SecureClassifier(dp=DPConfig(enabled=True, noise_seed=0)), _dm(tiny_mnist, dp=True))
+    # the resumed model has spent ~4: a budget below it is "already spent"
+    with pytest.raises(ConfigError, match=r"max_epsilon 2.0 is already spent \(ε before training: [34]"):
+        _trainer(tmp_path, [PrivacyBudget(2.0)], epochs=21).fit(model, _dm(tiny_mnist, dp=True))
 
 
 @pytest.mark.slow

@@ -214,16 +214,26 @@ def test_bad_arguments_are_one_line(dep, capsys):
     assert err.startswith("secure-ml: error: secure-ml preflight:") and "--serve-config" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("flag", ["--max-epsilon", "--max-delta", "--max-false-positive-rate"])
-def test_a_nan_budget_is_refused_not_passed(dep, flag, capsys):
+@pytest.mark.parametrize(
+    "flag, value, words",
+    [
+        ("--max-epsilon", "nan", "must be a finite number > 0"),
+        ("--max-delta", "nan", "must be in (0, 1)"),
+        ("--max-false-positive-rate", "nan", "must be in (0, 1)"),
+        # a rate, not a percentage: 5 (meaning 5 %) passed any policy ("limit 500.00%"); a δ of 2 guarantees nothing
+        ("--max-false-positive-rate", "5", "must be in (0, 1); got 5.0"),
+        ("--max-delta", "2", "must be in (0, 1); got 2.0"),
+    ],
+)
+def test_a_budget_out_of_range_is_refused_not_passed(dep, flag, value, words, capsys):
     """NaN compares false: "ε > nan" was never true, so the privacy-budget item passed any model (from a review)."""
     from secure_ml.cli import main
 
-    dep.extra.extend([flag, "nan"])
+    dep.extra.extend([flag, value])
     with pytest.raises(SystemExit) as exc:
         main(["preflight", *dep.argv()])
     err = capsys.readouterr().err.strip()
-    assert exc.value.code == 2 and f"{flag} must be a finite number > 0" in err and len(err.splitlines()) == 1
+    assert exc.value.code == 2 and f"{flag} {words}" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize(

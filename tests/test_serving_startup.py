@@ -64,3 +64,12 @@ def _documented_order() -> list:
 
 def test_documented_guard_order_matches_the_code():
     assert _documented_order() == list(GUARD_ORDER)
+
+
+def test_the_functional_data_modules_import_no_training_stack():
+    """`secure_ml.data`'s package init imported the DataModule, so `import secure_ml.data.poisoning` loaded Lightning."""
+    modules = ["secure_ml.data.poisoning", "secure_ml.data.mnist", "secure_ml.data.sanitization", "secure_ml.data.canaries"]
+    lightning = ("lightning", "pytorch_lightning", "lightning_fabric", "torchmetrics")  # (mnist.py reads MNIST with torchvision)
+    code = f"import sys; import {', '.join(modules)}; print(sorted(m for m in sys.modules if m.split('.')[0] in {lightning!r}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-500:]

@@ -32,6 +32,13 @@ def max_steps_within(accountant, noise_multiplier: float, sample_rate: float, bu
     return lo
 
 
+def _epsilon_of_one_more(private, delta: float) -> float:
+    """ε after one more step of ``private``'s σ and q on top of its accountant's history."""
+    acc = copy.deepcopy(private.accountant)
+    acc.history = list(acc.history) + [(private.noise_multiplier, private.sample_rate, 1)]
+    return float(acc.get_epsilon(delta=delta))
+
+
 class PrivacyBudget(Callback):
     """Ends training at the last step whose ε (the accountant's, at the model's δ) is still within ``max_epsilon``.
 
@@ -60,8 +67,16 @@ class PrivacyBudget(Callback):
             private.accountant, private.noise_multiplier, private.sample_rate, self.max_epsilon, pl_module.dp.delta, limit
         )
         if left == 0:
+            spent = private.epsilon(pl_module.dp.delta) if private.steps else None
+            if spent is not None and spent > self.max_epsilon:
+                raise ConfigError(
+                    f"PrivacyBudget max_epsilon {self.max_epsilon} is already spent (ε before training: {spent:.4g}); raise it or start a fresh run"
+                )
+            step = _epsilon_of_one_more(private, pl_module.dp.delta)
             raise ConfigError(
-                f"PrivacyBudget max_epsilon {self.max_epsilon} is already spent (ε before training: {private.epsilon(pl_module.dp.delta)}); raise it or start a fresh run"
+                f"PrivacyBudget max_epsilon {self.max_epsilon} is below the ε of one more step ({step:.4g} at σ = "
+                f"{private.noise_multiplier:.4g}, q = {private.sample_rate:.4g}): raise it, or raise --model.dp.noise_multiplier "
+                "or the batch count per epoch"
             )
         self._stop_at = private.steps + left
         private.step_limit = self._stop_at if private.step_limit is None else min(private.step_limit, self._stop_at)

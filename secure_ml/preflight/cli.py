@@ -39,13 +39,14 @@ def _limit(gates, metric: str) -> Optional[float]:
 
 def run_checks(argv: List[str]) -> List[sc.Check]:
     args = _parser().parse_args(argv)
-    for flag, value in (
-        ("--max-epsilon", args.max_epsilon),
-        ("--max-delta", args.max_delta),
-        ("--max-false-positive-rate", args.max_false_positive_rate),
+    for flag, value, high in (
+        ("--max-epsilon", args.max_epsilon, math.inf),
+        ("--max-delta", args.max_delta, 1.0),  # a δ of 1 guarantees nothing
+        ("--max-false-positive-rate", args.max_false_positive_rate, 1.0),  # a rate, not a percentage: 5 passed any policy
     ):
-        if value is not None and not 0 < value < math.inf:  # NaN compares false: "ε > nan" would pass any model
-            raise ConfigError(f"secure-ml preflight: {flag} must be a finite number > 0; got {value}")
+        if value is not None and not 0 < value < high:  # NaN compares false: "ε > nan" would pass any model
+            bound = "a finite number > 0" if high == math.inf else f"in (0, {high:g})"
+            raise ConfigError(f"secure-ml preflight: {flag} must be {bound}; got {value}")
     default_gates = Path("configs/gates.yaml")
     gates_path = Path(args.gates) if args.gates else (default_gates if default_gates.is_file() else None)
     gates = gates_from(gates_path)
