@@ -10,6 +10,7 @@ list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false
 import logging
 import re
 import sys
+import types
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Set
@@ -31,6 +32,7 @@ from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.checkpoint_io import check_checkpoint_file
 from secure_ml.ckpt_hparams import reconcile, typed_model_flags
+from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, first_line
 from secure_ml.module import SecureClassifier
@@ -77,18 +79,6 @@ SCORECARD_CALLBACKS = {
 }
 
 
-def _our_error(exc: BaseException):
-    """The SecureMLError in ``exc``'s chain of causes (jsonargparse wraps it in "Does not validate against any of the Union
-    subtypes"), or None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, SecureMLError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
 class SecureMLCLI(LightningCLI):
     """LightningCLI with the DP wiring made impossible to bypass.
 
@@ -106,6 +96,12 @@ class SecureMLCLI(LightningCLI):
         per_subcommand = set(kwargs.get("parser_kwargs") or {}) & set(LightningCLI.subcommands())  # LightningCLI splits these off
         self._named_subcommand = None if per_subcommand else named_subcommand(kwargs.get("args"), kwargs.get("run", True))
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs):
+        """Lightning's parser (the main one and each subcommand's), with errors in one line (:func:`secure_ml.cli_errors.one_line_error`)."""
+        parser = super().init_parser(**kwargs)
+        parser.error = types.MethodType(one_line_error, parser)
+        return parser
 
     def subcommands(self) -> Dict[str, Set[str]]:
         """Lightning's subcommands, or only the one the command line names first (``secure-ml fit ...``).
@@ -137,7 +133,7 @@ class SecureMLCLI(LightningCLI):
         except SecureMLError:
             raise
         except (ValueError, MisconfigurationException) as exc:
-            ours = _our_error(exc)  # a class of ours refused inside jsonargparse's Union adaptation ("--model.net" is one)
+            ours = our_error(exc)  # a class of ours refused inside jsonargparse's Union adaptation ("--model.net" is one)
             if ours is not None:
                 raise ours from None
             first = first_line(exc)

@@ -214,7 +214,10 @@ BAD_INPUT = {
     "negative-eps": (["--model.adversarial.epsilon", "-0.1"], "--model.adversarial.epsilon"),
     "train-size": (["--data.train_size", "100000"], "--data.train_size"),
     "sanitizer": (["--data.sanitizer.method", "magic"], "data.sanitizer.method"),
-    "top-level-optimizer": (["--optimizer", "torch.optim.Adam"], "--optimizer"),
+    "top-level-optimizer": (["--optimizer", "torch.optim.Adam"], "a top-level optimizer would bypass DP; set --model.optimizer"),
+    # parse errors: jsonargparse printed ~170 lines of usage before its own "error:" lines
+    "wrong-type": (["--trainer.max_epochs", "abc"], "Parser key \"trainer.max_epochs\"; Expected a <class 'int'>; Given value: abc"),
+    "unknown-flag": (["--nonsense", "3"], "unrecognized arguments: --nonsense 3"),
     "poisson-off": (["--data.poisson_sampling", "false"], "model.dp.enabled"),
     "batchnorm": (
         ["--model.net", "torch.nn.BatchNorm2d", "--model.net.num_features", "1", "--sponge.enabled", "false"],
@@ -282,6 +285,13 @@ def test_bad_input_is_one_clear_error(bad_input_runs, case):
     # (the needle must come from the error: an echo of the command line, as Lightning's args warning was, would not count)
     assert needle in run["stderr"]
     assert "Traceback" not in run["stderr"] and "Logging error" not in run["stderr"]
+
+
+@pytest.mark.parametrize("case", ["wrong-type", "unknown-flag", "top-level-optimizer"])
+@pytest.mark.slow
+def test_parse_errors_are_one_line(bad_input_runs, case):
+    lines = bad_input_runs[case]["stderr"].strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("secure-ml: error: "), lines[:5]
 
 
 BAD_CHECKPOINTS = {
