@@ -158,12 +158,17 @@ class SecureMLCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir`` also moves the default logger's folder (its ``save_dir`` "." would keep the run,
-        checkpoints included, in the working directory while the flag reads as obeyed). An explicit save_dir wins."""
+        checkpoints included, in the working directory while the flag reads as obeyed). An explicit save_dir wins; the
+        save_dir a fit wrote into its config.yaml counts as explicit only until ``--trainer.default_root_dir`` is typed."""
         config = self.config.get(self.subcommand) if self.subcommand else self.config  # run=False: no subcommand level
         trainer = config.get("trainer") if config is not None else None
         root, logger = (trainer.get("default_root_dir"), trainer.get("logger")) if trainer is not None else (None, None)
         init = getattr(logger, "init_args", None)
-        if root and init is not None and logger.class_path == TRAINER_DEFAULTS["logger"]["class_path"] and init.save_dir == ".":
+        if not root or init is None or logger.class_path != TRAINER_DEFAULTS["logger"]["class_path"]:
+            return
+        typed = [a.split("=", 1)[0] for a in getattr(self, "_argv", []) if a.startswith("--trainer.")]
+        moved = "--trainer.default_root_dir" in typed and not any(a.startswith("--trainer.logger") for a in typed)
+        if init.save_dir == "." or moved:  # `--config $RUN/config.yaml --trainer.default_root_dir OTHER` goes to OTHER
             init.save_dir = root
 
     def add_arguments_to_parser(self, parser) -> None:

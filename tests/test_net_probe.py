@@ -94,3 +94,22 @@ def test_default_root_dir_moves_the_default_logger(tmp_path):
         ["--config", CAPSTONE, "--trainer.default_root_dir", str(tmp_path), "--trainer.logger.init_args.save_dir", str(explicit)], run=False
     )
     assert cli.trainer.logger.save_dir == str(explicit)
+
+
+def test_default_root_dir_moves_a_rerun_of_a_saved_config(tmp_path):
+    """A fit's config.yaml holds the save_dir it resolved; `--config $RUN/config.yaml --trainer.default_root_dir OTHER`
+    wrote into the first run's folder anyway (from a docs review)."""
+    import yaml
+
+    from secure_ml.train_cli import TRAINER_DEFAULTS
+
+    first = tmp_path / "first"
+    fit = cli_main(["--config", CAPSTONE, "--trainer.default_root_dir", str(first)], run=False)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump({"trainer": {"default_root_dir": str(first), "logger": {
+        "class_path": TRAINER_DEFAULTS["logger"]["class_path"], "init_args": {"save_dir": fit.trainer.logger.save_dir}}}}))  # fmt: skip
+    rerun = cli_main(["--config", CAPSTONE, "--config", str(saved)], run=False)
+    assert rerun.trainer.logger.save_dir == str(first)  # control: the saved folder, as before
+    other = tmp_path / "other"
+    rerun = cli_main(["--config", CAPSTONE, "--config", str(saved), "--trainer.default_root_dir", str(other)], run=False)
+    assert rerun.trainer.logger.save_dir == str(other) and rerun.trainer.log_dir.startswith(str(other))
