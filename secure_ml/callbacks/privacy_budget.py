@@ -9,13 +9,18 @@ from lightning.pytorch.utilities import rank_zero_info
 from secure_ml.errors import ConfigError
 
 
+def epsilon_after(accountant, noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
+    """ε after ``steps`` more steps of σ and q on top of ``accountant``'s history (0 for an empty history)."""
+    acc = copy.deepcopy(accountant)
+    acc.history = list(acc.history) + ([(noise_multiplier, sample_rate, steps)] if steps else [])
+    return float(acc.get_epsilon(delta=delta)) if acc.history else 0.0
+
+
 def max_steps_within(accountant, noise_multiplier: float, sample_rate: float, budget: float, delta: float, limit: int) -> int:
     """Largest number of *further* steps (≤ ``limit``; ``limit`` ≤ 0 means unbounded) after which ε stays ≤ ``budget`` (binary search; ε grows with steps)."""
 
     def eps_after(k: int) -> float:
-        acc = copy.deepcopy(accountant)
-        acc.history = list(acc.history) + ([(noise_multiplier, sample_rate, k)] if k else [])
-        return acc.get_epsilon(delta=delta) if acc.history else 0.0
+        return epsilon_after(accountant, noise_multiplier, sample_rate, k, delta)
 
     if eps_after(0) > budget:
         return 0
@@ -30,13 +35,6 @@ def max_steps_within(accountant, noise_multiplier: float, sample_rate: float, bu
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if eps_after(mid) <= budget else (lo, mid)
     return lo
-
-
-def _epsilon_of_one_more(private, delta: float) -> float:
-    """ε after one more step of ``private``'s σ and q on top of its accountant's history."""
-    acc = copy.deepcopy(private.accountant)
-    acc.history = list(acc.history) + [(private.noise_multiplier, private.sample_rate, 1)]
-    return float(acc.get_epsilon(delta=delta))
 
 
 class PrivacyBudget(Callback):
@@ -72,7 +70,7 @@ class PrivacyBudget(Callback):
                 raise ConfigError(
                     f"PrivacyBudget max_epsilon {self.max_epsilon} is already spent (ε before training: {spent:.4g}); raise it or start a fresh run"
                 )
-            step = _epsilon_of_one_more(private, pl_module.dp.delta)
+            step = epsilon_after(private.accountant, private.noise_multiplier, private.sample_rate, 1, pl_module.dp.delta)
             raise ConfigError(
                 f"PrivacyBudget max_epsilon {self.max_epsilon} is below the ε of one more step ({step:.4g} at σ = "
                 f"{private.noise_multiplier:.4g}, q = {private.sample_rate:.4g}): raise it, or raise --model.dp.noise_multiplier "

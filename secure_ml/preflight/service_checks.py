@@ -183,7 +183,7 @@ def rate_limit_check(dep: Deployment) -> Check:
     rl = dep.config.rate_limit
     if not dep.config.guard_on("rate_limit"):
         return fail("rate-limit", "the per-key rate limit is off", "set rate_limit.enabled: true (seed: max_qps 100, burst 10)")
-    shared = "shared by replicas through Redis" if rl.storage.startswith(("redis", "rediss", "unix")) else "per replica (memory://)"
+    shared = "shared by replicas through Redis" if rl.shared else "per replica (memory://)"
     return ok("rate-limit", f"token bucket per key: {rl.max_qps:g} QPS, burst {rl.burst}, {shared}")
 
 
@@ -191,7 +191,7 @@ def extraction_check(dep: Deployment) -> Check:
     ex = dep.config.extraction
     if not dep.config.guard_on("extraction"):
         return fail("extraction-detector", "the model-extraction detector is off", "set extraction.enabled: true")
-    local = not dep.config.rate_limit.storage.startswith(("redis", "rediss", "unix"))
+    local = not dep.config.rate_limit.shared
     if local and ex.action == "block" and ex.block_seconds == 0:  # "forever" cannot outlive the process that holds it
         return fail(
             "extraction-detector",

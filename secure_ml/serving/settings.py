@@ -107,6 +107,11 @@ class RateLimitConfig:
         if not self.storage.startswith(("memory://", "redis://", "rediss://", "unix://")):
             raise ConfigError(f"serve.yaml: rate_limit.storage: {self.storage!r} is neither memory:// nor a redis:// URI")
 
+    @property
+    def shared(self) -> bool:
+        """Buckets, throttles and blocks kept in Redis (shared by replicas, outliving a restart), not in the process."""
+        return not self.storage.startswith("memory://")
+
 
 @dataclass(config=SECTION)
 class PolicyConfig:
