@@ -13,6 +13,10 @@ class DataNotFoundError(SecureMLError, FileNotFoundError):
     """The MNIST files are neither on disk nor downloadable."""
 
 
+class TrainingDiverged(SecureMLError):
+    """A training step left the weights NaN or infinite; the run stops before validating or saving them."""
+
+
 # What ``torch.load(..., weights_only=True)`` raises on bytes that are not a checkpoint (text, truncated, empty, random):
 # besides pickle's UnpicklingError (a refusal, reported apart), the unpickler trips on whatever the bytes lead it to.
 UNREADABLE_CHECKPOINT = (EOFError, RuntimeError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError)

@@ -19,9 +19,9 @@ from torch import nn
 
 from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
 from secure_ml.checkpoint_io import install_safe_checkpoint_io
-from secure_ml.errors import ConfigError
+from secure_ml.errors import ConfigError, TrainingDiverged
 from secure_ml.models import SmallCNN
-from secure_ml.models.probe import NUM_CLASSES, check_net_output, digit_shape
+from secure_ml.models.probe import NUM_CLASSES, check_net_output, describe_nonfinite, digit_shape, nonfinite_parameters
 from secure_ml.models.registry import describe_net
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import PrivateTraining, check_model, make_private, poisson_sample_rate
@@ -186,7 +186,28 @@ class SecureClassifier(LightningModule):
         if not isinstance(self.trainer.strategy.model, torch.nn.parallel.DistributedDataParallel):
             raise ConfigError("DP with several devices is supported with --trainer.strategy ddp (DistributedDataParallel)")
 
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        """Stop at the first step that leaves a weight NaN or infinite: before validation, the scorecard or a checkpoint sees it."""
+        bad = nonfinite_parameters(self.net)
+        if bad:
+            lr = self.trainer.optimizers[0].param_groups[0].get("lr") if self.trainer.optimizers else None
+            raise TrainingDiverged(
+                f"training diverged: after step {self.trainer.global_step} (epoch {self.current_epoch}) NaN or infinity appeared in "
+                f"{describe_nonfinite(bad)}; nothing from this step on was validated or saved. Lower the learning rate "
+                f"(--model.optimizer.init_args.lr{f', now {lr:g}' if isinstance(lr, (int, float)) else ''})"
+            )
+
+    def _check_finite_weights(self) -> None:
+        bad = nonfinite_parameters(self.net)
+        if bad:
+            source = "--ckpt_path: the checkpoint's" if self.trainer.ckpt_path else f"--model.net: {type(self.net).__name__}'s"
+            raise ConfigError(f"{source} weights are not finite (NaN or infinity in {describe_nonfinite(bad)})")
+
+    # Evaluating NaN weights would crash the scorecard's attacks with a traceback: one sentence instead.
+    on_validation_start = on_test_start = on_predict_start = _check_finite_weights
+
     def on_train_start(self) -> None:
+        self._check_finite_weights()  # a resumed checkpoint of a diverged run
         loader = self.trainer.train_dataloader
         if not self.dp.enabled:
             if isinstance(
