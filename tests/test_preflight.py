@@ -256,3 +256,24 @@ def test_a_malformed_metrics_file_fails_its_item(dep):
     assert dep.failed() == {"security-gates"}
     dep.metrics["gates"] = [{"passed": False}]  # a recorded gate without its name
     assert dep.failed() == {"security-gates"}
+
+
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda p: p.pop("epsilon"), "manifest privacy.epsilon must be a number >= 0"),
+        (lambda p: p.update(epsilon="low"), "manifest privacy.epsilon must be a number >= 0"),
+        (lambda p: p.update(delta=None), "manifest privacy.delta must be a number in (0, 1)"),
+        (lambda p: p.update(dp="yes"), "manifest privacy.dp must be true or false"),
+    ],
+)
+def test_a_ledger_without_numeric_epsilon_fails_its_items_not_preflight(dep, edit, words, capsys):
+    """From a review: preflight died with a raw KeyError/ValueError (no checklist at all) on such a manifest."""
+    assert dep.failed() == set()  # the control: the untouched release passes
+    manifest = json.loads((dep.release / "manifest.json").read_text())
+    edit(manifest["privacy"])
+    (dep.release / "manifest.json").write_text(json.dumps(manifest))
+    assert {"artefact-integrity", "privacy-budget"} <= dep.failed()
+    preflight_main(dep.argv())
+    out = capsys.readouterr().out
+    assert words in out and "Traceback" not in out

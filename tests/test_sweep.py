@@ -546,7 +546,8 @@ def test_pareto_front_points_become_config_deltas(tmp_path):
             "data.batch_size": 64,
         },
     ]
-    (section,) = pareto_section(_ctx(tmp_path, rows, [], SimpleNamespace(sweep=sweep)), {})
+    plan = SimpleNamespace(sweep=sweep, options=SimpleNamespace(seed=None, set={}))
+    (section,) = pareto_section(_ctx(tmp_path, rows, [], plan), {})
     assert "2 of 3 finished trials are Pareto-optimal" in section.sentence
     front0 = yaml.safe_load((tmp_path / "front-0.yaml").read_text())  # sorted by ε: trial 1 first
     assert front0["model"]["optimizer"]["init_args"]["lr"] == 0.02 and front0["data"]["batch_size"] == 128
@@ -581,9 +582,11 @@ def test_ctrl_c_marks_the_running_point_interrupted_and_the_next_run_resumes_it(
     path.write_text(yaml.safe_dump(body))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "secure_ml", "sweep", "--config", str(path)], cwd=tmp_path, env=env)
-    log = tmp_path / "sweeps" / "tiny" / "runs" / "0000" / "log.txt"
+    runs = tmp_path / "sweeps" / "tiny" / "runs"  # runs/<study hash>/<trial>/log.txt
     deadline = time.time() + 300
-    while not (log.exists() and "Seed set" in log.read_text(errors="replace")) and time.time() < deadline and proc.poll() is None:
+    while time.time() < deadline and proc.poll() is None:
+        if any("Seed set" in log.read_text(errors="replace") for log in runs.glob("*/0000/log.txt")):
+            break
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)  # while the first point trains
     assert proc.wait(120) == 130
@@ -653,3 +656,19 @@ def test_lines_sentence_calls_series_level_when_the_table_shows_them_equal(tmp_p
     ]
     (section,) = lines_section(_ctx(tmp_path, rows, ["x", "s"]), {"x": "x", "y": ["mia/auc"], "series": ["s"]})
     assert "At x = 0.1 every series is at 0.501." in section.sentence and "best for" not in section.sentence
+
+
+def test_lines_sorts_a_numeric_axis_written_out_of_order(tmp_path):
+    """From a review: a grid [0.5, 0.0, 0.1] drew a V back across the plot and a trend from 0.5 to 0.1 (+0.300)."""
+    from secure_ml.sweep.report.basic import lines_section
+
+    rows = [
+        {"point": f"e={e}", "status": "ok", "model.adversarial.epsilon": e, "test/acc": acc + 0.001 * r}
+        for e, acc in ((0.5, 0.60), (0.0, 0.95), (0.1, 0.90))
+        for r in range(2)
+    ]
+    spec = {"x": "model.adversarial.epsilon", "y": ["test/acc"], "title": "L"}
+    (section,) = lines_section(_ctx(tmp_path, rows, ["model.adversarial.epsilon"]), spec)
+    header = section.table.splitlines()[0]
+    assert header.index("= 0 ") < header.index("= 0.1 ") < header.index("= 0.5 ")
+    assert section.sentence.startswith("From model.adversarial.epsilon = 0.0 to 0.5, clean accuracy changes by −0.349")

@@ -109,10 +109,10 @@ def budget_check(dep: Deployment, max_epsilon: Optional[float], max_delta: float
     if max_epsilon is None:
         return fail(
             "privacy-budget",
-            f"ε = {ledger['epsilon']:.3g}, but no budget is stated",
+            f"ε = {float(ledger.get('epsilon') or 0.0):.3g}, but no budget is stated",
             "pass --max-epsilon, or a --gates file with a privacy/epsilon gate",
         )
-    eps, delta = float(ledger["epsilon"]), float(ledger["delta"])
+    eps, delta = float(ledger.get("epsilon") or 0.0), float(ledger["delta"])  # (the loader checked both; ε null: no step yet)
     detail = f"ε = {eps:.3g} at δ = {delta:g} ({ledger.get('accountant')}, {ledger.get('steps')} steps); budget ε ≤ {max_epsilon:g}, δ ≤ {max_delta:g}"
     if eps > max_epsilon or delta > max_delta:
         return fail(

@@ -90,9 +90,27 @@ def check_manifest(manifest: Any, where: str) -> Dict[str, Any]:
     for key, value in manifest["privacy"].items():
         if not isinstance(value, (bool, int, float, str, type(None))) or (isinstance(value, float) and not math.isfinite(value)):
             raise ConfigError(f"{where}: manifest privacy.{key} must be a finite number, a string or null")
+    _check_ledger(manifest["privacy"], where)
     if manifest["weights"].get("file") != WEIGHTS or not isinstance(manifest["weights"].get("sha256"), str):
         raise ConfigError(f"{where}: manifest 'weights' must name {WEIGHTS} and its sha256")
     return manifest
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_ledger(privacy: Dict[str, Any], where: str) -> None:
+    """A DP ledger states its ε (null only before any step) and δ as numbers: preflight and the service compare them."""
+    if not isinstance(privacy.get("dp"), bool):
+        raise ConfigError(f"{where}: manifest privacy.dp must be true or false")
+    if not privacy["dp"]:
+        return
+    if not (_number(privacy.get("delta")) and 0 < privacy["delta"] < 1):
+        raise ConfigError(f"{where}: manifest privacy.delta must be a number in (0, 1): a DP release states its δ")
+    eps = privacy.get("epsilon")
+    if not ((_number(eps) and eps >= 0) or (eps is None and privacy.get("steps") == 0)):
+        raise ConfigError(f"{where}: manifest privacy.epsilon must be a number >= 0: a DP release states its ε")
 
 
 def manifest_for(model: nn.Module, weights_sha256: str, policy: Optional[dict], privacy: Mapping[str, Any]) -> Dict[str, Any]:

@@ -92,7 +92,7 @@ def _load() -> str:
 
 
 def sweep_main(argv: List[str]) -> int:
-    from secure_ml.sweep.engine import earlier_trials, mark_stale, open_study
+    from secure_ml.sweep.engine import mark_stale, open_study, siblings
     from secure_ml.sweep.plan import make_plan
     from secure_ml.sweep.progress import Progress, run_with_progress
     from secure_ml.sweep.report import write_report
@@ -115,7 +115,7 @@ def sweep_main(argv: List[str]) -> int:
             print("secure-ml sweep: training the policy sweep's model (once)", file=sys.stderr)
             pol.train_model(plan.sweep.bases, {**plan.sweep.set, **options.set}, plan.out_dir)
         try:
-            run_with_progress(plan, study, Progress(plan, study, earlier_trials(study, plan)))
+            run_with_progress(plan, study, Progress(plan, study, siblings(study, plan)))
         except KeyboardInterrupt:
             print("\nsecure-ml sweep: interrupted; run the same command again to resume", file=sys.stderr)
             status = 130
@@ -124,7 +124,7 @@ def sweep_main(argv: List[str]) -> int:
     else:
         saved = _last_run(plan.out_dir)  # the run's command and wall time, not this report's
         meta = {**saved, "report_command": meta["command"]} if saved else meta
-    trials = study.get_trials(deepcopy=False) + earlier_trials(study, plan)
+    trials = study.get_trials(deepcopy=False) + siblings(study, plan)
     front = [t.number for t in study.best_trials] if plan.sweep.is_search and study.get_trials(deepcopy=False) else []
     report = write_report(plan, trials, front, meta)
     counts = report["counts"]

@@ -67,6 +67,12 @@ def earlier_trials(study, plan: Plan) -> List[Any]:
     return out
 
 
+def siblings(study, plan: Plan) -> List[Any]:
+    """The earlier studies' trials that count in this sweep's report: a grid's (each carries its job key, so only the
+    jobs of this plan are picked), none for a search (another space or configuration: its front is not this one's)."""
+    return earlier_trials(study, plan) if not plan.sweep.is_search else []
+
+
 def mark_stale(study, stale_after: float) -> int:
     """RUNNING trials whose worker stopped beating (a crash): FAIL, marked interrupted, so their points run again."""
     from optuna.trial import TrialState
@@ -83,7 +89,7 @@ def mark_stale(study, stale_after: float) -> int:
 def _runner(plan: Plan) -> Callable:
     from secure_ml.sweep.runner import run_train_point
 
-    sweep, runs = plan.sweep, plan.out_dir / "runs"
+    sweep = plan.sweep
     if sweep.kind == "policy":
         from secure_ml.sweep import policy as pol
 
@@ -101,13 +107,13 @@ def _runner(plan: Plan) -> Callable:
         def run_params(params: Dict[str, Any], number: int, attrs) -> Any:
             overrides = {**sweep.set, **params, **seeds, **plan.options.set}
             tests = [{**sweep.test_set, **combo} for combo in sweep.test_grid]
-            return run_train_point(sweep.bases, overrides, tests, runs / f"{number:04d}", plan.options.keep_checkpoints)
+            return run_train_point(sweep.bases, overrides, tests, plan.run_dir(number), plan.options.keep_checkpoints)
 
         return run_params
 
     def run_job(job, number: int, attrs) -> Any:
         p = job.payload
-        result = run_train_point(sweep.bases, p["overrides"], p["test_runs"], runs / f"{number:04d}", plan.options.keep_checkpoints)
+        result = run_train_point(sweep.bases, p["overrides"], p["test_runs"], plan.run_dir(number), plan.options.keep_checkpoints)
         if result.error is None:
             result.metrics.update(p["assume"])  # metrics that hold by construction; results.csv names them in 'assumed'
         return result
@@ -148,6 +154,7 @@ def run_worker(plan: Plan, index: int = 0, on_finish: Optional[Callable] = None)
         plan.options.stale_after,
         on_finish,
         prior,
+        None if plan.sweep.kind == "policy" else (lambda n: str(plan.run_dir(n).relative_to(plan.out_dir))),
     )
     if plan.sweep.is_search:
         return run_search(worker, plan.sweep.search.trials, suggest(plan.sweep.search), plan.sweep.search.objectives)

@@ -57,6 +57,10 @@ class Plan:
     jobs: List[Job]
     base_seed: int = 0
 
+    def run_dir(self, number: int) -> Path:
+        """The folder of this study's trial ``number``: ``runs/<study hash>/<number>``, so sibling studies never share one."""
+        return self.out_dir / "runs" / self.study_name.rsplit(".", 1)[-1] / f"{number:04d}"
+
     def seeds(self, repeat: int) -> Dict[str, Any]:
         """Overrides giving repeat ``repeat`` its own randomness.
 
@@ -74,12 +78,15 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def study_name(sweep: Sweep, repeats: int) -> str:
-    """``<name>.<hash of the study's search space>``: Optuna fixes a study's parameter choices, so a changed
-    grid or ``--repeats`` opens a sibling study; results of the earlier ones still count (see scheduler)."""
+def study_name(sweep: Sweep, repeats: int, config: Any = None) -> str:
+    """``<name>.<hash>``: Optuna fixes a study's parameter choices, so a changed grid or ``--repeats`` opens a
+    sibling study, and the results of the earlier ones still count (each grid job carries its configuration key).
+    A search's trials carry no such key, so its hash also covers ``config`` (the base texts, ``set``, ``--set``,
+    the test runs, ``--seed``): a search whose configuration changed starts a study of its own rather than
+    reporting the old trials as the new configuration's."""
     if sweep.search is not None:
         space = {k: asdict(v) for k, v in sweep.search.space.items()}
-        return f"{sweep.name}.{_digest([space, sweep.search.objectives])[:8]}"
+        return f"{sweep.name}.{_digest([space, sweep.search.objectives, config])[:8]}"
     return f"{sweep.name}.{_digest([[p.label for p in sweep.points], repeats])[:8]}"
 
 
@@ -99,8 +106,9 @@ def make_plan(options: SweepOptions) -> Plan:
     out_dir = Path(options.out) / sweep.name
     storage = options.storage or default_storage(out_dir)
     bases = [Path(b).read_text() for b in sweep.bases]
-    plan = Plan(sweep, options, out_dir, storage, study_name(sweep, sweep.repeats), [], base_seed(bases))
     cli_set = {k: v for k, v in options.set.items() if k not in LOCATION_KEYS}
+    search_config = [sweep.kind, bases, sweep.set, cli_set, sweep.test_set, sweep.test_grid, options.seed]
+    plan = Plan(sweep, options, out_dir, storage, study_name(sweep, sweep.repeats, search_config), [], base_seed(bases))
     for point in sweep.points:
         for r in range(sweep.repeats):
             seeds = plan.seeds(r)

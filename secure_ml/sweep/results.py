@@ -1,7 +1,8 @@
 """The study as a table: one row per point × repeat (grid) or per trial (search), written as ``results.csv``.
 
 Columns: ``point``, ``repeat``, the axes (a named axis by its label, a plain one by its dotted
-option), ``status`` (ok / failed / interrupted / pending) and ``error`` (one line), ``wall_s``, the
+option), ``status`` (ok / failed / interrupted / pending) and ``error`` (one line), ``wall_s``, ``trial``
+and ``run`` (the trial's folder under the sweep's, ``runs/<study hash>/<trial>``), the
 seeds, ``assumed`` (metrics that hold by construction rather than measured), ``gates`` (failed
 security gates), the point's other overrides, extra columns of the evaluator, then every scorecard
 metric (``privacy/epsilon`` is ε). The study is the source of truth; the CSV is rewritten from it.
@@ -12,7 +13,7 @@ from typing import Any, Dict, List
 from secure_ml.report.metric_names import GROUPS, describe
 
 FIXED = ["point", "repeat"]
-STATUS = ["status", "error", "wall_s", "assumed", "gates", "trial", "worker"]
+STATUS = ["status", "error", "wall_s", "assumed", "gates", "trial", "run", "worker"]
 
 
 def _metric_order(key: str):
@@ -26,7 +27,7 @@ def _row(trial, status: str) -> Dict[str, Any]:
     row["wall_s"] = ua.get("wall_s")
     row["assumed"] = " ".join(ua.get("assumed", []))
     row["gates"] = ua.get("gates", "")
-    row["trial"], row["worker"] = trial.number, ua.get("worker")
+    row["trial"], row["run"], row["worker"] = trial.number, ua.get("run"), ua.get("worker")
     row.update(ua.get("axes", {}))
     row.update({k: v for k, v in ua.get("seeds", {}).items()})
     for k, v in ua.get("overrides", {}).items():
@@ -65,13 +66,19 @@ def grid_rows(plan, trials: List[Any]) -> List[Dict[str, Any]]:
     return rows
 
 
-def search_rows(trials: List[Any], front_numbers: List[int]) -> List[Dict[str, Any]]:
-    """One row per finished trial of a search; ``pareto`` marks the front."""
+def search_rows(trials: List[Any], front_numbers: List[int], budget: int) -> List[Dict[str, Any]]:
+    """One row per finished trial of a search; ``pareto`` marks the front.
+
+    An interrupted trial (Ctrl-C, a stopped worker) does not use the budget: a resumed search runs another in its
+    place, so once ``budget`` trials are finished it is no longer listed (it would make the sweep look unfinished).
+    """
     from optuna.trial import TrialState
 
+    finished = [t for t in trials if not t.system_attrs.get("sweep:duplicate") and t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    spent = sum(1 for t in finished if t.state == TrialState.COMPLETE or t.user_attrs.get("status") == "failed")
     rows = []
-    for t in trials:
-        if t.system_attrs.get("sweep:duplicate") or t.state not in (TrialState.COMPLETE, TrialState.FAIL):
+    for t in finished:
+        if spent >= budget and t.state == TrialState.FAIL and t.user_attrs.get("status") != "failed":
             continue
         row = _row(t, t.user_attrs.get("status", "interrupted"))
         row.update({"point": f"trial {t.number}", "repeat": 0, "pareto": t.number in front_numbers})

@@ -44,6 +44,7 @@ class Worker:
     stale_after: float = 120.0
     on_finish: Optional[Callable[[Any], None]] = None
     prior_done: frozenset = frozenset()  # keys finished in earlier studies of this sweep (another grid or --repeats)
+    run_dir: Optional[Callable[[int], str]] = None  # trial number -> its run folder, relative to the sweep's (results.csv's 'run')
 
     @property
     def storage(self):
@@ -127,6 +128,8 @@ def _execute(worker: Worker, trial, job_or_params: Any, attrs: Dict[str, Any], v
 
     for k, v in attrs.items():
         trial.set_user_attr(k, v)
+    if worker.run_dir is not None:
+        trial.set_user_attr("run", worker.run_dir(trial.number))
     try:
         with Heartbeat(worker.storage, trial._trial_id, worker.beat_interval):
             result = worker.run(job_or_params, trial.number, attrs)

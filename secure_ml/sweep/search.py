@@ -72,6 +72,8 @@ def _param(path: Path, name: str, spec: Any) -> Param:
     kind = "int" if all(isinstance(v, int) for v in numbers) else "float"
     if step is not None and step <= 0:
         raise _fail(path, f"{where}: step must be > 0; got {step}")
+    if log and step is not None and not (kind == "int" and step == 1):  # Optuna refuses it only when the first trial asks
+        raise _fail(path, f"{where}: a log scale takes no step (an integer one may say step: 1); drop 'step' or 'log'")
     return Param(name, kind, low=low, high=high, log=log, step=step)
 
 

@@ -6,6 +6,7 @@ from secure_ml.sweep.options import OptionChecker, check_all, checker_for
 from secure_ml.sweep.plan import Plan
 
 REPORT_METRIC_KEYS = ("metrics", "y", "focus", "clean", "x")
+LIST_KEYS = ("metrics", "y", "series", "rows")  # report keys the sections iterate (``metrics`` may also be a mapping)
 
 
 def check_report(plan: Plan) -> None:
@@ -19,6 +20,9 @@ def check_report(plan: Plan) -> None:
         if kind == "pareto" and not plan.sweep.is_search:
             raise ConfigError(f"{where}: report[{i}]: a 'pareto' entry needs a 'search' sweep")
         names = []
+        for key in LIST_KEYS:
+            if isinstance(spec.get(key), str):  # the report would iterate its characters: one section per letter
+                raise ConfigError(f"{where}: report[{i}].{key} must be a list, not the string {spec[key]!r} (write [{spec[key]}])")
         for key in REPORT_METRIC_KEYS:
             value = spec.get(key)
             if key == "x" and kind == "lines":
@@ -33,6 +37,13 @@ def check_report(plan: Plan) -> None:
                 raise ConfigError(
                     f"{where}: report[{i}] ({kind}) names '{column}', which is not an axis of the grid (axes: {', '.join(sorted(axes))})"
                 )
+        if kind == "ablation" and spec.get("reference") is not None:
+            labels = list(dict.fromkeys(p.axes[spec["axis"]] for p in plan.sweep.points if spec.get("axis") in p.axes))
+            if spec["reference"] not in labels:
+                raise ConfigError(
+                    f"{where}: report[{i}] (ablation): reference {spec['reference']!r} is not a label of axis "
+                    f"'{spec.get('axis')}' (labels: {', '.join(map(str, labels))})"
+                )
         for name in names:
             if isinstance(name, str):
                 check_known(name, f"{where}: report[{i}] ({kind})")
@@ -45,6 +56,13 @@ def validate(plan: Plan) -> OptionChecker:
     """ConfigError naming the file and the key for anything a point would trip over; returns the parser (reused for seeds)."""
     sweep = plan.sweep
     where = str(sweep.path)
+    if sweep.is_search and sweep.kind == "policy":
+        raise ConfigError(f"{where}: a 'kind: policy' sweep evaluates a grid of policies; it takes 'grid:', not 'search:'")
+    if sweep.is_search and plan.options.retry_failed:
+        raise ConfigError(
+            "--retry-failed reruns failed grid points; a search's failed trial is part of its budget (fix the cause: "
+            "a changed configuration starts a new study)"
+        )
     check_report(plan)
     _check_set_is_no_axis(plan)
     checker = checker_for(sweep.bases)

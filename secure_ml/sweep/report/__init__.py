@@ -32,7 +32,7 @@ KINDS = {
 
 def results_frame(plan, trials: List[Any], front_numbers: List[int]):
     axes = list(dict.fromkeys(a for p in plan.sweep.points for a in p.axes))
-    rows = search_rows(trials, front_numbers) if plan.sweep.is_search else grid_rows(plan, trials)
+    rows = search_rows(trials, front_numbers, plan.sweep.search.trials) if plan.sweep.is_search else grid_rows(plan, trials)
     return frame(rows, axes), axes
 
 

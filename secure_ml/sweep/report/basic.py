@@ -68,6 +68,8 @@ def lines_section(ctx: Context, spec: Dict[str, Any]) -> List[Section]:
     series = [c for c in (spec.get("series") or [a for a in ctx.axes if a != x]) if c in ctx.df.columns]
     df = where(ctx.ok, spec)
     xs = ordered(where(ctx.df, spec)[x].tolist()) if x in ctx.df.columns else []
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in xs):
+        xs = sorted(xs)  # a grid written out of order still draws one line left to right, and the trend runs low to high
     groups = [g for g in _series(df, series)]
     sections = []
     for y in ys:

@@ -129,8 +129,14 @@ def _fmt(v: Any) -> str:
 
 
 def write_fronts(ctx: Context, front, objectives) -> str:
-    """``<sweep>/front-<k>.yaml``: the base deltas, the sweep's ``set`` and the trial's parameters, as one config delta."""
+    """``<sweep>/front-<k>.yaml``: the base deltas, the sweep's ``set``, the trial's parameters (in their own type), the
+    ``--seed`` seeds and the command line's ``--set`` (data locations aside), as one config delta: what the trial's fit got."""
+    from secure_ml.sweep.plan import LOCATION_KEYS
+
     plan = ctx.plan
+    space = plan.sweep.search.space
+    seeds = plan.seeds(0) if plan.options.seed is not None else {}
+    cli_set = {k: v for k, v in plan.options.set.items() if k not in LOCATION_KEYS}
     for old in ctx.out_dir.glob("front-*.yaml"):
         old.unlink()
     merged: Dict[str, Any] = {}
@@ -139,7 +145,8 @@ def write_fronts(ctx: Context, front, objectives) -> str:
     first = plan.sweep.bases[0]
     for k, (_, r) in enumerate(front.iterrows()):
         delta = dict(merged)
-        _merge(delta, nest({**plan.sweep.set, **{p: _native(r[p]) for p in plan.sweep.search.space}}))
+        params = {p: int(_native(r[p])) if space[p].kind == "int" else _native(r[p]) for p in space}
+        _merge(delta, nest({**plan.sweep.set, **params, **seeds, **cli_set}))
         scores = ", ".join(f"{o} = {r[o]:.4g}" for o in objectives)
         head = (
             f"# Pareto front point {k} of sweep '{plan.sweep.name}' (trial {r['trial']}): {scores}.\n"
