@@ -68,6 +68,21 @@ def test_one_line_per_request_and_no_raw_input(tmp_path):
     assert len({line["request_id"] for line in lines}) == len(lines)
 
 
+def test_a_client_cannot_choose_the_size_of_a_log_line(tmp_path):
+    """From a red-team review: the method was logged whole, so a keyless client wrote 16 KB lines to /health at ~650/s."""
+    from secure_ml.serving.request_log import logged_method
+
+    assert logged_method("POST") == "POST" and logged_method("A" * 16000) == "other" and logged_method("post") == "other"
+    cfg = base_config(tmp_path)
+    with running(cfg) as srv:
+        for method in (b"GET", b"A" * 12000):  # the control first: a normal request's line
+            status_of(raw_http(srv.port, method + b" /health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"))
+    text = (tmp_path / "audit.jsonl").read_text().splitlines()
+    lines = [json.loads(line) for line in text]
+    assert [line["method"] for line in lines] == ["GET", "other"] and lines[1]["status"] == 405
+    assert len(text[1]) < 2 * len(text[0]) < 1000
+
+
 def test_audit_failure_fails_closed(tmp_path):
     audit_dir = tmp_path / "logs"
     cfg = base_config(tmp_path, audit={"path": str(audit_dir / "audit.jsonl")})

@@ -237,3 +237,17 @@ def test_flags_override_an_empty_section(monkeypatch, tmp_path):
     server = load_serve_config(str(path), {"server.port": 8799, "server.host": "0.0.0.0"}).server
     assert (server.port, server.host) == (8799, "0.0.0.0")
     assert load_serve_config(str(path)).server.port == 8000  # control: without the flag, the default
+
+
+@pytest.mark.parametrize("written", [0.21, None])
+def test_calibrate_keeps_the_pixel_limits_as_written(real_data_dir, written):
+    """From a red-team review: with `policy.calibrate: true` a tighter `max_variance` (or null) was served as 0.22."""
+    from secure_ml.serving.settings import PolicyConfig
+
+    torch.manual_seed(0)
+    cfg = PolicyConfig(
+        calibrate=True, calibration_data_dir=str(real_data_dir), calibration_samples=300, max_variance=written, min_value=-0.01
+    )
+    policy, source = build_policy(cfg, SmallCNN().eval())
+    assert source.startswith("calibrated at start-up") and policy.max_energy is not None  # the activation limits are calibrated
+    assert policy.max_variance == written and policy.min_value == -0.01  # the pixel limits are the file's

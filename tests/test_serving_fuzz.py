@@ -114,3 +114,33 @@ def test_malformed_requests_never_5xx(fuzz_server):
     assert seen["n"] >= 1000
     assert {200, 401, 413, 422} <= seen["statuses"]
     assert srv.alive and httpx.get(srv.url + "/health").status_code == 200
+
+
+class _CountingKey(str):
+    """A JSON key that counts its equality tests: how much work the duplicate-key check does, without a clock."""
+
+    comparisons = 0
+
+    def __eq__(self, other):
+        type(self).comparisons += 1
+        return str.__eq__(self, other)
+
+    __hash__ = str.__hash__
+
+
+def test_the_duplicate_key_check_is_linear_in_the_keys():
+    """From a red-team review: ``keys.count`` per key made a 64 KiB body of ~7,700 keys and one duplicate cost 0.8 s of the
+    event loop (every other client waited), from one valid key inside its rate limit."""
+    from secure_ml.serving.payload import PayloadError, _unique_keys, parse_image
+
+    n = 3000
+    pairs = [(_CountingKey(format(i, "x")), 0) for i in range(n)]
+    _CountingKey.comparisons = 0
+    with pytest.raises(PayloadError) as exc:
+        _unique_keys(pairs + [(_CountingKey(format(n - 1, "x")), 0)])
+    assert exc.value.reason == "schema" and "appears twice" in exc.value.detail
+    assert _CountingKey.comparisons < 10 * n  # the quadratic search made about n² / 2 = 4.5 million
+    assert _unique_keys(pairs[:3]) == {"0": 0, "1": 0, "2": 0}  # the control: distinct keys pass
+    body = "{" + ",".join(f'"{i:x}":0' for i in range(7700)) + ',"1e13":0}'
+    with pytest.raises(PayloadError, match="appears twice"):
+        parse_image(body.encode())

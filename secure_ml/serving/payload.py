@@ -78,11 +78,16 @@ def _int(text: str) -> int:
 
 
 def _unique_keys(pairs) -> dict:
-    """A JSON object, refused when a key repeats (json.loads would keep the last "image" of two)."""
-    keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        twice = next(k for k in keys if keys.count(k) > 1)
-        raise PayloadError("schema", f"the key {twice[:40]!r} appears twice in one object")
+    """A JSON object, refused when a key repeats (json.loads would keep the last "image" of two).
+
+    Linear in the number of keys: this runs on the event loop, and a quadratic search for the repeated key let one
+    64 KiB body of ~7,700 keys hold every other client for 0.8 s (tests/test_serving_fuzz.py).
+    """
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise PayloadError("schema", f"the key {key[:40]!r} appears twice in one object")
+        seen.add(key)
     return dict(pairs)
 
 

@@ -55,6 +55,14 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
+def logged_method(method: str) -> str:
+    """The method as sent when HTTP defines it, else ``other``: a client must not choose the size of a line (h11 takes a 16 KiB token)."""
+    return method if method in HTTP_METHODS else "other"
+
+
 def _default_reason(status: int) -> str:
     return {200: "ok", 404: "not_found", 405: "method_not_allowed", 500: "internal_error"}.get(status, f"http_{status}")
 
@@ -65,7 +73,7 @@ def log_record(scope: dict, ctx: RequestContext, status: int, latency_s: float) 
         "ts": now_iso(),
         "request_id": ctx.request_id,
         "client": ctx.client,
-        "method": scope.get("method", ""),
+        "method": logged_method(scope.get("method", "")),
         "endpoint": scope.get("path", "")[:MAX_ENDPOINT_CHARS],
         "status": status,
         "decision": "allowed" if status < 400 else ("rejected" if status < 500 else "error"),

@@ -123,7 +123,9 @@ class PolicyConfig:
     max_variance: Optional[StrictFloat] = 0.22  # per-image pixel variance; None = unchecked
     max_energy: Optional[StrictFloat] = None  # L2 activation energy (sponge inputs); None = unchecked
     max_density: Optional[StrictFloat] = None  # share of non-zero activations; None = unchecked
-    calibrate: StrictBool = False  # set the three limits above at start-up from the TEST split of calibration_data_dir
+    calibrate: StrictBool = (
+        False  # set the activation limits at start-up from the TEST split of calibration_data_dir (pixel limits as written)
+    )
     calibration_data_dir: Optional[StrictStr] = None  # MNIST folder; only its held-out test split (t10k) is read
     calibration_samples: StrictInt = 2000
     false_positive_rate: StrictFloat = 0.005  # share of clean digits the calibrated limits may reject

@@ -122,7 +122,8 @@ def build_policy(cfg: PolicyConfig, model: nn.Module, stored: Optional[dict] = N
         clean = calibration_digits(cfg)
         extra = _stored_autoencoder(cfg, stored)
         try:
-            policy = InputPolicy.calibrate(model, clean, cfg.false_positive_rate, min_value=cfg.min_value, max_value=cfg.max_value, **extra)
+            limits = dict(min_value=cfg.min_value, max_value=cfg.max_value, max_variance=cfg.max_variance)  # as written: not calibrated
+            policy = InputPolicy.calibrate(model, clean, cfg.false_positive_rate, **limits, **extra)
         except ValueError as exc:
             raise ConfigError(f"serve.yaml: policy.calibrate failed ({exc})") from None
         return policy, f"calibrated at start-up on {len(clean)} held-out test digits" + (
