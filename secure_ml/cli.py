@@ -31,12 +31,12 @@ def cli_main(args: Optional[List[str]] = None, run: bool = True):
 
 
 def run_reporting_errors(command: Callable[[], Optional[int]]) -> None:
-    """Run ``command``; a ``SecureMLError`` becomes ``secure-ml: error: <message>`` and exit status 2."""
+    """Run ``command``; a ``SecureMLError`` becomes ``secure-ml: error: <message>`` and its exit status (2; 143 when stopped by SIGTERM)."""
     try:
         status = command()
     except SecureMLError as exc:
         print(f"secure-ml: error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(exc.exit_status) from None
     if status:
         raise SystemExit(status)
 

@@ -2,7 +2,9 @@
 
 
 class SecureMLError(Exception):
-    """Base class: the message is shown to the user as is."""
+    """Base class: the message is shown to the user as is, and the command exits with ``exit_status``."""
+
+    exit_status: int = 2
 
 
 class ConfigError(SecureMLError, ValueError):
@@ -15,6 +17,12 @@ class DataNotFoundError(SecureMLError, FileNotFoundError):
 
 class TrainingDiverged(SecureMLError):
     """A training step left the weights NaN or infinite; the run stops before validating or saving them."""
+
+
+class Stopped(SecureMLError):
+    """A run was stopped from outside (SIGTERM) before it finished; what it saved so far stays. Exit status 143 (128 + 15)."""
+
+    exit_status = 143
 
 
 # What ``torch.load(..., weights_only=True)`` raises on bytes that are not a checkpoint (text, truncated, empty, random):

@@ -18,18 +18,20 @@ from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSample
 from torch import nn
 
 from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
+from secure_ml.callbacks.selection import SelectionRefresh
 from secure_ml.checkpoint_io import install_safe_checkpoint_io
 from secure_ml.errors import ConfigError, TrainingDiverged
 from secure_ml.models import SmallCNN
 from secure_ml.models.probe import NUM_CLASSES, check_net_output, describe_nonfinite, digit_shape, nonfinite_parameters
 from secure_ml.models.registry import describe_net
+from secure_ml.optim_resume import OPTIMIZER_KEY, check_resumable, optimizer_name
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import PrivateTraining, check_model, make_private, poisson_sample_rate
 from secure_ml.privacy.ledger import DP_STATE_KEY
 from secure_ml.privacy.modes import resolve_mode
 from secure_ml.privacy.private import epsilon_from_state
-from secure_ml.privacy.selection import refresh_selected_checkpoints
 from secure_ml.privacy.steps import dp_step
+from secure_ml.report.gates import as_metric
 
 
 class SecureClassifier(LightningModule):
@@ -59,6 +61,7 @@ class SecureClassifier(LightningModule):
         self.dp = dp
         self.private: Optional[PrivateTraining] = None  # set by configure_optimizers when DP is on
         self._loaded_dp_state: Optional[Dict[str, Any]] = None  # the accountant state of weights loaded from a checkpoint
+        self._resumed_optimizer: Optional[tuple] = None  # (optimizer states, class name) of a checkpoint a fit resumes
         self.save_hyperparameters({"net": describe_net(self.net), "adversarial": asdict(adversarial), "dp": asdict(dp)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,6 +132,12 @@ class SecureClassifier(LightningModule):
             optimizer = factory(self.net.parameters())
         except ValueError as exc:  # torch's own range checks (a negative lr, momentum, ...): one line, not a traceback
             raise ConfigError(f"--model.optimizer: {exc}") from None
+        resumed, self._resumed_optimizer = self._resumed_optimizer, None
+        if resumed is not None:  # Lightning restores these states into `optimizer` next: refuse what it cannot or would overwrite
+            try:
+                check_resumable(*resumed, optimizer)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.dp.enabled:
             optimizer = self._make_private(optimizer).optimizer
         else:  # trained on without DP: a loaded checkpoint's ε no longer describes these weights
@@ -228,9 +237,6 @@ class SecureClassifier(LightningModule):
         # The privacy budget is spent (dp_step would refuse anyway): skip the rest of the epoch without reading the batches.
         return -1 if self.private is not None and self.private.exhausted else None
 
-    def on_train_epoch_start(self) -> None:
-        self._refresh_selection()  # the previous epoch's checkpoints are saved and compared by now
-
     def on_train_epoch_end(self) -> None:
         if not self.automatic_optimization and self.scheduler_factory is not None:
             self.lr_schedulers().step()  # manual optimization (every DP mode): Lightning leaves schedulers to us
@@ -238,30 +244,29 @@ class SecureClassifier(LightningModule):
         if self.private is not None:
             eps = self.private.epsilon(self.dp.delta)
             if eps is not None:
-                self.log("privacy/epsilon", eps, sync_dist=sync)
-            self.log("privacy/noise_multiplier", self.private.noise_multiplier, sync_dist=sync)
+                self.log("privacy/epsilon", as_metric(eps), sync_dist=sync, batch_size=1)
+            self.log("privacy/noise_multiplier", as_metric(self.private.noise_multiplier), sync_dist=sync, batch_size=1)
         report = getattr(self.trainer.datamodule, "sanitization_report", None) if self.trainer.datamodule is not None else None
         poisoned = getattr(self.trainer.datamodule, "poisoned_indices", None) if report is not None else None
         if report is not None and poisoned is not None:
-            self.log_dict({"poison/precision": report.precision, "poison/recall": report.recall, "poison/f1": report.f1}, sync_dist=sync)
+            scores = {"poison/precision": report.precision, "poison/recall": report.recall, "poison/f1": report.f1}
+            self.log_dict({k: as_metric(v) for k, v in scores.items()}, sync_dist=sync, batch_size=1)
 
-    def on_train_end(self) -> None:
-        self._refresh_selection()  # after the last epoch's checkpoints (ModelCheckpoint saves before this hook)
-
-    def _refresh_selection(self) -> None:
-        """Files a monitored ModelCheckpoint keeps were chosen by comparing every model so far: their ε must cover all those steps."""
-        if self.private is not None and self.trainer.is_global_zero:
-            monitored = [cb for cb in self.trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
-            refresh_selected_checkpoints([p for cb in monitored for p in cb.best_k_models], self.private.steps)
+    def configure_callbacks(self):
+        """Files a monitored ModelCheckpoint keeps were chosen by comparing every model so far: their ε must cover all
+        those steps, also when the fit is stopped (:class:`~secure_ml.callbacks.selection.SelectionRefresh`)."""
+        return [SelectionRefresh()]
 
     def on_test_epoch_end(self) -> None:
         # ε of the checkpoint under test over its selection steps, so the scorecard and the gates report what a release costs.
         state = self.dp_state()
         eps = epsilon_from_state(state, self.dp.delta) if state is not None else None
         if eps is not None:
-            self.log("privacy/epsilon", eps, sync_dist=self.trainer.world_size > 1)
+            self.log("privacy/epsilon", as_metric(eps), sync_dist=self.trainer.world_size > 1, batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        if self._trainer is not None and self.trainer.optimizers:
+            checkpoint[OPTIMIZER_KEY] = optimizer_name(self.trainer.optimizers[0])
         if self.private is not None:
             checkpoint[DP_STATE_KEY] = self.private.state_dict()
 
@@ -271,6 +276,8 @@ class SecureClassifier(LightningModule):
             self.private.close()
             self.private = None
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
+        if fitting:
+            self._resumed_optimizer = (checkpoint.get("optimizer_states"), checkpoint.get(OPTIMIZER_KEY))
         if fitting and self.dp.enabled and self._loaded_dp_state is None:
             raise ConfigError(
                 "--ckpt_path holds no privacy-accountant state (it was not trained with DP, or by an older version); "

@@ -19,6 +19,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from secure_ml.callbacks import (
     MembershipInferenceCallback,
@@ -34,7 +35,7 @@ from secure_ml.checkpoint_io import check_checkpoint_file
 from secure_ml.ckpt_hparams import reconcile, typed_model_flags
 from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
-from secure_ml.errors import ConfigError, SecureMLError, first_line
+from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.module import SecureClassifier
 
 TRAINER_DEFAULTS = {
@@ -150,11 +151,14 @@ class SecureMLCLI(LightningCLI):
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Lightning's, with what it refuses only once the loaders are sized (``--trainer.limit_train_batches 0.0001``:
-        a fraction of under one batch) turned into one ConfigError, as :meth:`instantiate_classes` does at build time."""
+        a fraction of under one batch) turned into one ConfigError, as :meth:`instantiate_classes` does at build time,
+        and a SIGTERM (Lightning stops at the next batch or epoch end) into one line and exit status 143."""
         try:
             super()._run_subcommand(subcommand)
         except MisconfigurationException as exc:
             raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None
+        except SIGTERMException:  # a SystemExit without a code: the command exited 0 as if it had finished
+            raise Stopped(stopped_message(self.trainer, subcommand)) from None
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir`` also moves the default logger's folder (its ``save_dir`` "." would keep the run,
@@ -243,6 +247,16 @@ def checkpoint_to_test(trainer) -> Optional[str]:
         if paths:
             return str(max(paths, key=lambda p: p.stat().st_mtime_ns))
     return None
+
+
+def stopped_message(trainer, subcommand: str) -> str:
+    """What a SIGTERM left: where the run stopped and, for a fit, the checkpoint to resume from."""
+    if subcommand != "fit":
+        return f"{subcommand} stopped by SIGTERM before it finished; no report was written"
+    done = trainer.fit_loop.epoch_progress.current.completed
+    text = f"fit stopped by SIGTERM after {done} complete epoch{'' if done == 1 else 's'} (step {trainer.global_step})"
+    last = checkpoint_to_test(trainer)
+    return f"{text}; resume with --ckpt_path {last}" if last else f"{text}; it had saved no checkpoint yet"
 
 
 def cli_main(

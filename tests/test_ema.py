@@ -99,6 +99,31 @@ def test_disabled_ema_changes_nothing(tiny_mnist, tmp_path):
     assert "current_model_state" not in saved
 
 
+class StartProbe(Callback):
+    def on_train_start(self, trainer, pl_module):
+        self.start = _flat(pl_module.net)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resume_with_ema", [False, True])
+def test_a_resumed_fit_trains_on_from_the_iterate_not_the_average(tiny_mnist, tmp_path, resume_with_ema):
+    """The checkpoint's state_dict holds the average; a resumed fit, with EMA on or off, starts from the raw iterate."""
+    trainer, _, probe = _fit(tiny_mnist, tmp_path / "first", EMACallback(decay=0.9, enabled=True), dp=False)
+    ckpt = trainer.checkpoint_callback.best_model_path
+    saved = torch.load(ckpt, weights_only=True)
+    iterate = torch.cat([v.flatten() for k, v in saved["current_model_state"].items() if k.startswith("net.")])
+    average = torch.cat([v.flatten() for k, v in saved["state_dict"].items() if k.startswith("net.")])
+    torch.testing.assert_close(iterate, probe.steps[-1])
+    assert not torch.allclose(iterate, average, atol=1e-4)  # control: starting from the average would be caught
+    start = StartProbe()
+    dm = MNISTDataModule(data_dir=str(tiny_mnist), download=False, train_size=400, val_size=100, test_size=100, batch_size=64)
+    again = Trainer(max_epochs=3, default_root_dir=str(tmp_path / "again"), logger=False, enable_progress_bar=False,
+                    enable_model_summary=False, inference_mode=False,
+                    callbacks=[start, EMACallback(decay=0.9, enabled=resume_with_ema)])  # fmt: skip
+    again.fit(SecureClassifier(dp=DPConfig(enabled=False)), dm, ckpt_path=ckpt)
+    torch.testing.assert_close(start.start, iterate)
+
+
 @pytest.mark.parametrize("decay", [0.0, 1.0, -0.5])
 def test_decay_outside_0_1_is_a_config_error(decay):
     with pytest.raises(ConfigError, match="--ema.decay"):

@@ -99,6 +99,7 @@ def test_artifact_of_a_dp_fit_holds_only_allow_listed_keys(tmp_path, capsys):
     ckpt = read_checkpoint(ckpt_path)
     ledger = ledger_from_checkpoint(ckpt)
     assert manifest["privacy"] == json.loads(json.dumps(ledger)) and manifest["privacy"]["dp"] is True
+    assert f"{ledger['epsilon']:.3g} at" in err and f"({ledger['accountant']}, {ledger['selection_steps']} steps" in err  # ε's own steps
     assert manifest["input_policy"] is not None  # the capstone's SpongeCallback calibrated one
     # negative control: the same check on the training checkpoint finds its non-private contents
     leaked = not_allowed(key_paths({k: v for k, v in ckpt.items() if k != "state_dict"}), net_args)
@@ -109,6 +110,21 @@ def test_artifact_of_a_dp_fit_holds_only_allow_listed_keys(tmp_path, capsys):
     trained = load_served_model(str(ckpt_path))
     for name, tensor in served.model.state_dict().items():
         assert torch.equal(tensor, trained.model.state_dict()[name])
+
+
+def test_export_reports_the_steps_its_epsilon_counts(monkeypatch, capsys):
+    """ε of a selected checkpoint counts the selection steps: the line says so rather than showing the trained steps."""
+    import secure_ml.release.cli as release_cli
+    from secure_ml.release.artifact import Release
+
+    privacy = {"dp": True, "accountant": "rdp", "steps": 125, "selection_steps": 375, "delta": 1e-5, "epsilon": 1.23}
+    manifest = {"privacy": privacy, "net": {"class_path": "secure_ml.models.SmallCNN"}, "input_policy": None}
+    monkeypatch.setattr(release_cli, "export_checkpoint", lambda *a: Release(None, None, manifest, "0" * 64))
+    assert release_cli.export_main(["--ckpt_path", "x.ckpt", "--output", "rel"]) == 0
+    assert "ε = 1.23 at δ = 1e-05 (rdp, 375 steps counted for checkpoint selection, 125 trained)" in capsys.readouterr().err
+    privacy["selection_steps"] = 125  # control: the same count is said once
+    release_cli.export_main(["--ckpt_path", "x.ckpt", "--output", "rel"])
+    assert "(rdp, 125 steps)," in capsys.readouterr().err
 
 
 def test_export_refuses_a_model_trained_without_dp(tmp_path, capsys):

@@ -15,7 +15,7 @@ from secure_ml.models.small_cnn import SmallCNN
 from secure_ml.module import SecureClassifier
 from tests.helpers.data import make_mnist_dir
 from tests.helpers.models import trained_small_cnn
-from tests.helpers.training import quiet_trainer
+from tests.helpers.training import quiet_trainer, small_datamodule
 
 
 class ActNet(nn.Module):
@@ -304,3 +304,23 @@ def test_more_calibration_digits_than_the_validation_split_is_refused_in_one_lin
         "secure-ml: error: --sponge.calibration_samples (150) is larger than the 100 validation digits (--data.val_size); "
         "lower it, raise --data.val_size, or leave it null to use them all"
     )
+
+
+def test_a_checkpoint_never_carries_a_policy_calibrated_on_other_weights(tiny_mnist, tmp_path):
+    """Resumed with validation off, the fit trains new weights without calibrating: its checkpoint holds no policy
+    (so export/serve calibrate or refuse) instead of the first fit's, whose limits were set on the old weights."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from secure_ml.release.checkpoint import stored_policy
+
+    def run(folder, epochs, resume=None, **kw):
+        cb = SpongeCallback(n_sponges=4, craft_steps=3, calibration_samples=100, latency_repeats=1)
+        ckpt = ModelCheckpoint(dirpath=tmp_path / folder, filename="last", save_on_train_epoch_end=True)
+        trainer = quiet_trainer(tmp_path, epochs=epochs, callbacks=[cb, ckpt], enable_checkpointing=True, **kw)
+        trainer.fit(SecureClassifier(net=ActNet(nn.ReLU())), small_datamodule(tiny_mnist, dp=False), ckpt_path=resume)
+        return torch.load(ckpt.best_model_path, weights_only=True)
+
+    first = run("a", 1)
+    assert stored_policy(first) is not None  # calibrated on the weights it is saved with
+    resumed = run("b", 2, resume=str(tmp_path / "a" / "last.ckpt"), limit_val_batches=0)
+    assert resumed["global_step"] > first["global_step"] and stored_policy(resumed) is None

@@ -10,10 +10,12 @@ Scores (higher = "more likely a training member"):
   ``Mentr(p, y) = −(1 − p_y)·log p_y − Σ_{i≠y} p_i·log(1 − p_i)``.
 
 Each score feeds a threshold attack "member iff score ≥ t"; :func:`membership_metrics`
-sweeps every threshold. The ROC and AUC come from torchmetrics; scores are first mapped
-to their dense ranks in [0, 1] (a monotone, tie-preserving map), because torchmetrics
-applies a sigmoid to predictions outside [0, 1], which would merge nearby scores such as
-losses of 1e-7 and 2e-7 into ties and bias the AUC.
+sweeps every threshold. The ROC and AUC are counted here in integers and float64 rather than
+taken from torchmetrics: its ``binary_roc``/``binary_auroc`` accumulate in float32, so an AUC
+of exactly 0.55 came out as 0.55000001 and failed a ``mia/auc <= 0.55`` gate, and it applies a
+sigmoid to scores outside [0, 1], which merges nearby losses such as 1e-7 and 2e-7 into ties.
+Ties count one half (the Mann–Whitney statistic); ``tests/test_membership.py`` checks both
+against torchmetrics and scikit-learn.
 """
 
 import math
@@ -23,7 +25,6 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.classification import binary_auroc, binary_roc
 
 from secure_ml.attacks.scores import check_scores
 from secure_ml.models.batching import EVAL_BATCH
@@ -55,25 +56,35 @@ class MembershipReport:
         return asdict(self)
 
 
-def _ranked(m: torch.Tensor, n: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Dense ranks of the pooled scores scaled to [0, 1], binary targets (members = 1), ascending distinct scores."""
+def _counts(m: torch.Tensor, n: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ascending distinct pooled scores and, per distinct score, how many members and non-members hold it."""
     uniq, inverse = torch.unique(torch.cat([m, n]), return_inverse=True)
-    ranks = inverse.to(torch.float64) / max(len(uniq) - 1, 1)
-    target = torch.cat([torch.ones(len(m), dtype=torch.long), torch.zeros(len(n), dtype=torch.long)])
-    return ranks, target, uniq
+    members = torch.bincount(inverse[: len(m)], minlength=len(uniq))
+    nonmembers = torch.bincount(inverse[len(m) :], minlength=len(uniq))
+    return uniq, members, nonmembers
 
 
 def roc_curve(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(fpr, tpr, thresholds)`` of "member iff score ≥ t", from (0, 0) at t = +inf down to (1, 1).
 
-    One point per distinct score plus the leading (0, 0); computed by torchmetrics on dense ranks.
+    One point per distinct score plus the leading (0, 0); rates are integer counts divided in float64.
     """
-    ranks, target, uniq = _ranked(*check_scores(member_scores, nonmember_scores))
-    fpr, tpr, _ = binary_roc(ranks, target)
-    thresholds = torch.cat([torch.tensor([math.inf], dtype=torch.float64), uniq.flip(0)])
-    if len(thresholds) != len(fpr):  # torchmetrics' contract: one point per distinct score + (0, 0)
-        raise RuntimeError(f"unexpected ROC length {len(fpr)} for {len(uniq)} distinct scores")
-    return fpr.to(torch.float64), tpr.to(torch.float64), thresholds
+    m, n = check_scores(member_scores, nonmember_scores)
+    uniq, members, nonmembers = _counts(m, n)
+    zero = torch.zeros(1, dtype=torch.long)
+    tpr = torch.cat([zero, members.flip(0).cumsum(0)]).to(torch.float64) / len(m)
+    fpr = torch.cat([zero, nonmembers.flip(0).cumsum(0)]).to(torch.float64) / len(n)
+    thresholds = torch.cat([torch.tensor([math.inf], dtype=torch.float64), uniq.flip(0).to(torch.float64)])
+    return fpr, tpr, thresholds
+
+
+def auc_score(member_scores: torch.Tensor, nonmember_scores: torch.Tensor) -> float:
+    """P(member score > non-member score) + ½·P(equal), the area under :func:`roc_curve`, exact in float64."""
+    m, n = check_scores(member_scores, nonmember_scores)
+    _, members, nonmembers = _counts(m, n)
+    below = nonmembers.cumsum(0) - nonmembers  # non-members strictly below each distinct score
+    twice_wins = (members * (2 * below + nonmembers)).sum().item()  # an integer: exact
+    return twice_wins / (2 * len(m) * len(n))
 
 
 def _tpr_at(fpr: torch.Tensor, tpr: torch.Tensor, target: float) -> float:
@@ -85,8 +96,7 @@ def membership_metrics(member_scores: torch.Tensor, nonmember_scores: torch.Tens
     """AUC, best balanced accuracy, advantage and TPR at 1% / 0.1% FPR of a threshold attack on the scores."""
     m, n = check_scores(member_scores, nonmember_scores)
     fpr, tpr, thresholds = roc_curve(m, n)
-    ranks, target, _ = _ranked(m, n)
-    auc = binary_auroc(ranks, target).item()
+    auc = auc_score(m, n)
     gap = tpr - fpr
     best = int(torch.argmax(gap))
     advantage = max(gap[best].item(), 0.0)

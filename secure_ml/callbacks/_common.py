@@ -9,6 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from secure_ml.callbacks.eval_record import EvalRecord
 from secure_ml.errors import ConfigError
+from secure_ml.report.gates import as_metric
 
 
 def stage_of(trainer: Trainer) -> str:
@@ -62,10 +63,11 @@ def attack_context(pl_module: LightningModule) -> Iterator[None]:
 
 
 def log_all(pl_module: LightningModule, metrics: dict) -> None:
-    """Log scalars once per epoch; identical on every rank (same data, same seed), so syncing only averages equal values."""
+    """Log scalars once per epoch in float64; identical on every rank (same data, same seed), so syncing only averages
+    equal values. ``batch_size=1``: Lightning's epoch mean multiplies and divides by it, which is exact only for 1."""
     sync = pl_module.trainer.world_size > 1
     for key, value in metrics.items():
-        pl_module.log(key, float(value), on_step=False, on_epoch=True, sync_dist=sync)
+        pl_module.log(key, as_metric(value), on_step=False, on_epoch=True, sync_dist=sync, batch_size=1)
 
 
 def on_device(pl_module: LightningModule, *tensors: torch.Tensor):

@@ -86,8 +86,12 @@ class EMACallback(WeightAveraging):
         # Only a resumed fit restores the raw iterate: its "state_dict" holds the average, which is what test,
         # validate and predict must evaluate. (Lightning's own hook would also run after a fit in the same process,
         # e.g. ``--test_after_fit``, and put the raw weights back under test.)
-        if self._average_model is not None and trainer.state.fn == TrainerFn.FITTING:
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        if self._average_model is not None:
             super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        elif "current_model_state" in checkpoint:  # resumed with EMA off: train on from the iterate, not from the average
+            pl_module.load_state_dict(checkpoint["current_model_state"])
 
     @property
     def average(self) -> Optional[torch.nn.Module]:

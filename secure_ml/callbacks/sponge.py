@@ -26,7 +26,8 @@ class SpongeCallback(EpochMetricCallback):
     as on tanh nets), over the clean 99.5th percentile.
 
     Calibration uses non-member digits only: the validation split, in fit, validate and test alike.
-    The policy calibrated on it is kept in the checkpoint (``policy``) for the inference service.
+    The policy calibrated on it is kept in the checkpoint (``policy``) for the inference service, until the
+    next training step: a checkpoint saved before the next calibration holds none (never a stale one).
     False positives: in test, the test split; in fit/validate, leave-one-out over the validation
     digits (a digit counts when the policy calibrated on the other ones rejects it), which needs no
     forward pass beyond the calibration's. The bound ratios use the test split's percentile in test
@@ -189,6 +190,12 @@ class SpongeCallback(EpochMetricCallback):
                 ae = self._autoencoder.reconstruction_model(calib.device)
                 cached = self._reconstruction_scores = (calib.detach().cpu().clone(), reconstruction_error(ae, calib).cpu())
         return cached[1]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # The policy's limits hold for the weights it was calibrated on; a step changes them. Without this, a checkpoint
+        # saved before the next calibration (a resumed fit with validation off, an epoch the check skips) carried the
+        # old weights' policy, and `secure-ml export` shipped it with the new weights.
+        self.policy = None
 
     def state_dict(self) -> Dict[str, Any]:
         return {"policy": self.policy.to_dict() if self.policy is not None else None}

@@ -42,11 +42,11 @@ def export_main(argv: List[str]) -> int:
     release = export_checkpoint(args.ckpt_path, args.output, args.allow_non_dp)
     m = release.manifest
     privacy = m["privacy"]
-    spent = (
-        f"ε = {privacy['epsilon']:.3g} at δ = {privacy['delta']:g} ({privacy['accountant']}, {privacy['steps']} steps)"
-        if privacy.get("dp")
-        else "NO differential privacy"
-    )
+    spent = "NO differential privacy"
+    if privacy.get("dp"):  # ε counts every step that influenced the choice of this file, not only those that trained it
+        trained, counted = privacy["steps"], privacy.get("selection_steps", privacy["steps"])
+        steps = f"{counted} steps" if counted == trained else f"{counted} steps counted for checkpoint selection, {trained} trained"
+        spent = f"ε = {privacy['epsilon']:.3g} at δ = {privacy['delta']:g} ({privacy['accountant']}, {steps})"
     print(
         f"secure-ml export: wrote {args.output} ({m['net']['class_path'].rpartition('.')[2]}, {spent}, input policy "
         f"{'included' if m['input_policy'] else 'none'}; manifest sha256 {release.manifest_sha256})",

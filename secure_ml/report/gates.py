@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping
 
+import torch
+
 from secure_ml.errors import ConfigError
 from secure_ml.report.metric_names import check_known
 
@@ -47,6 +49,12 @@ def check_gates(gates: List[Gate], metrics: Mapping[str, float]) -> List[str]:
         elif not g.passes(float(metrics[g.metric])):
             failures.append(f"{g}: measured {float(metrics[g.metric]):.4g}")
     return failures
+
+
+def as_metric(value) -> torch.Tensor:
+    """A float64 scalar for ``self.log``: Lightning stores a Python float as float32, so an AUC of exactly 0.55 read back
+    as 0.55000001 and failed a ``<= 0.55`` gate, and ε = 3.00000005 passed ``<= 3.0``; float64 tensors stay float64."""
+    return torch.tensor(float(value), dtype=torch.float64)
 
 
 def as_floats(metrics: Mapping) -> Dict[str, float]:

@@ -1,0 +1,60 @@
+"""Whether a checkpoint's optimizer state can carry over to the optimizer a resumed fit configures (torch only).
+
+Lightning restores the optimizer's state, hyper-parameters included, after building the configured optimizer. Two
+things then went wrong without a word: another optimizer class crashed deep in torch (``KeyError: 'step'`` when SGD's
+state met Adam), and a learning rate typed for the resumed fit (``--model.optimizer.init_args.lr``) was replaced by
+the checkpoint's, so the run trained at the old rate while its config.yaml said the new one. Both are now refused
+before training, in one line. The class is recorded in the checkpoint (:data:`OPTIMIZER_KEY`); for files written
+before it was, the set of hyper-parameter names tells the classes apart.
+"""
+
+from typing import Any, Dict, List, Optional
+
+import torch
+
+OPTIMIZER_KEY = "secure_ml_optimizer"
+# Flags that choose a kernel, not the arithmetic, and the scheduler's book-keeping: not hyper-parameters to compare.
+_NOT_COMPARED = {"params", "foreach", "differentiable", "fused", "capturable", "initial_lr"}
+
+
+def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
+    """``module.Class`` of the optimizer that does the arithmetic (Opacus's DPOptimizer wraps it)."""
+    inner = getattr(optimizer, "original_optimizer", optimizer)
+    return f"{type(inner).__module__}.{type(inner).__qualname__}"
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def check_resumable(saved_states: Optional[List[Dict[str, Any]]], saved_name: Optional[str], optimizer: torch.optim.Optimizer) -> None:
+    """Raise ValueError (one sentence) when ``saved_states`` (a checkpoint's ``optimizer_states``) cannot be restored into
+    ``optimizer`` or would silently replace a hyper-parameter it was configured with."""
+    if not saved_states:
+        return
+    name = optimizer_name(optimizer)
+    saved_groups = saved_states[0].get("param_groups") or [{}]
+    ours = optimizer.param_groups[0]
+    keys = {k for k in ours if k not in _NOT_COMPARED}
+    theirs = {k for k in saved_groups[0] if k not in _NOT_COMPARED}
+    if (saved_name is not None and saved_name != name) or (saved_name is None and keys != theirs):
+        was = _short(saved_name) if saved_name else f"an optimizer with {', '.join(sorted(theirs))}"
+        raise ValueError(
+            f"--model.optimizer: the checkpoint was trained with {was}, this fit configures {_short(name)}; its state cannot be "
+            "resumed into another optimizer. Resume with the checkpoint's optimizer (its run's config.yaml), or start a new fit"
+        )
+    for key in sorted(keys & theirs):
+        saved = saved_groups[0].get("initial_lr", saved_groups[0][key]) if key == "lr" else saved_groups[0][key]
+        if _differs(saved, ours[key]):
+            raise ValueError(
+                f"--model.optimizer.init_args.{key} {ours[key]!r} would not apply: resuming restores the checkpoint's optimizer "
+                f"state, {key} {saved!r} included. Resume with {key} {saved!r} (the run's config.yaml), or start a new fit"
+            )
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return not torch.equal(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
+    return a != b

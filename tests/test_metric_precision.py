@@ -1,0 +1,74 @@
+"""Gates compare the metric a callback measured, not a float32 rounding of it (an exact 0.55 AUC failed `<= 0.55`)."""
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from secure_ml.attacks.membership import auc_score, membership_metrics, roc_curve
+from secure_ml.callbacks._common import log_all
+from secure_ml.report.gates import as_floats, check_gates, parse_gates
+
+# Values a callback can measure exactly that float32 moves across the threshold: 0.55 → 0.55000001 (up),
+# 54/60 = 0.9 → 0.89999998 (down), and an ε of 3.00000005 → 3.0 (a fail becomes a pass).
+MEASURED = {"mia/auc": 0.55, "sponge/reject_rate": 54 / 60, "privacy/epsilon": 3.00000005}
+GATES = {"mia/auc": "<= 0.55", "sponge/reject_rate": ">= 0.9", "privacy/epsilon": "<= 3.0"}
+
+
+def test_auc_exactly_at_a_gate_threshold():
+    nonmembers = torch.arange(20.0)
+    members = torch.full((20,), 10.5)  # each member beats 11 of the 20 non-members: 220 / 400 = 0.55 exactly
+    report = membership_metrics(members, nonmembers)
+    assert report.auc == 0.55
+    assert check_gates(parse_gates({"mia/auc": "<= 0.55"}), {"mia/auc": report.auc}) == []
+
+
+def test_auc_and_roc_agree_with_sklearn_under_heavy_ties():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randint(0, 7, (301,), generator=g).double()
+    n = torch.randint(0, 5, (173,), generator=g).double()
+    expected = roc_auc_score(np.r_[np.ones(301), np.zeros(173)], np.r_[m.numpy(), n.numpy()])
+    assert auc_score(m, n) == pytest.approx(expected, abs=1e-12)
+    fpr, tpr, thresholds = roc_curve(m, n)
+    assert fpr.dtype == tpr.dtype == torch.float64
+    assert float(torch.trapezoid(tpr, fpr)) == pytest.approx(expected, abs=1e-12)  # the curve's area is the AUC
+    assert thresholds[1:].tolist() == sorted(set(m.tolist()) | set(n.tolist()), reverse=True)
+
+
+class _Net(LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        return None
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 2)), batch_size=2)
+
+    val_dataloader = train_dataloader
+
+
+class _Measures(Callback):
+    def on_validation_epoch_end(self, trainer, pl_module):
+        log_all(pl_module, MEASURED)
+
+
+def test_logged_metrics_reach_the_gates_unrounded(tmp_path):
+    trainer = Trainer(
+        max_epochs=1, callbacks=[_Measures()], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(_Net())
+    logged = as_floats(trainer.callback_metrics)
+    assert {k: logged[k] for k in MEASURED} == MEASURED
+    failures = check_gates(parse_gates(GATES), logged)
+    assert len(failures) == 1 and failures[0].startswith("privacy/epsilon <= 3")

@@ -1,0 +1,74 @@
+"""Resuming a fit with another optimizer, or with a hyper-parameter typed anew: Lightning restores the checkpoint's
+optimizer state after configure_optimizers, so another class crashed deep in torch and a new lr was silently replaced."""
+
+import pytest
+import torch
+
+from secure_ml.cli import main
+from secure_ml.optim_resume import check_resumable, optimizer_name
+from tests.helpers.data import smoke_args
+
+
+def _params():
+    return [torch.nn.Parameter(torch.ones(3))]
+
+
+def _trained_state(optimizer):
+    optimizer.param_groups[0]["params"][0].grad = torch.ones(3)
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+def test_the_weaknesses_the_check_guards_against_are_real():
+    """Negative controls: without the check, SGD's state restored into Adam fails deep in torch, and a restored state
+    replaces the lr the resumed run was configured with."""
+    adam = torch.optim.Adam(_params(), lr=1e-3)
+    with pytest.raises(KeyError, match="step"):
+        adam.load_state_dict(_trained_state(torch.optim.SGD(_params(), lr=0.01, momentum=0.9)))
+    resumed = torch.optim.SGD(_params(), lr=0.5, momentum=0.9)
+    resumed.load_state_dict(_trained_state(torch.optim.SGD(_params(), lr=0.01, momentum=0.9)))
+    assert resumed.param_groups[0]["lr"] == 0.01  # the typed 0.5 is gone without a word
+
+
+def test_another_class_or_a_changed_hyper_parameter_is_refused_and_the_same_passes():
+    sgd = torch.optim.SGD(_params(), lr=0.01, momentum=0.9)
+    saved = [_trained_state(sgd)]
+    name = optimizer_name(sgd)
+    check_resumable(saved, name, torch.optim.SGD(_params(), lr=0.01, momentum=0.9))  # the same: resumes
+    check_resumable(None, None, torch.optim.Adam(_params()))  # a checkpoint without optimizer state: nothing to check
+    with pytest.raises(ValueError, match=r"^--model.optimizer: the checkpoint was trained with SGD, this fit configures Adam"):
+        check_resumable(saved, name, torch.optim.Adam(_params()))
+    with pytest.raises(ValueError, match=r"^--model.optimizer: the checkpoint was trained with an optimizer with"):
+        check_resumable(saved, None, torch.optim.Adam(_params()))  # an older file: told apart by its hyper-parameter names
+    with pytest.raises(ValueError, match=r"^--model.optimizer.init_args.lr 0.5 would not apply.*lr 0.01"):
+        check_resumable(saved, name, torch.optim.SGD(_params(), lr=0.5, momentum=0.9))
+    with pytest.raises(ValueError, match=r"^--model.optimizer.init_args.momentum 0.5 would not apply"):
+        check_resumable(saved, name, torch.optim.SGD(_params(), lr=0.01, momentum=0.5))
+    scheduled = dict(saved[0], param_groups=[dict(saved[0]["param_groups"][0], lr=0.001, initial_lr=0.01)])
+    check_resumable([scheduled], name, torch.optim.SGD(_params(), lr=0.01, momentum=0.9))  # a decayed lr is the schedule's
+
+
+@pytest.mark.slow
+def test_resume_end_to_end(tiny_mnist, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    common = smoke_args(tiny_mnist, "--data.batch_size", "32", "--robustness.enabled", "false", "--sponge.enabled", "false")
+    common += ["--membership.enabled", "false", "--reference_mia.enabled", "false", "--model.dp.enabled", "false"]
+    main(["fit", *common, "--trainer.max_epochs", "1"])
+    ckpt = str(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    refusals = (
+        (
+            ["--model.optimizer", "torch.optim.Adam", "--model.optimizer.lr", "0.001"],
+            "--model.optimizer: the checkpoint was trained with SGD",
+        ),
+        (["--model.optimizer.init_args.lr", "0.5"], "--model.optimizer.init_args.lr 0.5 would not apply"),
+    )
+    for flags, message in refusals:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", ckpt, *flags])
+        err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("INFO: ")]
+        assert exc.value.code == 2 and len(err) == 1, err
+        assert err[0].startswith(f"secure-ml: error: {message}"), err[0]
+    main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", ckpt])  # the same optimizer resumes
+    resumed = torch.load(sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1], weights_only=True)
+    assert resumed["epoch"] == 1 and resumed["secure_ml_optimizer"] == "torch.optim.sgd.SGD"
