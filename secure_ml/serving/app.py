@@ -5,7 +5,7 @@ Why FastAPI on uvicorn: pydantic models document the request and response (``/do
 act before the framework reads a byte of the body; and uvicorn is a mature ASGI server that serves
 from one asyncio loop, the model running on a small thread pool so the loop never blocks.
 
-Guard order for every request except the public ``/health`` (and ``/docs``, ``/openapi.json`` when on);
+Guard order for every request except the public ``/health`` and ``/ready`` (and ``/docs``, ``/openapi.json`` when on);
 each refusal is ``errors.error_response``'s JSON ``{"error", "reason", "detail"}`` (see :data:`GUARD_ORDER`):
 
 1. request log: one JSON line per request, written before the response leaves; 503 ``audit_unavailable`` if not
@@ -44,6 +44,7 @@ from secure_ml.serving.metrics import CONTENT_TYPE, Metrics, detector_source, ga
 from secure_ml.serving.middleware import BodyLimitMiddleware, ClientGateMiddleware, RequestLogMiddleware
 from secure_ml.serving.payload import PayloadError, parse_image
 from secure_ml.serving.rate_limit import MemoryBucketStorage, RateLimiter, RedisBucketStorage, StoreUnavailable, redis_client
+from secure_ml.serving.readiness import Readiness
 from secure_ml.serving.request_log import RequestLog, now_iso, request_context, sha256_hex
 from secure_ml.serving.settings import ServeConfig
 
@@ -130,6 +131,8 @@ def build_service(
     failed_auth = RateLimiter(MemoryBucketStorage(clock=clock, max_keys=1), cfg.auth.failed_qps, cfg.auth.failed_burst) if auth else None
     detector = ExtractionDetector(cfg.extraction, num_classes, clock) if cfg.guard_on("extraction") else None
     blocklist = blocks if detector is not None and cfg.extraction.action == "block" else None
+    uses_redis = redis is not None and (limiter is not None or blocklist is not None)
+    readiness = Readiness(redis.ping if uses_redis else None, cfg.rate_limit.redis_timeout_s, clock)
     log = RequestLog(cfg.audit.path, cfg.audit.alert_path, cfg.audit.fsync) if cfg.guard_on("audit") else None
     engine = InferenceEngine(
         model,
@@ -219,6 +222,13 @@ def build_service(
     async def health():
         return {"status": "ok"}
 
+    @api.get("/ready", summary="Readiness (no key): 503 while the rate-limit store is down", responses={503: {"model": ErrorResponse}})
+    async def ready():
+        reason = await readiness.check()
+        if reason is not None:
+            raise ServiceError(503, "unavailable", reason, "the rate-limit store is unavailable; retry later", {"Retry-After": "1"})
+        return {"status": "ready"}
+
     @api.get("/metrics", summary="Prometheus metrics (admin key)", responses=ERRORS)
     async def metrics_endpoint():
         return Response(metrics.render(), media_type=CONTENT_TYPE)
@@ -259,7 +269,7 @@ def build_service(
 
     asgi: ASGIApp = BodyLimitMiddleware(api, cfg.body.max_body_bytes, cfg.body.body_timeout_s) if cfg.guard_on("body") else api
     if auth is not None or limiter is not None or blocklist is not None:
-        public = frozenset(("/health", *(DOCS_PATHS if docs else ())))
+        public = frozenset(("/health", "/ready", *(DOCS_PATHS if docs else ())))
         asgi = ClientGateMiddleware(asgi, auth, failed_auth, blocklist, limiter, public, frozenset({"/metrics"}))
     asgi = RequestLogMiddleware(asgi, log, metrics)
     return Service(cfg, api, asgi, engine, metrics, auth, limiter, blocklist, detector, log)

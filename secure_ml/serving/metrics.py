@@ -19,7 +19,7 @@ from typing import Callable, Dict, Iterator, List
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-KNOWN_ENDPOINTS = ("/predict", "/health", "/metrics", "/docs", "/openapi.json")
+KNOWN_ENDPOINTS = ("/predict", "/health", "/ready", "/metrics", "/docs", "/openapi.json")
 QUANTILES = (0.5, 0.9, 0.99)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
