@@ -14,19 +14,19 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from opacus.utils.uniform_sampler import DistributedUniformWithReplacementSampler, UniformWithReplacementSampler
 from torch import nn
 
 from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
 from secure_ml.callbacks.selection import SelectionRefresh
 from secure_ml.checkpoint_io import install_safe_checkpoint_io
 from secure_ml.errors import ConfigError, TrainingDiverged
+from secure_ml.fit_checks import check_distributed_dp, check_trainer_for_dp, check_training_start
 from secure_ml.models import SmallCNN
 from secure_ml.models.probe import NUM_CLASSES, check_net_output, describe_nonfinite, digit_shape, nonfinite_parameters
 from secure_ml.models.registry import describe_net
 from secure_ml.optim_resume import OPTIMIZER_KEY, check_resumable, optimizer_name
 from secure_ml.privacy.config import DPConfig
-from secure_ml.privacy.engine import PrivateTraining, check_model, make_private, poisson_sample_rate
+from secure_ml.privacy.engine import PrivateTraining, check_model, make_private
 from secure_ml.privacy.ledger import DP_STATE_KEY
 from secure_ml.privacy.modes import resolve_mode
 from secure_ml.privacy.private import epsilon_from_state
@@ -150,9 +150,7 @@ class SecureClassifier(LightningModule):
 
     def _make_private(self, optimizer: torch.optim.Optimizer) -> PrivateTraining:
         """Resolve the DP mode once and wrap ``optimizer``; the accountant continues from the weights' own history."""
-        self._check_trainer_for_dp()
-        if self.trainer.limit_train_batches == 0:  # Lightning then hands over an empty loader, not the Poisson one
-            raise ConfigError("--trainer.limit_train_batches 0 trains nothing; with --model.dp.enabled there is nothing to make private")
+        check_trainer_for_dp(self.trainer)
         estimated = self.trainer.estimated_stepping_batches  # also makes Lightning load the train loader
         total_steps = int(estimated) if math.isfinite(estimated) else 0  # 0: unbounded (max_epochs -1)
         if self.trainer.train_dataloader is None:  # unbounded runs return before loading it
@@ -163,7 +161,7 @@ class SecureClassifier(LightningModule):
         loader = self.trainer.train_dataloader
         distributed = self.trainer.world_size > 1
         if distributed:
-            self._check_distributed_dp(loader)
+            check_distributed_dp(self.trainer, loader)
         mixed = self.adversarial.active and 0 < self.adversarial.ratio < 1
         mode = resolve_mode(self.dp, mixed=mixed, distributed=distributed, net=self.net)
         module = self.trainer.strategy.model if distributed else None  # the DDP wrapper → clipped sums all-reduced, noise once
@@ -174,26 +172,6 @@ class SecureClassifier(LightningModule):
     def dp_state(self) -> Optional[Dict[str, Any]]:
         """The accountant state of the current weights: the live run's, else the loaded checkpoint's; None without DP."""
         return self.private.state_dict() if self.private is not None else self._loaded_dp_state
-
-    def _check_trainer_for_dp(self) -> None:
-        trainer = self.trainer
-        if trainer.gradient_clip_val:
-            raise ConfigError(
-                "--trainer.gradient_clip_val clips the raw, non-private gradient; with DP the clipping is --model.dp.max_grad_norm. Remove it"
-            )
-        if trainer.accumulate_grad_batches != 1:
-            raise ConfigError(
-                "--trainer.accumulate_grad_batches > 1 breaks Poisson sampling's privacy accounting; use a larger --data.batch_size"
-            )
-
-    def _check_distributed_dp(self, loader) -> None:
-        if not isinstance(getattr(loader, "batch_sampler", None), DistributedUniformWithReplacementSampler):
-            raise ConfigError(
-                "DP under several processes needs each rank's own Poisson sampler; set --trainer.use_distributed_sampler false "
-                "(the secure-ml CLI's default) so Lightning does not replace it"
-            )
-        if not isinstance(self.trainer.strategy.model, torch.nn.parallel.DistributedDataParallel):
-            raise ConfigError("DP with several devices is supported with --trainer.strategy ddp (DistributedDataParallel)")
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         """Stop at the first step that leaves a weight NaN or infinite: before validation, the scorecard or a checkpoint sees it."""
@@ -217,21 +195,7 @@ class SecureClassifier(LightningModule):
 
     def on_train_start(self) -> None:
         self._check_finite_weights()  # a resumed checkpoint of a diverged run
-        loader = self.trainer.train_dataloader
-        if not self.dp.enabled:
-            if isinstance(
-                getattr(loader, "batch_sampler", None), (UniformWithReplacementSampler, DistributedUniformWithReplacementSampler)
-            ):
-                raise ConfigError("--data.poisson_sampling true without --model.dp.enabled draws empty batches for nothing; set it false")
-            return
-        optimizers = self.trainer.optimizers
-        if self.private is None or len(optimizers) != 1 or optimizers[0] is not self.private.optimizer:
-            found = ", ".join(type(o).__name__ for o in optimizers) or "none"
-            raise ConfigError(
-                f"--model.dp.enabled is true but training would use {found}, not the DP optimizer: the run would not be private. "
-                "Set the optimizer with --model.optimizer, not a top-level --optimizer"
-            )
-        poisson_sample_rate(loader)
+        check_training_start(self.trainer, self.dp.enabled, self.private)
 
     def on_train_batch_start(self, batch, batch_idx) -> Optional[int]:
         # The privacy budget is spent (dp_step would refuse anyway): skip the rest of the epoch without reading the batches.

@@ -8,7 +8,6 @@ list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false
 """
 
 import logging
-import re
 import sys
 import types
 import warnings
@@ -17,7 +16,6 @@ from typing import Dict, List, Optional, Set
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -37,6 +35,7 @@ from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.module import SecureClassifier
+from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, stopped_message
 
 TRAINER_DEFAULTS = {
     # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
@@ -189,7 +188,7 @@ class SecureMLCLI(LightningCLI):
         )
 
     def before_fit(self) -> None:
-        if self.config.fit.get("test_after_fit") and not _checkpointers(self.trainer):
+        if self.config.fit.get("test_after_fit") and not checkpointers(self.trainer):
             raise ConfigError(
                 "--test_after_fit tests the fit's last checkpoint, but this run writes none: keep a ModelCheckpoint "
                 "in --trainer.callbacks (configs/capstone.yaml writes checkpoints/last.ckpt) and --trainer.enable_checkpointing true"
@@ -218,45 +217,6 @@ def named_subcommand(args, run: bool = True) -> Optional[str]:
     if not isinstance(tokens, (list, tuple)) or not tokens or not isinstance(tokens[0], str):
         return None  # a dict or Namespace of options
     return tokens[0] if tokens[0] in LightningCLI.subcommands() else None
-
-
-def _checkpointers(trainer) -> list:
-    return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
-
-
-def checkpoint_to_test(trainer) -> Optional[str]:
-    """Lightning's "last" checkpoint of this fit: the newest file named ``last[-N].ckpt`` in a ModelCheckpoint's folder
-    (``checkpoints/last.ckpt`` in the capstone); without one, the latest save of a ModelCheckpoint that monitors nothing;
-    without that, the first one's best. None when the fit wrote none.
-
-    Not simply the newest file: at the end of a DP fit the monitored (best) checkpoints are rewritten with the steps their
-    selection saw (``privacy.selection``), so the best epoch's file can be newer than the last epoch's.
-    """
-    checkpointers = _checkpointers(trainer)
-    lasts = [
-        path
-        for cb in checkpointers
-        if cb.dirpath and Path(cb.dirpath).is_dir()
-        for path in Path(cb.dirpath).iterdir()
-        if path.suffix == cb.FILE_EXTENSION and re.fullmatch(rf"{re.escape(cb.CHECKPOINT_NAME_LAST)}(-\d+)?", path.stem)
-    ]
-    if lasts:
-        return str(max(lasts, key=lambda p: p.stat().st_mtime_ns))
-    for candidates in ([cb for cb in checkpointers if not cb.monitor], checkpointers[:1]):
-        paths = [Path(cb.best_model_path) for cb in candidates if cb.best_model_path and Path(cb.best_model_path).is_file()]
-        if paths:
-            return str(max(paths, key=lambda p: p.stat().st_mtime_ns))
-    return None
-
-
-def stopped_message(trainer, subcommand: str) -> str:
-    """What a SIGTERM left: where the run stopped and, for a fit, the checkpoint to resume from."""
-    if subcommand != "fit":
-        return f"{subcommand} stopped by SIGTERM before it finished; no report was written"
-    done = trainer.fit_loop.epoch_progress.current.completed
-    text = f"fit stopped by SIGTERM after {done} complete epoch{'' if done == 1 else 's'} (step {trainer.global_step})"
-    last = checkpoint_to_test(trainer)
-    return f"{text}; resume with --ckpt_path {last}" if last else f"{text}; it had saved no checkpoint yet"
 
 
 def cli_main(

@@ -151,7 +151,7 @@ def test_test_after_fit_picks_the_last_checkpoint_even_when_the_best_was_rewritt
 
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from secure_ml.train_cli import checkpoint_to_test
+    from secure_ml.run_checkpoints import checkpoint_to_test
 
     last, best = tmp_path / "last.ckpt", tmp_path / "best-epoch0.ckpt"
     last.write_bytes(b"epoch 2")
