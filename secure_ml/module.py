@@ -132,21 +132,20 @@ class SecureClassifier(LightningModule):
             optimizer = factory(self.net.parameters())
         except ValueError as exc:  # torch's own range checks (a negative lr, momentum, ...): one line, not a traceback
             raise ConfigError(f"--model.optimizer: {exc}") from None
-        resumed, self._resumed_optimizer = self._resumed_optimizer, None
-        if resumed is not None:  # Lightning restores these states into `optimizer` next: refuse what it cannot or would overwrite
-            try:
-                check_resumable(*resumed, optimizer)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
         if self.dp.enabled:
             optimizer = self._make_private(optimizer).optimizer
         else:  # trained on without DP: a loaded checkpoint's ε no longer describes these weights
             self._loaded_dp_state = None
         # The one place this is decided: every DP mode takes its own optimizer step (dp_step).
         self.automatic_optimization = self.private is None
-        if self.scheduler_factory is not None:
-            return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}
-        return optimizer
+        scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
+        resumed, self._resumed_optimizer = self._resumed_optimizer, None
+        if resumed is not None:  # Lightning restores these states next: refuse what it cannot, or would overwrite, in one line
+            try:
+                check_resumable(*resumed, optimizer)  # after the scheduler, which sets values of its own (initial_lr, ...)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def _make_private(self, optimizer: torch.optim.Optimizer) -> PrivateTraining:
         """Resolve the DP mode once and wrap ``optimizer``; the accountant continues from the weights' own history."""

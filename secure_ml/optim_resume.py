@@ -15,6 +15,11 @@ import torch
 OPTIMIZER_KEY = "secure_ml_optimizer"
 # Flags that choose a kernel, not the arithmetic, and the scheduler's book-keeping: not hyper-parameters to compare.
 _NOT_COMPARED = {"params", "foreach", "differentiable", "fused", "capturable", "initial_lr"}
+# A cycling scheduler (OneCycleLR, CyclicLR with cycle_momentum) moves these every step between its base_momentum and
+# max_momentum, which are compared instead.
+_CYCLED = {"momentum", "betas"}
+# Values a scheduler writes into the parameter groups (OneCycleLR, CyclicLR): compared first, and named as its flags.
+_SCHEDULER_KEYS = ("max_lr", "min_lr", "base_momentum", "max_momentum")
 
 
 def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
@@ -29,7 +34,12 @@ def _short(name: str) -> str:
 
 def check_resumable(saved_states: Optional[List[Dict[str, Any]]], saved_name: Optional[str], optimizer: torch.optim.Optimizer) -> None:
     """Raise ValueError (one sentence) when ``saved_states`` (a checkpoint's ``optimizer_states``) cannot be restored into
-    ``optimizer`` or would silently replace a hyper-parameter it was configured with."""
+    ``optimizer`` or would silently replace a hyper-parameter it was configured with.
+
+    Call it once the LR scheduler (if any) is built on ``optimizer``: a scheduler sets values of its own at construction
+    (``initial_lr``; OneCycleLR also the lr it starts from, ``max_lr`` and the momentum bounds), and those are what the
+    checkpoint's are compared with. The lr is compared as the schedule's start (``initial_lr``) on both sides; a value a
+    scheduler cycles (momentum, betas) is left to the scheduler, whose bounds are compared."""
     if not saved_states:
         return
     name = optimizer_name(optimizer)
@@ -43,12 +53,19 @@ def check_resumable(saved_states: Optional[List[Dict[str, Any]]], saved_name: Op
             f"--model.optimizer: the checkpoint was trained with {was}, this fit configures {_short(name)}; its state cannot be "
             "resumed into another optimizer. Resume with the checkpoint's optimizer (its run's config.yaml), or start a new fit"
         )
-    for key in sorted(keys & theirs):
-        saved = saved_groups[0].get("initial_lr", saved_groups[0][key]) if key == "lr" else saved_groups[0][key]
-        if _differs(saved, ours[key]):
+    cycled = _CYCLED if "max_momentum" in ours or "max_momentum" in saved_groups[0] else set()
+    compared = (keys & theirs) - cycled
+    for key in [k for k in _SCHEDULER_KEYS if k in compared] + sorted(compared - set(_SCHEDULER_KEYS)):
+        saved, configured = saved_groups[0][key], ours[key]
+        if key == "lr":
+            saved, configured = saved_groups[0].get("initial_lr", saved), ours.get("initial_lr", configured)
+        if _differs(saved, configured):
+            scheduled = key in _SCHEDULER_KEYS or (key == "lr" and "initial_lr" in ours)
+            flag = f"--model.scheduler.init_args.{key}" if key in _SCHEDULER_KEYS else f"--model.optimizer.init_args.{key}"
+            what = f"{flag} {configured!r}" if not scheduled or key != "lr" else f"the scheduled lr's start {configured!r}"
             raise ValueError(
-                f"--model.optimizer.init_args.{key} {ours[key]!r} would not apply: resuming restores the checkpoint's optimizer "
-                f"state, {key} {saved!r} included. Resume with {key} {saved!r} (the run's config.yaml), or start a new fit"
+                f"{what} would not apply: resuming restores the checkpoint's optimizer state, {key} {saved!r} included. "
+                f"Resume with the run's {'optimizer and scheduler' if scheduled else key} (its config.yaml), or start a new fit"
             )
 
 

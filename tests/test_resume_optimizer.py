@@ -72,3 +72,50 @@ def test_resume_end_to_end(tiny_mnist, tmp_path, monkeypatch, capsys):
     main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", ckpt])  # the same optimizer resumes
     resumed = torch.load(sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1], weights_only=True)
     assert resumed["epoch"] == 1 and resumed["secure_ml_optimizer"] == "torch.optim.sgd.SGD"
+
+
+def _scheduled(optimizer_cls, scheduler: str, max_lr: float = 0.1, **kw):
+    optimizer = optimizer_cls(_params(), **kw)
+    if scheduler == "onecycle":
+        return optimizer, torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=100)
+    return optimizer, torch.optim.lr_scheduler.CyclicLR(optimizer, 0.001, max_lr, step_size_up=10)
+
+
+@pytest.mark.parametrize(
+    "optimizer_cls,kw,scheduler",
+    [
+        (torch.optim.SGD, {"lr": 0.01, "momentum": 0.9}, "onecycle"),
+        (torch.optim.Adam, {"lr": 0.01}, "onecycle"),
+        (torch.optim.SGD, {"lr": 0.01, "momentum": 0.9}, "cyclic"),
+    ],
+)
+def test_a_cycling_schedule_resumes_with_its_own_config(optimizer_cls, kw, scheduler):
+    """From a review: OneCycleLR/CyclicLR move lr and momentum/betas every step, so a run resumed with its own config was
+    refused ("momentum 0.9 would not apply ... 0.87"). The check now runs after the scheduler is built and compares its
+    bounds. Negative control: the same states against a bare optimizer (the check's old place, before the scheduler) are refused."""
+    optimizer, sched = _scheduled(optimizer_cls, scheduler, **kw)
+    for _ in range(7):
+        optimizer.param_groups[0]["params"][0].grad = torch.ones(3)
+        optimizer.step()
+        sched.step()
+    saved, name = [optimizer.state_dict()], optimizer_name(optimizer)
+    check_resumable(saved, name, _scheduled(optimizer_cls, scheduler, **kw)[0])
+    with pytest.raises(ValueError, match="would not apply"):
+        check_resumable(saved, name, optimizer_cls(_params(), **kw))
+    if scheduler == "onecycle":  # its max_lr lives in the parameter groups: a changed one is refused, named as its flag
+        with pytest.raises(ValueError, match=r"^--model.scheduler.init_args.max_lr 0.2 would not apply"):
+            check_resumable(saved, name, _scheduled(optimizer_cls, scheduler, max_lr=0.2, **kw)[0])
+
+
+@pytest.mark.slow
+def test_a_one_cycle_fit_resumes_end_to_end(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    common = smoke_args(tiny_mnist, "--data.batch_size", "32", "--robustness.enabled", "false", "--sponge.enabled", "false")
+    common += ["--membership.enabled", "false", "--reference_mia.enabled", "false", "--model.dp.enabled", "false"]
+    common += ["--model.scheduler", "torch.optim.lr_scheduler.OneCycleLR", "--model.scheduler.max_lr", "0.05"]
+    common += ["--model.scheduler.total_steps", "1000"]
+    main(["fit", *common, "--trainer.max_epochs", "1"])
+    ckpt = str(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", ckpt])
+    resumed = torch.load(sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1], weights_only=True)
+    assert resumed["epoch"] == 1
