@@ -24,7 +24,7 @@ from secure_ml.fit_checks import check_distributed_dp, check_trainer_for_dp, che
 from secure_ml.models import SmallCNN
 from secure_ml.models.probe import NUM_CLASSES, check_net_output, describe_nonfinite, digit_shape, nonfinite_parameters
 from secure_ml.models.registry import describe_net
-from secure_ml.optim_resume import OPTIMIZER_KEY, check_resumable, optimizer_name
+from secure_ml.optim_resume import OPTIMIZER_KEY, check_resumable, check_scheduler_resumable, optimizer_name
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import PrivateTraining, check_model, make_private
 from secure_ml.privacy.ledger import DP_STATE_KEY
@@ -61,7 +61,7 @@ class SecureClassifier(LightningModule):
         self.dp = dp
         self.private: Optional[PrivateTraining] = None  # set by configure_optimizers when DP is on
         self._loaded_dp_state: Optional[Dict[str, Any]] = None  # the accountant state of weights loaded from a checkpoint
-        self._resumed_optimizer: Optional[tuple] = None  # (optimizer states, class name) of a checkpoint a fit resumes
+        self._resumed_optimizer: Optional[tuple] = None  # (optimizer states, class name, scheduler states) of a checkpoint a fit resumes
         self.save_hyperparameters({"net": describe_net(self.net), "adversarial": asdict(adversarial), "dp": asdict(dp)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,7 +142,8 @@ class SecureClassifier(LightningModule):
         resumed, self._resumed_optimizer = self._resumed_optimizer, None
         if resumed is not None:  # Lightning restores these states next: refuse what it cannot, or would overwrite, in one line
             try:
-                check_resumable(*resumed, optimizer)  # after the scheduler, which sets values of its own (initial_lr, ...)
+                check_resumable(*resumed[:2], optimizer)  # after the scheduler, which sets values of its own (initial_lr, ...)
+                check_scheduler_resumable(resumed[2], scheduler)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
@@ -240,7 +241,7 @@ class SecureClassifier(LightningModule):
             self.private = None
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
         if fitting:
-            self._resumed_optimizer = (checkpoint.get("optimizer_states"), checkpoint.get(OPTIMIZER_KEY))
+            self._resumed_optimizer = (checkpoint.get("optimizer_states"), checkpoint.get(OPTIMIZER_KEY), checkpoint.get("lr_schedulers"))
         if fitting and self.dp.enabled and self._loaded_dp_state is None:
             raise ConfigError(
                 "--ckpt_path holds no privacy-accountant state (it was not trained with DP, or by an older version); "

@@ -70,8 +70,48 @@ def check_resumable(saved_states: Optional[List[Dict[str, Any]]], saved_name: Op
 
 
 def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() != b.keys() or any(_differs(a[k], b[k]) for k in a)
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return not torch.equal(torch.as_tensor(a, dtype=torch.float64), torch.as_tensor(b, dtype=torch.float64))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
         return len(a) != len(b) or any(_differs(x, y) for x, y in zip(a, b))
     return a != b
+
+
+# A scheduler's state beyond its settings: where it is in the schedule and what it derived from the optimizer.
+_SCHEDULE_POSITION = {"last_epoch", "base_lrs", "verbose"}
+# OneCycleLR's settings as it stores them: the flags they come from (compared after the public settings they derive from).
+_PRIVATE_SETTINGS = {"_schedule_phases": "pct_start or three_phase", "_anneal_func_type": "anneal_strategy"}
+
+
+def _settings(state: Dict[str, Any]) -> set:
+    return {k for k in state if (not k.startswith("_") or k in _PRIVATE_SETTINGS) and k not in _SCHEDULE_POSITION}
+
+
+def check_scheduler_resumable(saved_states: Optional[List[Dict[str, Any]]], scheduler) -> None:
+    """Raise ValueError (one sentence) when a checkpoint's ``lr_schedulers`` state, which Lightning restores over the
+    scheduler a resumed fit builds, belongs to another scheduler or would silently replace a setting it was configured
+    with (a new ``gamma`` or ``step_size`` trained at the old one). Nothing to check without either."""
+    if not saved_states or scheduler is None:
+        return
+    saved, ours = saved_states[0], scheduler.state_dict()
+    name = type(scheduler).__name__
+    if _settings(saved) != _settings(ours):
+        listed = [", ".join(sorted(_PRIVATE_SETTINGS.get(k, k) for k in _settings(st))) or "none" for st in (saved, ours)]
+        raise ValueError(
+            f"--model.scheduler: the checkpoint's schedule has the settings {listed[0]}, this "
+            f"fit's {name} has {listed[1]}; its state cannot be resumed into another scheduler. "
+            "Resume with the run's scheduler (its config.yaml), or start a new fit"
+        )
+    for key in sorted(_settings(ours), key=lambda k: (k in _PRIVATE_SETTINGS, k)):
+        if not _differs(saved[key], ours[key]):
+            continue
+        if key in _PRIVATE_SETTINGS:
+            what = f"--model.scheduler.init_args.{_PRIVATE_SETTINGS[key]} differs from the checkpoint's {name} and would not apply"
+        else:
+            what = (
+                f"--model.scheduler.init_args.{key} {ours[key]!r} would not apply: resuming restores the checkpoint's "
+                f"scheduler state, {key} {saved[key]!r} included"
+            )
+        raise ValueError(f"{what}. Resume with the run's scheduler (its config.yaml), or start a new fit")

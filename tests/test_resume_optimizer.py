@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from secure_ml.cli import main
-from secure_ml.optim_resume import check_resumable, optimizer_name
+from secure_ml.optim_resume import check_resumable, check_scheduler_resumable, optimizer_name
 from tests.helpers.data import smoke_args
 
 
@@ -108,7 +108,7 @@ def test_a_cycling_schedule_resumes_with_its_own_config(optimizer_cls, kw, sched
 
 
 @pytest.mark.slow
-def test_a_one_cycle_fit_resumes_end_to_end(tiny_mnist, tmp_path, monkeypatch):
+def test_a_one_cycle_fit_resumes_end_to_end(tiny_mnist, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     common = smoke_args(tiny_mnist, "--data.batch_size", "32", "--robustness.enabled", "false", "--sponge.enabled", "false")
     common += ["--membership.enabled", "false", "--reference_mia.enabled", "false", "--model.dp.enabled", "false"]
@@ -116,6 +116,40 @@ def test_a_one_cycle_fit_resumes_end_to_end(tiny_mnist, tmp_path, monkeypatch):
     common += ["--model.scheduler.total_steps", "1000"]
     main(["fit", *common, "--trainer.max_epochs", "1"])
     ckpt = str(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # a changed schedule length: Lightning would restore the old one over it
+        main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", ckpt, "--model.scheduler.total_steps", "2000"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("secure-ml: error:")]
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert err[0].startswith("secure-ml: error: --model.scheduler.init_args.total_steps 2000 would not apply"), err[0]
     main(["fit", *common, "--trainer.max_epochs", "2", "--ckpt_path", ckpt])
     resumed = torch.load(sorted(tmp_path.glob("lightning_logs/version_*/checkpoints/last.ckpt"))[-1], weights_only=True)
     assert resumed["epoch"] == 1
+
+
+def _step_lr(gamma=0.5, step_size=2):
+    return torch.optim.lr_scheduler.StepLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), step_size, gamma)
+
+
+def test_a_changed_scheduler_setting_or_another_scheduler_is_refused():
+    """Lightning restores the checkpoint's scheduler state over the one a resumed fit builds. Negative control: a
+    restored StepLR state silently replaces a new gamma. With the check: refused in one line; the same settings pass."""
+    old = _step_lr(gamma=0.5)
+    old.optimizer.step()
+    old.step()
+    saved = [old.state_dict()]
+    silently = _step_lr(gamma=0.1)
+    silently.load_state_dict(saved[0])
+    assert silently.gamma == 0.5  # the typed 0.1 is gone without a word
+    check_scheduler_resumable(saved, _step_lr(gamma=0.5))
+    check_scheduler_resumable(None, _step_lr())  # nothing saved, or no scheduler now: nothing to check
+    check_scheduler_resumable(saved, None)
+    with pytest.raises(ValueError, match=r"^--model.scheduler.init_args.gamma 0.1 would not apply.*gamma 0.5"):
+        check_scheduler_resumable(saved, _step_lr(gamma=0.1))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD(_params(), lr=0.01), 10)
+    with pytest.raises(ValueError, match=r"^--model.scheduler: the checkpoint's schedule has the settings gamma, step_size"):
+        check_scheduler_resumable(saved, cosine)
+    one_cycle = [torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.1, 100).state_dict()]
+    with pytest.raises(ValueError, match=r"^--model.scheduler.init_args.pct_start or three_phase differs"):  # a private attribute
+        other = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.1, 100, pct_start=0.5)
+        check_scheduler_resumable(one_cycle, other)
