@@ -208,13 +208,13 @@ class SecureClassifier(LightningModule):
         if self.private is not None:
             eps = self.private.epsilon(self.dp.delta)
             if eps is not None:
-                self.log("privacy/epsilon", as_metric(eps), sync_dist=sync, batch_size=1)
-            self.log("privacy/noise_multiplier", as_metric(self.private.noise_multiplier), sync_dist=sync, batch_size=1)
+                self.log("privacy/epsilon", as_metric(eps, self.device), sync_dist=sync, batch_size=1)
+            self.log("privacy/noise_multiplier", as_metric(self.private.noise_multiplier, self.device), sync_dist=sync, batch_size=1)
         report = getattr(self.trainer.datamodule, "sanitization_report", None) if self.trainer.datamodule is not None else None
         poisoned = getattr(self.trainer.datamodule, "poisoned_indices", None) if report is not None else None
         if report is not None and poisoned is not None:
             scores = {"poison/precision": report.precision, "poison/recall": report.recall, "poison/f1": report.f1}
-            self.log_dict({k: as_metric(v) for k, v in scores.items()}, sync_dist=sync, batch_size=1)
+            self.log_dict({k: as_metric(v, self.device) for k, v in scores.items()}, sync_dist=sync, batch_size=1)
 
     def configure_callbacks(self):
         """Files a monitored ModelCheckpoint keeps were chosen by comparing every model so far: their ε must cover all
@@ -226,7 +226,7 @@ class SecureClassifier(LightningModule):
         state = self.dp_state()
         eps = epsilon_from_state(state, self.dp.delta) if state is not None else None
         if eps is not None:
-            self.log("privacy/epsilon", as_metric(eps), sync_dist=self.trainer.world_size > 1, batch_size=1)
+            self.log("privacy/epsilon", as_metric(eps, self.device), sync_dist=self.trainer.world_size > 1, batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.optimizers:

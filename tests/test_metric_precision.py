@@ -72,3 +72,20 @@ def test_logged_metrics_reach_the_gates_unrounded(tmp_path):
     assert {k: logged[k] for k in MEASURED} == MEASURED
     failures = check_gates(parse_gates(GATES), logged)
     assert len(failures) == 1 and failures[0].startswith("privacy/epsilon <= 3")
+
+
+def test_logged_metrics_are_made_on_the_modules_device():
+    """From a review: the float64 metrics were CPU tensors whatever the module's device, and Lightning keeps a logged
+    tensor where it is, so `sync_dist` under DDP on GPUs would all-reduce CPU tensors with NCCL (which has none). A
+    recording module on the meta device (no GPU here) shows where they are made; MPS (no float64) keeps the CPU."""
+    from types import SimpleNamespace
+
+    from secure_ml.report.gates import as_metric
+
+    logged = {}
+    module = SimpleNamespace(device=torch.device("meta"), trainer=SimpleNamespace(world_size=2))
+    module.log = lambda key, value, **kw: logged.update({key: (value, kw["sync_dist"])})
+    log_all(module, {"mia/auc": 0.55})
+    value, synced = logged["mia/auc"]
+    assert value.device.type == "meta" and value.dtype == torch.float64 and synced
+    assert as_metric(0.55, "mps").device.type == "cpu" and as_metric(0.55).device.type == "cpu"

@@ -67,7 +67,7 @@ def log_all(pl_module: LightningModule, metrics: dict) -> None:
     equal values. ``batch_size=1``: Lightning's epoch mean multiplies and divides by it, which is exact only for 1."""
     sync = pl_module.trainer.world_size > 1
     for key, value in metrics.items():
-        pl_module.log(key, as_metric(value), on_step=False, on_epoch=True, sync_dist=sync, batch_size=1)
+        pl_module.log(key, as_metric(value, pl_module.device), on_step=False, on_epoch=True, sync_dist=sync, batch_size=1)
 
 
 def on_device(pl_module: LightningModule, *tensors: torch.Tensor):

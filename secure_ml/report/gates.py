@@ -51,10 +51,16 @@ def check_gates(gates: List[Gate], metrics: Mapping[str, float]) -> List[str]:
     return failures
 
 
-def as_metric(value) -> torch.Tensor:
+def as_metric(value, device=None) -> torch.Tensor:
     """A float64 scalar for ``self.log``: Lightning stores a Python float as float32, so an AUC of exactly 0.55 read back
-    as 0.55000001 and failed a ``<= 0.55`` gate, and ε = 3.00000005 passed ``<= 3.0``; float64 tensors stay float64."""
-    return torch.tensor(float(value), dtype=torch.float64)
+    as 0.55000001 and failed a ``<= 0.55`` gate, and ε = 3.00000005 passed ``<= 3.0``; float64 tensors stay float64.
+
+    Made on ``device`` (the module's): Lightning keeps a logged tensor where it is, and a ``sync_dist`` under DDP on GPUs
+    all-reduces it with NCCL, which has no CPU tensors. MPS has no float64, so there it stays on the CPU (one device,
+    nothing to sync)."""
+    if device is not None and torch.device(device).type == "mps":
+        device = None
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
 
 
 def as_floats(metrics: Mapping) -> Dict[str, float]:
