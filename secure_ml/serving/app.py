@@ -25,11 +25,10 @@ import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp
 from torch import nn
@@ -46,6 +45,7 @@ from secure_ml.serving.payload import PayloadError, parse_image
 from secure_ml.serving.rate_limit import MemoryBucketStorage, RateLimiter, RedisBucketStorage, StoreUnavailable, redis_client
 from secure_ml.serving.readiness import Readiness
 from secure_ml.serving.request_log import RequestLog, now_iso, request_context, sha256_hex
+from secure_ml.serving.schemas import ERRORS, POLICY_DETAIL, ErrorResponse, PredictRequest, PredictResponse
 from secure_ml.serving.settings import ServeConfig
 
 logger = logging.getLogger("secure_ml.serving")
@@ -62,35 +62,6 @@ GUARD_ORDER = (
     "extraction detector",
 )
 DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/openapi.json")
-POLICY_DETAIL = {  # what a 422 of the input policy says: the check, never the statistic or the limit
-    "shape": "the image does not have the accepted shape",
-    "dtype": "the pixel values are not floating point numbers",
-    "non_finite": "the image or the model's answer to it is not finite",
-    "range": "a pixel value lies outside the accepted range",
-    "variance": "the image's pixel statistics lie outside the accepted range",
-    "energy": "the image's activation statistics lie outside the accepted range",
-    "reconstruction": "the image does not resemble the inputs the policy was calibrated on",
-}
-
-
-class PredictRequest(BaseModel):
-    image: List[List[float]] = Field(..., description="28 rows of 28 pixel values in [0, 1] (JSON numbers; NaN/Infinity refused)")
-
-
-class PredictResponse(BaseModel):
-    label: int
-    probabilities: Optional[List[float]] = Field(
-        None, description="softmax, rounded to output.precision; absent when output.probabilities is false"
-    )
-
-
-class ErrorResponse(BaseModel):
-    error: str
-    reason: str
-    detail: str = ""
-
-
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 403, 408, 413, 422, 429, 503, 504)}
 
 
 @dataclass
