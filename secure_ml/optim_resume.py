@@ -8,6 +8,7 @@ before training, in one line. The class is recorded in the checkpoint (:data:`OP
 before it was, the set of hyper-parameter names tells the classes apart.
 """
 
+import inspect
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -79,32 +80,42 @@ def _differs(a: Any, b: Any) -> bool:
     return a != b
 
 
-# A scheduler's state beyond its settings: where it is in the schedule and what it derived from the optimizer.
-_SCHEDULE_POSITION = {"last_epoch", "base_lrs", "verbose"}
 # OneCycleLR's settings as it stores them: the flags they come from (compared after the public settings they derive from).
 _PRIVATE_SETTINGS = {"_schedule_phases": "pct_start or three_phase", "_anneal_func_type": "anneal_strategy"}
+_DERIVED_SETTINGS = {"total_size", "step_ratio"}  # CyclicLR's step_size_up/down as it stores them
 
 
-def _settings(state: Dict[str, Any]) -> set:
-    return {k for k in state if (not k.startswith("_") or k in _PRIVATE_SETTINGS) and k not in _SCHEDULE_POSITION}
+def _settings(state: Dict[str, Any], scheduler) -> set:
+    """The keys of ``state`` that are settings of ``scheduler``'s class: its constructor's arguments (``max_lrs`` for
+    ``max_lr``, ...) and what they are stored as. An allow-list, not "every public key": a scheduler's position in its
+    schedule is public too (CosineAnnealingWarmRestarts' ``T_cur``, ReduceLROnPlateau's ``best``) and must carry over."""
+    params = set(inspect.signature(type(scheduler).__init__).parameters) - {"self", "optimizer", "last_epoch", "verbose"}
+    return {k for k in state if k in params or (k.endswith("s") and k[:-1] in params) or k in _PRIVATE_SETTINGS or k in _DERIVED_SETTINGS}
 
 
 def check_scheduler_resumable(saved_states: Optional[List[Dict[str, Any]]], scheduler) -> None:
     """Raise ValueError (one sentence) when a checkpoint's ``lr_schedulers`` state, which Lightning restores over the
     scheduler a resumed fit builds, belongs to another scheduler or would silently replace a setting it was configured
-    with (a new ``gamma`` or ``step_size`` trained at the old one). Nothing to check without either."""
-    if not saved_states or scheduler is None:
+    with (a new ``gamma`` or ``step_size`` trained at the old one), or when the fit drops the checkpoint's scheduler.
+    Nothing to check when the checkpoint has no scheduler state. SequentialLR and ChainedScheduler keep their nested
+    schedulers' settings in private state: those are not compared."""
+    if not saved_states:
         return
+    if scheduler is None:  # the restored lr is the schedule's last one, and nothing moves it on
+        raise ValueError(
+            "--model.scheduler: the checkpoint was trained with an LR scheduler and this fit configures none, so it would train "
+            "on at the schedule's last lr. Resume with the run's scheduler (its config.yaml), or start a new fit"
+        )
     saved, ours = saved_states[0], scheduler.state_dict()
     name = type(scheduler).__name__
-    if _settings(saved) != _settings(ours):
-        listed = [", ".join(sorted(_PRIVATE_SETTINGS.get(k, k) for k in _settings(st))) or "none" for st in (saved, ours)]
+    missing = _settings(ours, scheduler) - _settings(saved, scheduler)
+    if missing:
         raise ValueError(
-            f"--model.scheduler: the checkpoint's schedule has the settings {listed[0]}, this "
-            f"fit's {name} has {listed[1]}; its state cannot be resumed into another scheduler. "
+            f"--model.scheduler: the checkpoint's scheduler state has no {', '.join(sorted(_PRIVATE_SETTINGS.get(k, k) for k in missing))} "
+            f"of this fit's {name}: it was another scheduler, whose state cannot be resumed into this one. "
             "Resume with the run's scheduler (its config.yaml), or start a new fit"
         )
-    for key in sorted(_settings(ours), key=lambda k: (k in _PRIVATE_SETTINGS, k)):
+    for key in sorted(_settings(ours, scheduler), key=lambda k: (k in _PRIVATE_SETTINGS, k)):
         if not _differs(saved[key], ours[key]):
             continue
         if key in _PRIVATE_SETTINGS:

@@ -142,14 +142,36 @@ def test_a_changed_scheduler_setting_or_another_scheduler_is_refused():
     silently.load_state_dict(saved[0])
     assert silently.gamma == 0.5  # the typed 0.1 is gone without a word
     check_scheduler_resumable(saved, _step_lr(gamma=0.5))
-    check_scheduler_resumable(None, _step_lr())  # nothing saved, or no scheduler now: nothing to check
-    check_scheduler_resumable(saved, None)
+    check_scheduler_resumable(None, _step_lr())  # nothing saved: nothing to check
     with pytest.raises(ValueError, match=r"^--model.scheduler.init_args.gamma 0.1 would not apply.*gamma 0.5"):
         check_scheduler_resumable(saved, _step_lr(gamma=0.1))
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(torch.optim.SGD(_params(), lr=0.01), 10)
-    with pytest.raises(ValueError, match=r"^--model.scheduler: the checkpoint's schedule has the settings gamma, step_size"):
+    with pytest.raises(
+        ValueError, match=r"^--model.scheduler: the checkpoint's scheduler state has no T_max, eta_min of this fit's CosineAnnealingLR"
+    ):
         check_scheduler_resumable(saved, cosine)
     one_cycle = [torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.1, 100).state_dict()]
     with pytest.raises(ValueError, match=r"^--model.scheduler.init_args.pct_start or three_phase differs"):  # a private attribute
         other = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.1, 100, pct_start=0.5)
         check_scheduler_resumable(one_cycle, other)
+
+
+def test_a_warm_restart_schedule_resumes_mid_cycle_and_dropping_the_scheduler_is_refused():
+    """From a review: CosineAnnealingWarmRestarts keeps its place in the cycle in public keys (T_cur, T_i), which a
+    deny-list compared as settings, so a resume mid-cycle was refused; settings are now its constructor's arguments.
+    And a fit that drops the checkpoint's scheduler trained on at the schedule's last lr without a word."""
+
+    def warm(t_mult=2):
+        return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(torch.optim.SGD(_params(), lr=0.1), 3, t_mult)
+
+    old = warm()
+    for _ in range(5):
+        old.optimizer.step()
+        old.step()
+    saved = [old.state_dict()]
+    assert saved[0]["T_cur"] != warm().state_dict()["T_cur"]  # the position differs from a fresh schedule's
+    check_scheduler_resumable(saved, warm())
+    with pytest.raises(ValueError, match=r"^--model.scheduler.init_args.T_mult 3 would not apply"):
+        check_scheduler_resumable(saved, warm(3))
+    with pytest.raises(ValueError, match=r"^--model.scheduler: the checkpoint was trained with an LR scheduler and this fit"):
+        check_scheduler_resumable(saved, None)

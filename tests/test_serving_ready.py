@@ -99,3 +99,18 @@ def test_ready_follows_a_redis_outage_that_health_does_not_see(tmp_path):
             deadline = time.monotonic() + 10
             while httpx.get(srv.url + "/ready", timeout=5).status_code != 200:
                 assert time.monotonic() < deadline, "/ready did not recover after Redis came back"
+
+
+def test_one_readiness_serves_a_second_event_loop_and_a_clock_that_steps_back():
+    """From a review: the lock was bound to the first loop (a second loop's contended probe raised RuntimeError, a 500),
+    and a clock stepping back kept a stale 'limits_unavailable' after the store recovered."""
+    clock, ping = FakeClock(), CountingPing("fail")
+    ready = Readiness(ping, timeout_s=0.2, clock=clock)
+
+    async def two():
+        return await asyncio.gather(ready.check(), ready.check())
+
+    assert asyncio.run(two()) == ["limits_unavailable"] * 2
+    ping.outcome = "ok"
+    clock.advance(-50.0)
+    assert asyncio.run(two()) == [None, None]

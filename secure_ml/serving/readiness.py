@@ -42,14 +42,17 @@ class Readiness:
         self._reason: Optional[str] = None
         self._until = -float("inf")
         self._lock: Optional[asyncio.Lock] = None  # made in the server's loop, on first use
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
 
     async def check(self) -> Optional[str]:
         if self.ping is None:
             return None
-        if self._lock is None:
-            self._lock = asyncio.Lock()
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:  # a lock belongs to one event loop (a restarted server has another)
+            self._lock, self._loop = asyncio.Lock(), loop
         async with self._lock:  # concurrent probes wait for the PING in flight instead of sending their own
-            if self.clock() < self._until:
+            now = self.clock()
+            if self._until - self.ttl_s <= now < self._until:  # fresh (a clock that stepped back re-asks)
                 return self._reason
             self.pings += 1
             try:
