@@ -24,14 +24,14 @@ from secure_ml.fit_checks import check_distributed_dp, check_trainer_for_dp, che
 from secure_ml.models import SmallCNN
 from secure_ml.models.probe import NUM_CLASSES, check_net_output, describe_nonfinite, digit_shape, nonfinite_parameters
 from secure_ml.models.registry import describe_net
-from secure_ml.optim_resume import OPTIMIZER_KEY, check_resumable, check_scheduler_resumable, optimizer_name
+from secure_ml.optim_resume import OPTIMIZER_KEY, SCHEDULER_KEY, check_resumable, check_scheduler_resumable, optimizer_name, scheduler_name
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import PrivateTraining, check_model, make_private
 from secure_ml.privacy.ledger import DP_STATE_KEY
 from secure_ml.privacy.modes import resolve_mode
 from secure_ml.privacy.private import epsilon_from_state
 from secure_ml.privacy.steps import dp_step
-from secure_ml.report.gates import as_metric
+from secure_ml.report.gates import SAME_ON_EVERY_RANK, as_metric
 
 
 class SecureClassifier(LightningModule):
@@ -61,7 +61,7 @@ class SecureClassifier(LightningModule):
         self.dp = dp
         self.private: Optional[PrivateTraining] = None  # set by configure_optimizers when DP is on
         self._loaded_dp_state: Optional[Dict[str, Any]] = None  # the accountant state of weights loaded from a checkpoint
-        self._resumed_optimizer: Optional[tuple] = None  # (optimizer states, class name, scheduler states) of a checkpoint a fit resumes
+        self._resumed_optimizer: Optional[tuple] = None  # a resumed checkpoint's optimizer and scheduler states and class names
         self.save_hyperparameters({"net": describe_net(self.net), "adversarial": asdict(adversarial), "dp": asdict(dp)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,8 +142,9 @@ class SecureClassifier(LightningModule):
         resumed, self._resumed_optimizer = self._resumed_optimizer, None
         if resumed is not None:  # Lightning restores these states next: refuse what it cannot, or would overwrite, in one line
             try:
-                check_resumable(*resumed[:2], optimizer)  # after the scheduler, which sets values of its own (initial_lr, ...)
-                check_scheduler_resumable(resumed[2], scheduler)
+                states, name, scheduler_states, saved_scheduler = resumed
+                check_resumable(states, name, optimizer, scheduler_states)  # after the scheduler: it sets initial_lr, ...
+                check_scheduler_resumable(scheduler_states, scheduler, saved_scheduler)
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
@@ -208,13 +209,15 @@ class SecureClassifier(LightningModule):
         if self.private is not None:
             eps = self.private.epsilon(self.dp.delta)
             if eps is not None:
-                self.log("privacy/epsilon", as_metric(eps, self.device), sync_dist=sync, batch_size=1)
-            self.log("privacy/noise_multiplier", as_metric(self.private.noise_multiplier, self.device), sync_dist=sync, batch_size=1)
+                self.log("privacy/epsilon", as_metric(eps, self.device), sync_dist=sync, reduce_fx=SAME_ON_EVERY_RANK, batch_size=1)
+            sigma = as_metric(self.private.noise_multiplier, self.device)
+            self.log("privacy/noise_multiplier", sigma, sync_dist=sync, reduce_fx=SAME_ON_EVERY_RANK, batch_size=1)
         report = getattr(self.trainer.datamodule, "sanitization_report", None) if self.trainer.datamodule is not None else None
         poisoned = getattr(self.trainer.datamodule, "poisoned_indices", None) if report is not None else None
         if report is not None and poisoned is not None:
             scores = {"poison/precision": report.precision, "poison/recall": report.recall, "poison/f1": report.f1}
-            self.log_dict({k: as_metric(v, self.device) for k, v in scores.items()}, sync_dist=sync, batch_size=1)
+            scores = {k: as_metric(v, self.device) for k, v in scores.items()}
+            self.log_dict(scores, sync_dist=sync, reduce_fx=SAME_ON_EVERY_RANK, batch_size=1)
 
     def configure_callbacks(self):
         """Files a monitored ModelCheckpoint keeps were chosen by comparing every model so far: their ε must cover all
@@ -226,11 +229,14 @@ class SecureClassifier(LightningModule):
         state = self.dp_state()
         eps = epsilon_from_state(state, self.dp.delta) if state is not None else None
         if eps is not None:
-            self.log("privacy/epsilon", as_metric(eps, self.device), sync_dist=self.trainer.world_size > 1, batch_size=1)
+            sync = self.trainer.world_size > 1
+            self.log("privacy/epsilon", as_metric(eps, self.device), sync_dist=sync, reduce_fx=SAME_ON_EVERY_RANK, batch_size=1)
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         if self._trainer is not None and self.trainer.optimizers:
             checkpoint[OPTIMIZER_KEY] = optimizer_name(self.trainer.optimizers[0])
+        if self._trainer is not None and self.trainer.lr_scheduler_configs:
+            checkpoint[SCHEDULER_KEY] = scheduler_name(self.trainer.lr_scheduler_configs[0].scheduler)
         if self.private is not None:
             checkpoint[DP_STATE_KEY] = self.private.state_dict()
 
@@ -241,7 +247,8 @@ class SecureClassifier(LightningModule):
             self.private = None
         fitting = self._trainer is not None and self._trainer.state.fn == "fit"
         if fitting:
-            self._resumed_optimizer = (checkpoint.get("optimizer_states"), checkpoint.get(OPTIMIZER_KEY), checkpoint.get("lr_schedulers"))
+            keys = ("optimizer_states", OPTIMIZER_KEY, "lr_schedulers", SCHEDULER_KEY)
+            self._resumed_optimizer = tuple(checkpoint.get(key) for key in keys)
         if fitting and self.dp.enabled and self._loaded_dp_state is None:
             raise ConfigError(
                 "--ckpt_path holds no privacy-accountant state (it was not trained with DP, or by an older version); "

@@ -5,7 +5,8 @@ things then went wrong without a word: another optimizer class crashed deep in t
 state met Adam), and a learning rate typed for the resumed fit (``--model.optimizer.init_args.lr``) was replaced by
 the checkpoint's, so the run trained at the old rate while its config.yaml said the new one. Both are now refused
 before training, in one line. The class is recorded in the checkpoint (:data:`OPTIMIZER_KEY`); for files written
-before it was, the set of hyper-parameter names tells the classes apart.
+before it was, the set of hyper-parameter names tells the classes apart. The LR scheduler's state, which Lightning
+restores the same way, gets the same two checks (:data:`SCHEDULER_KEY`, :func:`check_scheduler_resumable`).
 """
 
 import inspect
@@ -14,6 +15,7 @@ from typing import Any, Dict, List, Optional
 import torch
 
 OPTIMIZER_KEY = "secure_ml_optimizer"
+SCHEDULER_KEY = "secure_ml_scheduler"
 # Flags that choose a kernel, not the arithmetic, and the scheduler's book-keeping: not hyper-parameters to compare.
 _NOT_COMPARED = {"params", "foreach", "differentiable", "fused", "capturable", "initial_lr"}
 # A cycling scheduler (OneCycleLR, CyclicLR with cycle_momentum) moves these every step between its base_momentum and
@@ -29,18 +31,42 @@ def optimizer_name(optimizer: torch.optim.Optimizer) -> str:
     return f"{type(inner).__module__}.{type(inner).__qualname__}"
 
 
+def scheduler_name(scheduler) -> str:
+    """``module.Class`` of an LR scheduler, as recorded under :data:`SCHEDULER_KEY`."""
+    return f"{type(scheduler).__module__}.{type(scheduler).__qualname__}"
+
+
 def _short(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-def check_resumable(saved_states: Optional[List[Dict[str, Any]]], saved_name: Optional[str], optimizer: torch.optim.Optimizer) -> None:
+def _saved_start(group: Dict[str, Any], saved_schedulers: Optional[List[Dict[str, Any]]]) -> Any:
+    """The lr the checkpoint's schedule started from: its ``initial_lr``; else its scheduler's ``base_lrs`` (a fit that
+    added a scheduler on resume restored groups saved without ``initial_lr``, and torch's restore drops the key); else
+    the lr itself (no schedule)."""
+    if "initial_lr" in group:
+        return group["initial_lr"]
+    base = (saved_schedulers or [{}])[0].get("base_lrs")
+    return base[0] if base else group["lr"]
+
+
+def check_resumable(
+    saved_states: Optional[List[Dict[str, Any]]],
+    saved_name: Optional[str],
+    optimizer: torch.optim.Optimizer,
+    saved_schedulers: Optional[List[Dict[str, Any]]] = None,
+) -> None:
     """Raise ValueError (one sentence) when ``saved_states`` (a checkpoint's ``optimizer_states``) cannot be restored into
     ``optimizer`` or would silently replace a hyper-parameter it was configured with.
 
     Call it once the LR scheduler (if any) is built on ``optimizer``: a scheduler sets values of its own at construction
     (``initial_lr``; OneCycleLR also the lr it starts from, ``max_lr`` and the momentum bounds), and those are what the
     checkpoint's are compared with. The lr is compared as the schedule's start (``initial_lr``) on both sides; a value a
-    scheduler cycles (momentum, betas) is left to the scheduler, whose bounds are compared."""
+    scheduler cycles (momentum, betas) is left to the scheduler, whose bounds are compared. ``saved_schedulers`` is the
+    checkpoint's ``lr_schedulers`` (where the schedule's start is found when the groups lost it).
+
+    The class is compared by name without its module (torch moves optimizers between modules across releases); for a file
+    without the name, by its hyper-parameter names, leaving out those a scheduler adds (a OneCycleLR run's ``max_lr``)."""
     if not saved_states:
         return
     name = optimizer_name(optimizer)
@@ -48,7 +74,8 @@ def check_resumable(saved_states: Optional[List[Dict[str, Any]]], saved_name: Op
     ours = optimizer.param_groups[0]
     keys = {k for k in ours if k not in _NOT_COMPARED}
     theirs = {k for k in saved_groups[0] if k not in _NOT_COMPARED}
-    if (saved_name is not None and saved_name != name) or (saved_name is None and keys != theirs):
+    own = set(_SCHEDULER_KEYS)  # a scheduler's, not the optimizer's: another scheduler is check_scheduler_resumable's to name
+    if (saved_name is not None and _short(saved_name) != _short(name)) or (saved_name is None and keys - own != theirs - own):
         was = _short(saved_name) if saved_name else f"an optimizer with {', '.join(sorted(theirs))}"
         raise ValueError(
             f"--model.optimizer: the checkpoint was trained with {was}, this fit configures {_short(name)}; its state cannot be "
@@ -59,7 +86,7 @@ def check_resumable(saved_states: Optional[List[Dict[str, Any]]], saved_name: Op
     for key in [k for k in _SCHEDULER_KEYS if k in compared] + sorted(compared - set(_SCHEDULER_KEYS)):
         saved, configured = saved_groups[0][key], ours[key]
         if key == "lr":
-            saved, configured = saved_groups[0].get("initial_lr", saved), ours.get("initial_lr", configured)
+            saved, configured = _saved_start(saved_groups[0], saved_schedulers), ours.get("initial_lr", configured)
         if _differs(saved, configured):
             scheduled = key in _SCHEDULER_KEYS or (key == "lr" and "initial_lr" in ours)
             flag = f"--model.scheduler.init_args.{key}" if key in _SCHEDULER_KEYS else f"--model.optimizer.init_args.{key}"
@@ -93,11 +120,13 @@ def _settings(state: Dict[str, Any], scheduler) -> set:
     return {k for k in state if k in params or (k.endswith("s") and k[:-1] in params) or k in _PRIVATE_SETTINGS or k in _DERIVED_SETTINGS}
 
 
-def check_scheduler_resumable(saved_states: Optional[List[Dict[str, Any]]], scheduler) -> None:
+def check_scheduler_resumable(saved_states: Optional[List[Dict[str, Any]]], scheduler, saved_name: Optional[str] = None) -> None:
     """Raise ValueError (one sentence) when a checkpoint's ``lr_schedulers`` state, which Lightning restores over the
     scheduler a resumed fit builds, belongs to another scheduler or would silently replace a setting it was configured
     with (a new ``gamma`` or ``step_size`` trained at the old one), or when the fit drops the checkpoint's scheduler.
-    Nothing to check when the checkpoint has no scheduler state. SequentialLR and ChainedScheduler keep their nested
+    Nothing to check when the checkpoint has no scheduler state. ``saved_name`` is the class the checkpoint recorded
+    (:data:`SCHEDULER_KEY`): without it, another class is told apart only when it has settings the saved state lacks
+    (StepLR's state also holds every setting of ExponentialLR). SequentialLR and ChainedScheduler keep their nested
     schedulers' settings in private state: those are not compared."""
     if not saved_states:
         return
@@ -108,6 +137,11 @@ def check_scheduler_resumable(saved_states: Optional[List[Dict[str, Any]]], sche
         )
     saved, ours = saved_states[0], scheduler.state_dict()
     name = type(scheduler).__name__
+    if saved_name is not None and _short(saved_name) != name:
+        raise ValueError(
+            f"--model.scheduler: the checkpoint was trained with {_short(saved_name)}, this fit configures {name}; its state "
+            "cannot be resumed into another scheduler. Resume with the run's scheduler (its config.yaml), or start a new fit"
+        )
     missing = _settings(ours, scheduler) - _settings(saved, scheduler)
     if missing:
         raise ValueError(

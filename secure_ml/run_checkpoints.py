@@ -37,11 +37,38 @@ def checkpoint_to_test(trainer) -> Optional[str]:
     return None
 
 
+def _test_command(trainer) -> str:
+    """The ``secure-ml test`` that tests this fit's last checkpoint with the fit's own config."""
+    ckpt = checkpoint_to_test(trainer)
+    config = Path(trainer.log_dir) / "config.yaml" if trainer.log_dir else None
+    where = f"--config {config} " if config is not None and config.is_file() else ""
+    return f"secure-ml test {where}--ckpt_path {ckpt}" if ckpt else "secure-ml test --ckpt_path <a checkpoint of the fit>"
+
+
 def stopped_message(trainer, subcommand: str) -> str:
-    """What a SIGTERM left: where the run stopped and, for a fit, the checkpoint to resume from."""
+    """What a SIGTERM left: where the run stopped and what to run next (the checkpoint to resume from; for a fit whose
+    ``--test_after_fit`` test was stopped, the test to run)."""
+    if subcommand == "fit" and trainer.state.fn == "test":
+        return (
+            "fit finished, but its --test_after_fit test was stopped by SIGTERM before it finished and no report was written; "
+            f"test the fit's checkpoint with `{_test_command(trainer)}`"
+        )
     if subcommand != "fit":
         return f"{subcommand} stopped by SIGTERM before it finished; no report was written"
     done = trainer.fit_loop.epoch_progress.current.completed
     text = f"fit stopped by SIGTERM after {done} complete epoch{'' if done == 1 else 's'} (step {trainer.global_step})"
     last = checkpoint_to_test(trainer)
     return f"{text}; resume with --ckpt_path {last}" if last else f"{text}; it had saved no checkpoint yet"
+
+
+def finished_message(trainer, subcommand: str, test_skipped: bool) -> str:
+    """A SIGTERM that came in hooks Lightning does not stop in (the scorecard's attacks at an epoch's end, the report):
+    the run finished them first, so what it writes was written; the stop is still reported (exit 143). ``test_skipped``:
+    a fit whose ``--test_after_fit`` test was not started because of it."""
+    if test_skipped:
+        return (
+            "fit finished (SIGTERM came during its last hooks), so its --test_after_fit test was not started; "
+            f"test the fit's checkpoint with `{_test_command(trainer)}`"
+        )
+    what = "the fit and its --test_after_fit test" if subcommand == "fit" and trainer.state.fn == "test" else subcommand
+    return f"{what} received SIGTERM during its last hooks and finished them first; what it writes (report, checkpoints) was written"

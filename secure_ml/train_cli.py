@@ -35,7 +35,7 @@ from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.module import SecureClassifier
-from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, stopped_message
+from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
 
 TRAINER_DEFAULTS = {
     # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
@@ -151,13 +151,18 @@ class SecureMLCLI(LightningCLI):
     def _run_subcommand(self, subcommand: str) -> None:
         """Lightning's, with what it refuses only once the loaders are sized (``--trainer.limit_train_batches 0.0001``:
         a fraction of under one batch) turned into one ConfigError, as :meth:`instantiate_classes` does at build time,
-        and a SIGTERM (Lightning stops at the next batch or epoch end) into one line and exit status 143."""
+        and a SIGTERM (Lightning stops at the next batch or epoch end) into one line and exit status 143. A SIGTERM
+        that came where Lightning does not look (the scorecard's attacks, the last epoch's end) also exits 143, once the
+        run has finished."""
+        self._test_skipped = False
         try:
             super()._run_subcommand(subcommand)
         except MisconfigurationException as exc:
             raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None
         except SIGTERMException:  # a SystemExit without a code: the command exited 0 as if it had finished
             raise Stopped(stopped_message(self.trainer, subcommand)) from None
+        if self.trainer.received_sigterm:  # it ran to the end and would exit 0 as if nothing had asked it to stop
+            raise Stopped(finished_message(self.trainer, subcommand, self._test_skipped))
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir`` also moves the default logger's folder (its ``save_dir`` "." would keep the run,
@@ -197,6 +202,9 @@ class SecureMLCLI(LightningCLI):
     def after_fit(self) -> None:
         """``--test_after_fit``: what ``secure-ml test --ckpt_path <the last checkpoint>`` would do, seeded as a new process is."""
         if not self.config.fit.get("test_after_fit"):
+            return
+        if self.trainer.received_sigterm:  # the test's own run would reset the flag and test on as if nothing had come
+            self._test_skipped = True
             return
         ckpt = checkpoint_to_test(self.trainer)
         if ckpt is None:

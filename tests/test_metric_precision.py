@@ -1,5 +1,7 @@
 """Gates compare the metric a callback measured, not a float32 rounding of it (an exact 0.55 AUC failed `<= 0.55`)."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -78,7 +80,6 @@ def test_logged_metrics_are_made_on_the_modules_device():
     """From a review: the float64 metrics were CPU tensors whatever the module's device, and Lightning keeps a logged
     tensor where it is, so `sync_dist` under DDP on GPUs would all-reduce CPU tensors with NCCL (which has none). A
     recording module on the meta device (no GPU here) shows where they are made; MPS (no float64) keeps the CPU."""
-    from types import SimpleNamespace
 
     from secure_ml.report.gates import as_metric
 
@@ -89,3 +90,45 @@ def test_logged_metrics_are_made_on_the_modules_device():
     value, synced = logged["mia/auc"]
     assert value.device.type == "meta" and value.dtype == torch.float64 and synced
     assert as_metric(0.55, "mps").device.type == "cpu" and as_metric(0.55).device.type == "cpu"
+
+
+def _sync_on_ranks(rank: int, world_size: int, port: int, reduce_op: str, values: list, out: str) -> None:
+    """One rank of a gloo group: every rank logs the same values; rank 0 writes what Lightning's sync makes of them."""
+    import os
+
+    import torch.distributed as dist
+    from lightning.fabric.utilities.distributed import _sync_ddp
+
+    from secure_ml.report.gates import as_metric
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    synced = {op: [_sync_ddp(as_metric(v), reduce_op=op).item() for v in values] for op in (reduce_op, "mean")}
+    if rank == 0:
+        torch.save(synced, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_a_value_equal_on_three_ranks_syncs_to_itself(tmp_path):
+    """From a review: Lightning's default sync is a mean, and a float64 mean over 3 ranks of 0.1 is 0.10000000000000002,
+    which fails a gate "<= 0.1" the one-process run passes. The scorecard's values are the same on every rank, so
+    log_all syncs them with the reduction it names (max): exact. The mean is the negative control."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    logged = {}
+    module = SimpleNamespace(device=torch.device("cpu"), trainer=SimpleNamespace(world_size=3))
+    module.log = lambda key, value, **kw: logged.update({key: kw})
+    log_all(module, {"mia/auc": 0.1})
+    reduce_op = logged["mia/auc"]["reduce_fx"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    values, out = [0.1, 0.7, 0.55], str(tmp_path / "synced.pt")
+    mp.spawn(_sync_on_ranks, args=(3, port, reduce_op, values, out), nprocs=3)
+    synced = torch.load(out)
+    assert synced[reduce_op] == values
+    assert synced["mean"] != values  # the default sync moves a value: what the test would catch
+    assert check_gates(parse_gates({"mia/auc": "<= 0.1"}), {"mia/auc": synced["mean"][0]})  # and a gate fails on it

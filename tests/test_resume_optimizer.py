@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from secure_ml.cli import main
-from secure_ml.optim_resume import check_resumable, check_scheduler_resumable, optimizer_name
+from secure_ml.optim_resume import check_resumable, check_scheduler_resumable, optimizer_name, scheduler_name
 from tests.helpers.data import smoke_args
 
 
@@ -175,3 +175,44 @@ def test_a_warm_restart_schedule_resumes_mid_cycle_and_dropping_the_scheduler_is
         check_scheduler_resumable(saved, warm(3))
     with pytest.raises(ValueError, match=r"^--model.scheduler: the checkpoint was trained with an LR scheduler and this fit"):
         check_scheduler_resumable(saved, None)
+
+
+def test_a_scheduler_added_on_resume_resumes_again_and_another_recorded_scheduler_is_refused():
+    """From a review. (1) A fit resumed with a scheduler added restores groups saved without ``initial_lr`` (torch's
+    restore drops the key), so the next resume with the same flags compared the decayed lr with the schedule's start and
+    was refused; the start is now the saved scheduler's ``base_lrs``. (2) StepLR's state holds every setting of
+    ExponentialLR, so the swap was accepted; the class is now recorded and compared."""
+    added = _step_lr(gamma=0.5, step_size=1)  # the fit that added StepLR to a checkpoint trained without one
+    plain = torch.optim.SGD(_params(), lr=0.01, momentum=0.9)
+    added.optimizer.load_state_dict(_trained_state(plain))
+    assert "initial_lr" not in added.optimizer.param_groups[0]  # what the next checkpoint saves: the weakness is real
+    added.optimizer.step()
+    added.step()
+    saved, schedulers, name = [added.optimizer.state_dict()], [added.state_dict()], scheduler_name(added)
+    assert saved[0]["param_groups"][0]["lr"] == 0.005
+    again = _step_lr(gamma=0.5, step_size=1)
+    check_resumable(saved, optimizer_name(again.optimizer), again.optimizer, schedulers)  # the same flags resume
+    check_scheduler_resumable(schedulers, again, name)
+    with pytest.raises(ValueError, match=r"^the scheduled lr's start 0.01 would not apply"):  # without the fallback
+        check_resumable(saved, optimizer_name(again.optimizer), again.optimizer)
+    faster = torch.optim.lr_scheduler.StepLR(torch.optim.SGD(_params(), lr=0.1, momentum=0.9), 1, 0.5)
+    with pytest.raises(ValueError, match=r"^the scheduled lr's start 0.1 would not apply.*lr 0.01"):  # a changed lr still is
+        check_resumable(saved, optimizer_name(faster.optimizer), faster.optimizer, schedulers)
+    exponential = torch.optim.lr_scheduler.ExponentialLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.5)
+    check_scheduler_resumable(schedulers, exponential)  # a file without the name: the subset of settings passes
+    with pytest.raises(ValueError, match=r"^--model.scheduler: the checkpoint was trained with StepLR, this fit configures ExponentialLR"):
+        check_scheduler_resumable(schedulers, exponential, name)
+
+
+def test_an_older_file_with_scheduler_keys_is_not_another_optimizer():
+    """From a review: a file without the optimizer's name is told apart by its hyper-parameter names, and a OneCycleLR
+    run's groups also hold the scheduler's (max_lr, ...): those no longer make the same optimizer read as another. A
+    name whose module moved (torch.optim.sgd.SGD saved as torch.optim.SGD) is the same class."""
+    cycled = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.1, 100)
+    saved = [_trained_state(cycled.optimizer)]
+    assert "max_lr" in saved[0]["param_groups"][0]
+    start = saved[0]["param_groups"][0]["initial_lr"]  # the schedule's start, max_lr / div_factor
+    check_resumable(saved, None, torch.optim.SGD(_params(), lr=start, momentum=0.9))  # an old file, no scheduler configured
+    check_resumable(saved, "torch.optim.SGD", torch.optim.SGD(_params(), lr=start, momentum=0.9))
+    with pytest.raises(ValueError, match=r"^--model.optimizer: the checkpoint was trained with an optimizer with"):
+        check_resumable(saved, None, torch.optim.Adam(_params()))  # another class is still told apart

@@ -8,8 +8,7 @@ import httpx
 import pytest
 
 from secure_ml.serving.readiness import Readiness
-from tests.helpers.serving import FakeClock, base_config, post, running
-from tests.test_serving_redis import _free_port, private_redis
+from tests.helpers.serving import FakeClock, base_config, free_port, post, private_redis, running
 
 pytestmark = pytest.mark.serving
 
@@ -82,7 +81,7 @@ def test_an_unwritable_request_log_makes_it_not_ready(tmp_path):
 def test_ready_follows_a_redis_outage_that_health_does_not_see(tmp_path):
     """Attack: the shared store goes away. /ready says 503 limits_unavailable (as /predict does) and recovers with Redis;
     control: /health stays 200 throughout, so a probe on it would keep routing traffic that is refused."""
-    port = _free_port()
+    port = free_port()
     cfg = base_config(tmp_path, rate_limit={"storage": f"redis://127.0.0.1:{port}/0", "redis_timeout_s": 0.3})
     with private_redis(port) as server, running(cfg) as srv:
         assert httpx.get(srv.url + "/ready").status_code == 200

@@ -4,16 +4,11 @@ Needs ``$SECURE_ML_TEST_REDIS_URL`` (``.ci/run`` starts a redis-server on loopba
 test starts its own redis-server so that it can stop it. Without Redis these tests skip, in CI they fail.
 """
 
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
 import time
 
 import pytest
 
-from tests.helpers.serving import KEY_B, ZEROS, base_config, post, redis_url, running
+from tests.helpers.serving import KEY_B, ZEROS, base_config, free_port, post, private_redis, redis_url, running
 
 pytestmark = [pytest.mark.serving, pytest.mark.redis]
 
@@ -64,39 +59,10 @@ def test_one_keys_burst_is_shared_by_both_replicas(tmp_path, redis_uri):
     assert unshared >= 2 * burst and unshared > bound_memory, allowed  # the bound above would catch unshared buckets
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def private_redis(port: int):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
-        pytest.skip("redis-server is not installed")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            assert time.monotonic() < deadline and proc.poll() is None, "the private redis-server did not start"
-            time.sleep(0.05)
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def test_redis_outage_fails_closed(tmp_path, redis_uri):
     """Attack: the shared store goes away mid-service. Every request is refused with a clear 503 (never allowed
     unchecked), the body names no host or port, and service resumes when Redis is back (the control)."""
-    port = _free_port()
+    port = free_port()
     cfg = base_config(
         tmp_path, rate_limit={"storage": f"redis://127.0.0.1:{port}/0", "redis_timeout_s": 0.3}, extraction={"action": "block"}
     )

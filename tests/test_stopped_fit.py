@@ -35,3 +35,38 @@ def test_sigterm_stops_fit_with_one_line_and_exit_143(tiny_mnist, tmp_path, monk
     err = capsys.readouterr().err
     assert f"secure-ml: error: fit stopped by SIGTERM after 1 complete epoch (step 12); resume with --ckpt_path {last}" in err
     assert torch.load(tmp_path / last, weights_only=True)["epoch"] == 0
+
+
+@pytest.mark.slow
+def test_sigterm_in_a_test_names_what_finished_and_what_to_run(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """From a review. (1) A SIGTERM during --test_after_fit's test read as a stopped fit ("resume with --ckpt_path"),
+    which trains nothing and writes no report: it now names the test to run. (2) A SIGTERM during the test's last hooks
+    (the scorecard's attacks), where Lightning does not look, exited 0 as if none had come: it exits 143, after the
+    report it finished. (3) One in the fit's last hooks no longer starts the --test_after_fit test."""
+    monkeypatch.chdir(tmp_path)
+    off = ["--robustness.enabled", "false", "--sponge.enabled", "false", "--membership.enabled", "false"]
+    common = smoke_args(tiny_mnist, "--data.batch_size", "32", *off, "--reference_mia.enabled", "false", sizes=(500, 100, 200))
+    run = "lightning_logs/version_0"  # the test set is two batches: a SIGTERM after the first stops the test
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *common, "--test_after_fit", "true", "--trainer.callbacks+=tests.helpers.signals.SigtermAtTestBatch"])
+    assert exc.value.code == 143
+    err = capsys.readouterr().err
+    test_it = f"`secure-ml test --config {run}/config.yaml --ckpt_path {run}/checkpoints/last.ckpt`"
+    assert "error: fit finished, but its --test_after_fit test was stopped by SIGTERM before it finished and no report" in err
+    assert test_it in err and not (tmp_path / run / "metrics.json").exists()
+
+    with pytest.raises(SystemExit) as exc:
+        signal = "--trainer.callbacks+=tests.helpers.signals.SigtermAtTestEpochEnd"
+        main(["test", *common, signal, "--ckpt_path", f"{run}/checkpoints/last.ckpt"])
+    assert exc.value.code == 143  # it was 0
+    assert "error: test received SIGTERM during its last hooks and finished them first" in capsys.readouterr().err
+    assert (tmp_path / "lightning_logs" / "version_1" / "metrics.json").is_file()  # what it finished is kept
+
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", *common, "--test_after_fit", "true", "--trainer.callbacks+=tests.helpers.signals.SigtermAtTrainEnd"])
+    assert exc.value.code == 143
+    run = "lightning_logs/version_2"
+    assert "error: fit finished (SIGTERM came during its last hooks), so its --test_after_fit test was not started" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / run / "metrics.json").exists()

@@ -9,7 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from secure_ml.callbacks.eval_record import EvalRecord
 from secure_ml.errors import ConfigError
-from secure_ml.report.gates import as_metric
+from secure_ml.report.gates import SAME_ON_EVERY_RANK, as_metric
 
 
 def stage_of(trainer: Trainer) -> str:
@@ -63,11 +63,13 @@ def attack_context(pl_module: LightningModule) -> Iterator[None]:
 
 
 def log_all(pl_module: LightningModule, metrics: dict) -> None:
-    """Log scalars once per epoch in float64; identical on every rank (same data, same seed), so syncing only averages
-    equal values. ``batch_size=1``: Lightning's epoch mean multiplies and divides by it, which is exact only for 1."""
+    """Log scalars once per epoch in float64; identical on every rank (same data, same seed). Synced with ``max``, not
+    Lightning's mean: a float64 mean of 3, 6 or 7 equal values is not always the value (0.1 came back 0.10000000000000002,
+    and a gate "<= 0.1" then failed). ``batch_size=1``: the epoch mean multiplies and divides by it, exact only for 1."""
     sync = pl_module.trainer.world_size > 1
     for key, value in metrics.items():
-        pl_module.log(key, as_metric(value, pl_module.device), on_step=False, on_epoch=True, sync_dist=sync, batch_size=1)
+        metric = as_metric(value, pl_module.device)
+        pl_module.log(key, metric, on_step=False, on_epoch=True, sync_dist=sync, reduce_fx=SAME_ON_EVERY_RANK, batch_size=1)
 
 
 def on_device(pl_module: LightningModule, *tensors: torch.Tensor):

@@ -51,6 +51,11 @@ def check_gates(gates: List[Gate], metrics: Mapping[str, float]) -> List[str]:
     return failures
 
 
+# Lightning's ``reduce_fx`` for a value every rank computes alike (ε, the scorecard's scores): exact, where the default
+# mean is not always (a float64 mean over 3, 6 or 7 ranks of 0.1 is 0.10000000000000002).
+SAME_ON_EVERY_RANK = "max"
+
+
 def as_metric(value, device=None) -> torch.Tensor:
     """A float64 scalar for ``self.log``: Lightning stores a Python float as float32, so an AUC of exactly 0.55 read back
     as 0.55000001 and failed a ``<= 0.55`` gate, and ε = 3.00000005 passed ``<= 3.0``; float64 tensors stay float64.

@@ -4,8 +4,11 @@ import contextlib
 import functools
 import json
 import os
+import shutil
 import socket
+import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -190,3 +193,34 @@ def redis_url() -> str:
             pytest.fail(f"${REDIS_URL_ENV} is not set: .ci/run must start a redis-server for the `redis` tests")
         pytest.skip(f"no Redis for this test (set ${REDIS_URL_ENV}, e.g. redis://127.0.0.1:6390/0)")
     return url
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def private_redis(port: int):
+    """A redis-server of the test's own on ``port`` (so that the test can stop it); skips without one, fails in CI."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        pytest.skip("redis-server is not installed")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            assert time.monotonic() < deadline and proc.poll() is None, "the private redis-server did not start"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)

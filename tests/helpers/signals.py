@@ -28,3 +28,25 @@ class StopAtEpochStart(Callback):
     def on_train_epoch_start(self, trainer, pl_module):
         if trainer.current_epoch == self.epoch:
             raise SIGTERMException
+
+
+class SigtermAtTestBatch(Callback):
+    """A real SIGTERM after the first test batch: Lightning stops the test at the next batch."""
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigtermAtTestEpochEnd(Callback):
+    """A real SIGTERM where the scorecard's attacks run (after the last test batch), where Lightning does not look."""
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigtermAtTrainEnd(Callback):
+    """A real SIGTERM in a fit's last hooks (the dashboard's), after its last epoch."""
+
+    def on_train_end(self, trainer, pl_module):
+        os.kill(os.getpid(), signal.SIGTERM)
