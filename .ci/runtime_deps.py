@@ -111,9 +111,9 @@ def exercise() -> None:
     from secure_ml.models import SmallCNN, net_spec
     from secure_ml.release.cli import export_checkpoint
     from secure_ml.serving.app import build_service
-    from secure_ml.serving.settings import config_from_dict, load_serve_config
+    from secure_ml.serving.config_loading import config_from_dict, load_serve_config
     from secure_ml.serving.startup import prepare
-    from secure_ml.tools.extract import HttpOracle, parse_metrics
+    from secure_ml.tools.http_client import HttpOracle, parse_metrics
 
     key = "runtime-deps-key-0123456789"
     os.environ["SECURE_ML_API_KEYS"] = os.environ["SECURE_ML_ADMIN_KEYS"] = key

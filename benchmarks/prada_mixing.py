@@ -29,7 +29,7 @@ import torch  # noqa: E402
 
 from secure_ml.attacks.extraction import agreement, steal, train_copy  # noqa: E402
 from secure_ml.data.mnist import load_mnist  # noqa: E402
-from secure_ml.tools.extract import HttpOracle  # noqa: E402
+from secure_ml.tools.http_client import HttpOracle  # noqa: E402
 from tests.helpers.serving import KEY_A, base_config, running, trained_checkpoint  # noqa: E402
 
 

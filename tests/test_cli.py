@@ -42,7 +42,7 @@ def test_every_training_config_parses(config, capsys):
 
 @pytest.mark.parametrize("config", [c for c in CONFIGS if not _is_training_config(c)], ids=lambda p: p.name)
 def test_every_serving_config_parses(config, monkeypatch):
-    from secure_ml.serving.settings import load_serve_config
+    from secure_ml.serving.config_loading import load_serve_config
 
     monkeypatch.setenv("SECURE_ML_API_KEYS", "a-client-key-0123456789")  # serve.yaml keeps keys out of the file
 

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from secure_ml.serving.auth import client_id
-from secure_ml.tools.extract import parse_metrics as parse_prometheus
+from secure_ml.tools.http_client import parse_metrics as parse_prometheus
 from tests.helpers.serving import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, raw_http, running, status_of
 
 pytestmark = pytest.mark.serving

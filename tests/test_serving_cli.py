@@ -15,7 +15,7 @@ from secure_ml.cli import main as secure_ml_main
 from secure_ml.errors import ConfigError
 from secure_ml.models import SmallCNN
 from secure_ml.release.checkpoint import UnsafeCheckpointError
-from secure_ml.serving.settings import config_from_dict, load_serve_config
+from secure_ml.serving.config_loading import config_from_dict, load_serve_config
 from secure_ml.serving.startup import build_policy, load_served_model
 from tests.helpers.data import REPO
 from tests.helpers.serving import KEY_A, digit_body, fit_checkpoint, release_of, trained_checkpoint, write_checkpoint

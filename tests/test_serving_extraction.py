@@ -12,7 +12,8 @@ from secure_ml.serving.auth import client_id
 from secure_ml.serving.blocklist import MemoryBlockList
 from secure_ml.serving.extraction_detector import ExtractionDetector, shapiro_w
 from secure_ml.serving.settings import ExtractionConfig
-from secure_ml.tools.extract import SimulatorConfig, check_loopback, format_report, parse_metrics, run_simulation
+from secure_ml.tools.extract import SimulatorConfig, format_report, run_simulation
+from secure_ml.tools.http_client import check_loopback, parse_metrics
 from tests.helpers.data import REAL_DATA
 from tests.helpers.serving import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, running, trained_checkpoint
 

@@ -13,7 +13,8 @@ import torch
 
 from secure_ml.defenses.input_policy import InputPolicy, PolicyDecision
 from secure_ml.errors import ConfigError, DataNotFoundError
-from secure_ml.serving.settings import ServeConfig, config_from_dict
+from secure_ml.serving.config_loading import config_from_dict
+from secure_ml.serving.settings import ServeConfig
 from secure_ml.serving.startup import build_policy
 from tests.helpers.data import make_mnist_dir, synthetic_digits
 from tests.helpers.serving import KEY_A, base_config, post, running, status_of

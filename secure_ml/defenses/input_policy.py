@@ -26,10 +26,8 @@ weights travel in ``reconstruction_net``, :mod:`secure_ml.defenses.reconstructio
 activation checks, with its own share of the budget; it rejects inputs that no longer look like digits
 (sponges crafted from digits among them) whatever their activation statistics.
 
-Decisions carry no numbers. ``PolicyDecision.detail`` is a fixed sentence per failed check (the
-accepted shape and pixel range, which are the public input contract, are its only figures): a
-measured statistic or a calibrated limit in an error would be a continuous oracle on the weights
-and a guide for sponge crafters.
+Decisions carry no numbers: a fixed sentence per failed check (:mod:`secure_ml.defenses.policy_decision`).
+Stored policies are read by :mod:`secure_ml.defenses.policy_format` (versions 1 to :data:`VERSION`).
 """
 
 import copy
@@ -48,13 +46,15 @@ from secure_ml.defenses.calibration import (
     default_checks,
     violated,
 )
+from secure_ml.defenses.policy_decision import DETAIL, REASONS, PolicyDecision, layer_limits, pixel_stats, positive_or_none
+from secure_ml.defenses.policy_format import VERSION, stored_fields
 from secure_ml.defenses.reconstruction import ERRORS as RECONSTRUCTION_ERRORS
 from secure_ml.defenses.reconstruction import SHAPE as RECONSTRUCTION_SHAPE
 from secure_ml.defenses.reconstruction import ReconstructionNet, decode, reconstruction_error
 
-REASONS = ("ok", "shape", "dtype", "non_finite", "range", "variance", "energy", "reconstruction")
+__all__ = ["HEADROOM", "REASONS", "VERSION", "InputPolicy", "PolicyDecision"]
+
 HEADROOM = 0.1  # limits sit 10% of the clean spread above their order statistic: 800 digits cannot pin a 0.17% tail
-VERSION = 5  # v5: max_reconstruction is a pair (faint, background errors); v4: + max_reconstruction, reconstruction_net; v3: + max_layer_energy, max_layer_positive; v2: energy over the inputs of weight layers; v1 (no "version"): ReLU calls
 _CHECK_FIELD = {
     "energy": "max_energy",
     "density": "max_density",
@@ -63,64 +63,8 @@ _CHECK_FIELD = {
     "layer_positive": "max_layer_positive",
     "reconstruction": "max_reconstruction",
 }
-_V4_FIELDS = ("max_reconstruction", "reconstruction_net")
 _LAYER_FIELDS = tuple(_CHECK_FIELD[c] for c in LAYER_CHECKS)
 _TUPLE_FIELDS = _LAYER_FIELDS + ("max_reconstruction",)  # stored as lists
-_DETAIL = {
-    "dtype": "pixel values must be floating point numbers",
-    "non_finite": "the image contains NaN or infinite values",
-    "variance": "the image's pixel variance is above the accepted limit",
-    "energy": "the image's activation energy is above the accepted limit",
-    "density": "the image's share of non-zero activations is above the accepted limit",
-    "layer_density": "the share of non-zero activations in one layer of the network is above the accepted limit",
-    "layer_energy": "the activation energy of one layer of the network is above the accepted limit",
-    "layer_positive": "the share of positive activations in one layer of the network is above the accepted limit",
-    "reconstruction": "the image does not resemble the digits the policy was calibrated on",
-}
-
-
-@dataclass(frozen=True)
-class PolicyDecision:
-    """Whether one image is allowed; ``reason`` is "ok" or the failed check (one of REASONS), ``detail`` one fixed sentence."""
-
-    allowed: bool
-    reason: str
-    detail: str = ""
-
-    def __post_init__(self) -> None:
-        if self.reason not in REASONS:
-            raise ValueError(f"reason must be one of {REASONS}; got {self.reason!r}")
-
-
-def _positive_or_none(name: str, value: Optional[float]) -> Optional[float]:
-    """``float(value)``, or None; ValueError unless positive and finite."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number or None; got {value!r}")
-    return float(value)
-
-
-def _layer_limits(name: str, value) -> Optional[Tuple[float, ...]]:
-    """``value`` as a non-empty tuple of positive floats, or None; ValueError naming ``name`` otherwise."""
-    if value is None:
-        return None
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{name} must be a list of positive numbers or None; got {value!r}")
-    limits = tuple(_positive_or_none(name, v) for v in value)
-    if not limits or None in limits:
-        raise ValueError(f"{name} must be a non-empty list of positive numbers or None; got {value!r}")
-    return limits
-
-
-def _pixel_stats(x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-    """Per-image non-finite count, min, max and population variance of a floating batch, on CPU."""
-    flat = x.detach().reshape(len(x), -1)
-    flat = flat if flat.dtype == torch.float64 else flat.float()  # half → float32; float64 kept (MPS has none)
-    n_bad = (~torch.isfinite(flat)).sum(1)
-    clean = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0)
-    stats = (n_bad, clean.min(1).values, clean.max(1).values, clean.var(1, correction=0))
-    return tuple(t.cpu() for t in stats)
 
 
 @dataclass
@@ -155,9 +99,9 @@ class InputPolicy:
         if self.min_value >= self.max_value:
             raise ValueError(f"min_value must be below max_value; got {self.min_value} and {self.max_value}")
         for name in ("max_variance", "max_energy", "max_density"):
-            setattr(self, name, _positive_or_none(name, getattr(self, name)))
+            setattr(self, name, positive_or_none(name, getattr(self, name)))
         for name in _TUPLE_FIELDS:
-            setattr(self, name, _layer_limits(name, getattr(self, name)))
+            setattr(self, name, layer_limits(name, getattr(self, name)))
         if self.max_reconstruction is not None and len(self.max_reconstruction) != len(RECONSTRUCTION_ERRORS):
             raise ValueError(
                 f"max_reconstruction must hold one limit per error {RECONSTRUCTION_ERRORS}; got {len(self.max_reconstruction)}"
@@ -201,7 +145,7 @@ class InputPolicy:
     def check(self, x: torch.Tensor, model: Optional[nn.Module] = None) -> PolicyDecision:
         """Decide on ONE image of shape ``shape`` (or ``shape`` without its leading 1)."""
         if not isinstance(x, torch.Tensor):
-            return PolicyDecision(False, "dtype", _DETAIL["dtype"])
+            return PolicyDecision(False, "dtype", DETAIL["dtype"])
         if tuple(x.shape) not in self._accepted_shapes():
             return PolicyDecision(False, "shape", self._shape_detail())
         return self.check_batch(x.unsqueeze(0), model)[0]
@@ -220,10 +164,10 @@ class InputPolicy:
         if tuple(x.shape[1:]) not in self._accepted_shapes():
             return [PolicyDecision(False, "shape", self._shape_detail()) for _ in range(b)]
         if not x.is_floating_point():
-            return [PolicyDecision(False, "dtype", _DETAIL["dtype"]) for _ in range(b)]
+            return [PolicyDecision(False, "dtype", DETAIL["dtype"]) for _ in range(b)]
         if b == 0:
             return []
-        n_bad, lo, hi, var = _pixel_stats(x)
+        n_bad, lo, hi, var = pixel_stats(x)
         decisions: List[Optional[PolicyDecision]] = [
             self._static_decision(int(n_bad[i]), float(lo[i]), float(hi[i]), float(var[i])) for i in range(b)
         ]
@@ -232,9 +176,7 @@ class InputPolicy:
             failed = self.activation_failures(model, x.detach()[survivors].reshape(len(survivors), *self.shape))
             for j, i in enumerate(survivors):
                 if failed[j] is not None:
-                    decisions[i] = PolicyDecision(
-                        False, "reconstruction" if failed[j] == "reconstruction" else "energy", _DETAIL[failed[j]]
-                    )
+                    decisions[i] = PolicyDecision(False, "reconstruction" if failed[j] == "reconstruction" else "energy", DETAIL[failed[j]])
         return [d if d is not None else PolicyDecision(True, "ok") for d in decisions]
 
     def activation_failures(self, model: nn.Module, x: torch.Tensor) -> List[Optional[str]]:
@@ -261,11 +203,11 @@ class InputPolicy:
     def _static_decision(self, n_bad: int, lo: float, hi: float, var: float) -> Optional[PolicyDecision]:
         """First failure among non_finite / range / variance, or None."""
         if n_bad:
-            return PolicyDecision(False, "non_finite", _DETAIL["non_finite"])
+            return PolicyDecision(False, "non_finite", DETAIL["non_finite"])
         if lo < self.min_value or hi > self.max_value:
             return PolicyDecision(False, "range", f"pixel values must lie in [{self.min_value:g}, {self.max_value:g}]")
         if self.max_variance is not None and var > self.max_variance:
-            return PolicyDecision(False, "variance", _DETAIL["variance"])
+            return PolicyDecision(False, "variance", DETAIL["variance"])
         return None
 
     @classmethod
@@ -333,24 +275,4 @@ class InputPolicy:
         ValueError on unknown keys, on a version's keys it did not have, on a v1 policy with activation
         limits and on a v4 policy with a reconstruction limit (both measured differently: recalibrate).
         """
-        if not isinstance(d, dict):
-            raise ValueError(f"expected a dict; got {type(d).__name__}")
-        d = dict(d)
-        version = d.pop("version", 1)
-        if version not in (1, 2, 3, 4, VERSION):
-            raise ValueError(f"unsupported InputPolicy version {version!r} (this code reads 1 to {VERSION})")
-        known = {f.name for f in fields(cls)} - (set(_V4_FIELDS) if version < 4 else set())
-        known -= set(_LAYER_FIELDS) - {"max_layer_density"} if version < 3 else set()
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown InputPolicy field(s): {', '.join(sorted(unknown))}")
-        if version == 1 and (d.get("max_energy") is not None or d.get("max_density") is not None):
-            raise ValueError(
-                "a version-1 policy's energy limits were measured on ReLU calls, not on today's hidden activations; recalibrate it"
-            )
-        if version == 4 and d.get("max_reconstruction") is not None:
-            raise ValueError(
-                "a version-4 policy's reconstruction limit bounds one error, today's policy bounds two (faint and background pixels); "
-                "recalibrate it (a fit recalibrates every epoch; serve with policy.calibrate: true keeps the stored autoencoder)"
-            )
-        return cls(**d)
+        return cls(**stored_fields(d, {f.name for f in fields(cls)}))

@@ -43,7 +43,8 @@ def load_config(path: Path) -> tuple:
     """``(raw mapping, ServeConfig)`` of serve.yaml; ConfigError in one line when it does not validate."""
     from pydantic import TypeAdapter, ValidationError
 
-    from secure_ml.serving.settings import ServeConfig, read_yaml_mapping
+    from secure_ml.serving.config_loading import read_yaml_mapping
+    from secure_ml.serving.settings import ServeConfig
 
     raw = read_yaml_mapping(path, "--serve-config")
     data = {k: v for k, v in raw.items() if v is not None}

@@ -8,6 +8,6 @@
   ``settings`` (the typed serve.yaml) are read by ``cli`` and ``app``.
 
 Nothing here imports Lightning, torchmetrics or torchvision; the extraction *attack* lives in
-``secure_ml.attacks.extraction`` and its HTTP client in ``secure_ml.tools.extract``. A new guard is a
+``secure_ml.attacks.extraction`` and its HTTP client in ``secure_ml.tools.http_client``. A new guard is a
 middleware (when it needs only headers) or a step of ``app.predict``, and a line of ``app``'s order.
 """

@@ -36,7 +36,7 @@ def _port(text: str) -> int:
 
 def serve_main(argv: List[str]) -> int:
     args = _parser().parse_args(argv)
-    from secure_ml.serving.settings import load_serve_config
+    from secure_ml.serving.config_loading import load_serve_config
 
     overrides = {k: v for k, v in (("server.host", args.host), ("server.port", args.port)) if v is not None}
     cfg = load_serve_config(args.config, overrides)

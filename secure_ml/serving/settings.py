@@ -5,14 +5,14 @@ or ``true`` where a number belongs, and unknown keys are refused. Ranges, and th
 would leave a guard switched on but doing nothing (item 10 of issue 9), are checked in each section's
 ``__post_init__``. Every failure is one line that names the option: ``serve.yaml: rate_limit.burst:
 must be > 0, got -1``. API keys may also come from ``$SECURE_ML_API_KEYS`` / ``$SECURE_ML_ADMIN_KEYS``.
+Reading a file and turning pydantic's errors into that line: :mod:`secure_ml.serving.config_loading`.
 """
 
 import os
-from dataclasses import field, fields, is_dataclass
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Tuple
+from dataclasses import field
+from typing import Any, Callable, List, Literal, Optional, Sequence, Tuple
 
-from pydantic import ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, TypeAdapter, ValidationError
+from pydantic import ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic.dataclasses import dataclass
 
 from secure_ml.errors import ConfigError
@@ -247,73 +247,3 @@ class ServeConfig:
 def _sendable(key: str) -> bool:
     """A key a client can send in an X-API-Key header as written: printable ASCII without surrounding blanks."""
     return key == key.strip() and all(" " <= c <= "~" for c in key)
-
-
-# ---- loading ---------------------------------------------------------------------------------
-def _known(loc: Sequence[Any]) -> str:
-    cls: Any = ServeConfig
-    for part in loc[:-1]:
-        types = {f.name: f.type for f in fields(cls)}
-        cls = types.get(part)
-        if not is_dataclass(cls):
-            return ""
-    return f" (known: {', '.join(f.name for f in fields(cls))})"
-
-
-def _one_line(exc: ValidationError) -> str:
-    """The first error as ``serve.yaml: <dotted option>: <what is wrong>``."""
-    err = exc.errors()[0]
-    cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, ConfigError):  # raised by a __post_init__: already names its option
-        return str(cause)
-    where = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "unexpected_keyword_argument":
-        return f"serve.yaml: unknown option {where}{_known(err['loc'])}"
-    if err["type"] == "dataclass_type":
-        return f"serve.yaml: {where or 'top level'}: expected a mapping of options, got {type(err['input']).__name__}"
-    msg = err["msg"][:1].lower() + err["msg"][1:]
-    return f"serve.yaml: {where}: {msg}, got {err['input']!r}"
-
-
-def config_from_dict(data: Optional[Mapping[str, Any]]) -> ServeConfig:
-    """``ServeConfig`` from parsed YAML (a missing or empty section keeps its defaults), keys required when auth is on."""
-    sections = {f.name for f in fields(ServeConfig) if is_dataclass(f.type)}
-    data = {k: v for k, v in (data or {}).items() if not (k in sections and v is None)}
-    try:
-        cfg = TypeAdapter(ServeConfig).validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
-    return cfg.require_keys()
-
-
-def read_yaml_mapping(path, flag: str) -> Dict[str, Any]:
-    """The mapping in YAML file ``path`` (``safe_load``: no Python tags); one-line ConfigError naming ``flag`` otherwise."""
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{flag}: '{p}' does not exist or is not a file")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{flag}: '{p}' is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{flag}: '{p}' must hold a mapping of options")
-    return data
-
-
-def load_serve_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> ServeConfig:
-    """Read ``path`` (YAML, ``safe_load``: no Python tags) if given, apply dotted ``overrides`` (``{"server.port": 9000}``), validate."""
-    data: Dict[str, Any] = read_yaml_mapping(path, "--config") if path is not None else {}
-    for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            if node.get(part) is None:  # absent, or an empty section (`server:`), which keeps its defaults
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                break  # a section that is not a mapping: validation names it
-        else:
-            node[leaf] = value
-    return config_from_dict(data)

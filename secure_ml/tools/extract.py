@@ -13,22 +13,20 @@ model's labels for measuring the copy's agreement, unless ``--ckpt_path`` gives 
 Every loop is bounded by the query budgets and ``--time-limit``; the URL must be a loopback address.
 """
 
-import ipaddress
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
-from urllib.parse import urlparse
+from typing import Dict, List, Optional
 
 import httpx
 import torch
 
-from secure_ml.attacks.extraction import Answer, agreement, steal, train_copy
+from secure_ml.attacks.extraction import agreement, steal, train_copy
 from secure_ml.errors import ConfigError
-from secure_ml.serving.auth import client_id
 from secure_ml.tools.args import OneLineParser
+from secure_ml.tools.http_client import HttpOracle, check_loopback, client_metric, read_metrics
 
 DEFAULT_DATA = Path(os.environ.get("SECURE_ML_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
 EVAL_OFFSET = 1000
@@ -53,93 +51,6 @@ class SimulatorConfig:
     time_limit: float = 600.0
     seed: int = 0
     torch_threads: Optional[int] = 1
-
-
-def check_loopback(url: str) -> None:
-    host = urlparse(url).hostname or ""
-    try:
-        ok = host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        ok = False
-    if not ok:
-        raise ConfigError(f"--url: {url!r} is not a loopback address; the simulator only attacks a local service")
-
-
-class HttpOracle:
-    """One API key's paced, bounded HTTP session; ``__call__`` is an :data:`~secure_ml.attacks.extraction.Oracle`."""
-
-    def __init__(self, url: str, key: str, qps: float, deadline: float, flag: str = "--api-key"):
-        self.http = httpx.Client(base_url=url, timeout=10.0, headers={"X-API-Key": key})
-        self.flag = flag  # named when the service refuses the key
-        self.interval = 1.0 / qps if qps > 0 else 0.0
-        self.deadline = deadline
-        self.next_at = time.monotonic()
-        self.sent = self.retries = 0
-
-    def __call__(self, x: torch.Tensor) -> Optional[Answer]:
-        body = {"image": x.reshape(28, 28).tolist()}
-        for _ in range(20):
-            now = time.monotonic()
-            if now >= self.deadline:
-                return None
-            if now < self.next_at:
-                time.sleep(self.next_at - now)
-            self.next_at = max(now, self.next_at) + self.interval
-            r = self.http.post("/predict", json=body)
-            if r.status_code == 429:
-                self.retries += 1
-                time.sleep(min(float(r.headers.get("Retry-After", "1")), max(0.0, self.deadline - time.monotonic())))
-                continue
-            _check_answer(r, self.flag, "/predict")
-            self.sent += 1
-            return Answer(
-                label=r.json().get("label") if r.status_code == 200 else None, refused=r.status_code == 403, invalid=r.status_code == 422
-            )
-        return None
-
-    def close(self) -> None:
-        self.http.close()
-
-
-ANSWERS = (200, 403, 422)  # a label, a refusal by the input policy or the extraction detector, an invalid image
-
-
-def _check_answer(r: httpx.Response, flag: str, path: str) -> None:
-    """ConfigError for an answer that is neither a label nor a refusal of the query: a refused key (401) or a failing service
-    must not read as an attack that went undetected."""
-    if r.status_code in ANSWERS:
-        return
-    try:
-        body = r.json()
-        code = (body.get("reason") or body.get("error")) if isinstance(body, dict) else None
-    except ValueError:
-        code = None
-    reason = f"HTTP {r.status_code}" + (f" {code}" if isinstance(code, str) else "")
-    if r.status_code == 401:
-        raise ConfigError(f"{flag}: the service refused the key on {path} ({reason})")
-    raise ConfigError(f"the service answered {path} with {reason}; the run would not measure the detector")
-
-
-def parse_metrics(text: str) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
-    """``{(sample name, sorted label pairs): value}`` of a Prometheus text page (``prometheus_client``'s parser)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): float(s.value) for family in text_string_to_metric_families(text) for s in family.samples
-    }
-
-
-def _metrics(url: str, admin_key: Optional[str]) -> Dict:
-    if admin_key is None:
-        return {}
-    r = httpx.get(url + "/metrics", headers={"X-API-Key": admin_key}, timeout=10.0)
-    if r.status_code != 200:  # no page is not "no alert"
-        _check_answer(r if r.status_code != 403 else httpx.Response(401, json={"error": "not an admin key"}), "--admin-key", "/metrics")
-    return parse_metrics(r.text)
-
-
-def _metric(metrics: Dict, name: str, key: str) -> Optional[float]:
-    return metrics.get((name, (("client", client_id(key)),)))
 
 
 def run_benign(cfg: SimulatorConfig, digits: torch.Tensor, deadline: float) -> Dict:
@@ -201,9 +112,9 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
         stolen = steal(oracle, seeds, cfg.queries, cfg.mode, cfg.lam, cfg.noise_std, cfg.epochs, cfg.seed)
     finally:
         oracle.close()
-    metrics = _metrics(cfg.url, cfg.admin_key)
+    metrics = read_metrics(cfg.url, cfg.admin_key)
 
-    first_alert = _metric(metrics, "secure_ml_extraction_first_alert_query", cfg.api_key)
+    first_alert = client_metric(metrics, "secure_ml_extraction_first_alert_query", cfg.api_key)
     candidates = [v for v in (stolen.refused_at, first_alert) if v is not None]
     detected_at = int(min(candidates)) if candidates else None
     report.update(
@@ -238,14 +149,14 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
     report["agreement_digits"] = len(truth_x)
 
     if benign is not None:
-        alarmed = _metric(metrics, "secure_ml_extraction_alarmed_queries_total", cfg.benign_api_key) or 0
+        alarmed = client_metric(metrics, "secure_ml_extraction_alarmed_queries_total", cfg.benign_api_key) or 0
         flagged = max(benign["refused"], int(alarmed))
         report["benign"] = {
             "queries": benign["sent"],
             "flagged_or_refused": flagged,
             "input_policy_422": benign["invalid"],
             "false_positive_rate": flagged / benign["sent"] if benign["sent"] else None,
-            "first_alert_query": _metric(metrics, "secure_ml_extraction_first_alert_query", cfg.benign_api_key),
+            "first_alert_query": client_metric(metrics, "secure_ml_extraction_first_alert_query", cfg.benign_api_key),
         }
     report["elapsed_s"] = round(time.monotonic() - t0, 1)
     return report

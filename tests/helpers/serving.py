@@ -19,8 +19,8 @@ import torch
 
 from secure_ml.models import SmallCNN, net_spec
 from secure_ml.serving.app import build_service
+from secure_ml.serving.config_loading import config_from_dict
 from secure_ml.serving.server import ServerThread
-from secure_ml.serving.settings import config_from_dict
 from secure_ml.serving.startup import build_policy, load_served_model
 from tests.helpers.data import real_data_dir
 
