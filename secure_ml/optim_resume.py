@@ -42,12 +42,15 @@ def _short(name: str) -> str:
 
 def _saved_start(group: Dict[str, Any], saved_schedulers: Optional[List[Dict[str, Any]]]) -> Any:
     """The lr the checkpoint's schedule started from: its ``initial_lr``; else its scheduler's ``base_lrs`` (a fit that
-    added a scheduler on resume restored groups saved without ``initial_lr``, and torch's restore drops the key); else
-    the lr itself (no schedule)."""
+    added a scheduler on resume restored groups saved without ``initial_lr``, and torch's restore drops the key), at the
+    top of its state or, for SequentialLR and ChainedScheduler, in the first nested one's; else the lr itself."""
     if "initial_lr" in group:
         return group["initial_lr"]
-    base = (saved_schedulers or [{}])[0].get("base_lrs")
-    return base[0] if base else group["lr"]
+    for state in saved_schedulers or []:
+        for candidate in [state, *(state.get("_schedulers") or [])]:
+            if isinstance(candidate, dict) and candidate.get("base_lrs"):
+                return candidate["base_lrs"][0]
+    return group["lr"]
 
 
 def check_resumable(
@@ -80,6 +83,13 @@ def check_resumable(
         raise ValueError(
             f"--model.optimizer: the checkpoint was trained with {was}, this fit configures {_short(name)}; its state cannot be "
             "resumed into another optimizer. Resume with the checkpoint's optimizer (its run's config.yaml), or start a new fit"
+        )
+    added = [k for k in _SCHEDULER_KEYS if k in ours and k not in saved_groups[0]]
+    if added:  # OneCycleLR reads them back every step: after the restore it failed with KeyError: 'initial_lr'
+        raise ValueError(
+            f"--model.scheduler: this fit's scheduler keeps {', '.join(added)} in the optimizer's parameter groups, which "
+            "resuming replaces with the checkpoint's, saved without them, so it cannot be added on resume. Start a new fit "
+            "with it, or resume with the run's scheduler (its config.yaml)"
         )
     cycled = _CYCLED if "max_momentum" in ours or "max_momentum" in saved_groups[0] else set()
     compared = (keys & theirs) - cycled

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loops.utilities import _is_max_limit_reached
 
 
 def checkpointers(trainer) -> list:
@@ -45,9 +46,17 @@ def _test_command(trainer) -> str:
     return f"secure-ml test {where}--ckpt_path {ckpt}" if ckpt else "secure-ml test --ckpt_path <a checkpoint of the fit>"
 
 
-def stopped_message(trainer, subcommand: str) -> str:
-    """What a SIGTERM left: where the run stopped and what to run next (the checkpoint to resume from; for a fit whose
-    ``--test_after_fit`` test was stopped, the test to run)."""
+def _trained_to_the_end(trainer) -> bool:
+    """The fit's last epoch (``max_epochs``) or step (``max_steps``) is done: a resume would train nothing."""
+    loop = trainer.fit_loop
+    return _is_max_limit_reached(loop.epoch_progress.current.completed, loop.max_epochs) or _is_max_limit_reached(
+        trainer.global_step, loop.max_steps
+    )
+
+
+def stopped_message(trainer, subcommand: str, test_after_fit: bool = False) -> str:
+    """What a SIGTERM left: where the run stopped and what to run next (the checkpoint to resume from; for a fit that had
+    trained to its end, or whose ``--test_after_fit`` test was stopped, the test to run)."""
     if subcommand == "fit" and trainer.state.fn == "test":
         return (
             "fit finished, but its --test_after_fit test was stopped by SIGTERM before it finished and no report was written; "
@@ -56,8 +65,13 @@ def stopped_message(trainer, subcommand: str) -> str:
     if subcommand != "fit":
         return f"{subcommand} stopped by SIGTERM before it finished; no report was written"
     done = trainer.fit_loop.epoch_progress.current.completed
-    text = f"fit stopped by SIGTERM after {done} complete epoch{'' if done == 1 else 's'} (step {trainer.global_step})"
     last = checkpoint_to_test(trainer)
+    if _trained_to_the_end(trainer) and last:  # Lightning stops after every epoch, the last one included
+        text = f"fit trained to its end ({done} epoch{'' if done == 1 else 's'}, step {trainer.global_step}) and was stopped by SIGTERM after it"
+        if test_after_fit:
+            return f"{text}, so its --test_after_fit test was not started; test the fit's checkpoint with `{_test_command(trainer)}`"
+        return f"{text}; its checkpoints were written (the last: {last}), there is nothing to resume"
+    text = f"fit stopped by SIGTERM after {done} complete epoch{'' if done == 1 else 's'} (step {trainer.global_step})"
     return f"{text}; resume with --ckpt_path {last}" if last else f"{text}; it had saved no checkpoint yet"
 
 

@@ -8,7 +8,9 @@ list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false
 """
 
 import logging
+import signal
 import sys
+import threading
 import types
 import warnings
 from pathlib import Path
@@ -154,15 +156,26 @@ class SecureMLCLI(LightningCLI):
         and a SIGTERM (Lightning stops at the next batch or epoch end) into one line and exit status 143. A SIGTERM
         that came where Lightning does not look (the scorecard's attacks, the last epoch's end) also exits 143, once the
         run has finished."""
-        self._test_skipped = False
+        self._test_skipped = self._sigterm = False
+        # Lightning watches for SIGTERM only while a run is on (and chains this handler then): between runs and in
+        # their last hooks (on_fit_end: the dashboard) the default handler would kill the process without a word.
+        watch = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, self._note_sigterm) if watch else None
         try:
             super()._run_subcommand(subcommand)
         except MisconfigurationException as exc:
             raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None
         except SIGTERMException:  # a SystemExit without a code: the command exited 0 as if it had finished
-            raise Stopped(stopped_message(self.trainer, subcommand)) from None
-        if self.trainer.received_sigterm:  # it ran to the end and would exit 0 as if nothing had asked it to stop
+            test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
+            raise Stopped(stopped_message(self.trainer, subcommand, test_after_fit)) from None
+        finally:
+            if watch:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # None: set outside Python
+        if self._sigterm or self.trainer.received_sigterm:  # it ran to the end and would exit 0 as if none had come
             raise Stopped(finished_message(self.trainer, subcommand, self._test_skipped))
+
+    def _note_sigterm(self, signum, frame) -> None:
+        self._sigterm = True
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir`` also moves the default logger's folder (its ``save_dir`` "." would keep the run,
@@ -203,7 +216,7 @@ class SecureMLCLI(LightningCLI):
         """``--test_after_fit``: what ``secure-ml test --ckpt_path <the last checkpoint>`` would do, seeded as a new process is."""
         if not self.config.fit.get("test_after_fit"):
             return
-        if self.trainer.received_sigterm:  # the test's own run would reset the flag and test on as if nothing had come
+        if self._sigterm or self.trainer.received_sigterm:  # the test's own run would reset Lightning's flag and test on
             self._test_skipped = True
             return
         ckpt = checkpoint_to_test(self.trainer)

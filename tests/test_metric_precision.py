@@ -92,8 +92,9 @@ def test_logged_metrics_are_made_on_the_modules_device():
     assert as_metric(0.55, "mps").device.type == "cpu" and as_metric(0.55).device.type == "cpu"
 
 
-def _sync_on_ranks(rank: int, world_size: int, port: int, reduce_op: str, values: list, out: str) -> None:
-    """One rank of a gloo group: every rank logs the same values; rank 0 writes what Lightning's sync makes of them."""
+def _sync_on_ranks(rank: int, world_size: int, port: int, ops: dict, values: list, out: str) -> None:
+    """One rank of a gloo group: every rank logs the same ``values`` under the equal-values op, and its own timing
+    (1 + rank) under the timing's op; rank 0 writes what Lightning's sync makes of them, and of the mean."""
     import os
 
     import torch.distributed as dist
@@ -103,32 +104,34 @@ def _sync_on_ranks(rank: int, world_size: int, port: int, reduce_op: str, values
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    synced = {op: [_sync_ddp(as_metric(v), reduce_op=op).item() for v in values] for op in (reduce_op, "mean")}
+    synced = {op: [_sync_ddp(as_metric(v), reduce_op=op).item() for v in values] for op in (ops["mia/auc"], "mean")}
+    synced["timing"] = _sync_ddp(as_metric(1.0 + rank), reduce_op=ops["sponge/latency_ratio"]).item()
     if rank == 0:
         torch.save(synced, out)
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_a_value_equal_on_three_ranks_syncs_to_itself(tmp_path):
-    """From a review: Lightning's default sync is a mean, and a float64 mean over 3 ranks of 0.1 is 0.10000000000000002,
+def test_a_value_equal_on_three_ranks_syncs_to_itself_and_a_timing_is_averaged(tmp_path):
+    """From reviews: Lightning's default sync is a mean, and a float64 mean over 3 ranks of 0.1 is 0.10000000000000002,
     which fails a gate "<= 0.1" the one-process run passes. The scorecard's values are the same on every rank, so
-    log_all syncs them with the reduction it names (max): exact. The mean is the negative control."""
+    log_all syncs them with the reduction it names (max): exact. The mean is the negative control. A timing each rank
+    measures apart (sponge/latency_ratio) is averaged, not replaced by the slowest rank's."""
     import socket
 
     import torch.multiprocessing as mp
 
     logged = {}
     module = SimpleNamespace(device=torch.device("cpu"), trainer=SimpleNamespace(world_size=3))
-    module.log = lambda key, value, **kw: logged.update({key: kw})
-    log_all(module, {"mia/auc": 0.1})
-    reduce_op = logged["mia/auc"]["reduce_fx"]
+    module.log = lambda key, value, **kw: logged.update({key: kw["reduce_fx"]})
+    log_all(module, {"mia/auc": 0.1, "sponge/latency_ratio": 2.0})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     values, out = [0.1, 0.7, 0.55], str(tmp_path / "synced.pt")
-    mp.spawn(_sync_on_ranks, args=(3, port, reduce_op, values, out), nprocs=3)
+    mp.spawn(_sync_on_ranks, args=(3, port, logged, values, out), nprocs=3)
     synced = torch.load(out)
-    assert synced[reduce_op] == values
+    assert synced[logged["mia/auc"]] == values
     assert synced["mean"] != values  # the default sync moves a value: what the test would catch
     assert check_gates(parse_gates({"mia/auc": "<= 0.1"}), {"mia/auc": synced["mean"][0]})  # and a gate fails on it
+    assert synced["timing"] == pytest.approx(2.0)  # ranks measured 1, 2 and 3; max would report 3

@@ -216,3 +216,34 @@ def test_an_older_file_with_scheduler_keys_is_not_another_optimizer():
     check_resumable(saved, "torch.optim.SGD", torch.optim.SGD(_params(), lr=start, momentum=0.9))
     with pytest.raises(ValueError, match=r"^--model.optimizer: the checkpoint was trained with an optimizer with"):
         check_resumable(saved, None, torch.optim.Adam(_params()))  # another class is still told apart
+
+
+def test_a_chained_scheduler_added_on_resume_resumes_again_and_one_cycle_cannot_be_added():
+    """From a second review. (1) SequentialLR and ChainedScheduler keep ``base_lrs`` only in their nested schedulers'
+    states, so a chain added on resume was still refused on the next resume; the start is read from the first nested
+    one. (2) OneCycleLR reads its bounds back from the parameter groups, which a resume replaces with groups saved
+    without them: adding it on resume crashed with KeyError: 'initial_lr' (the negative control); now one line."""
+    plain = torch.optim.SGD(_params(), lr=0.01, momentum=0.9)
+    saved_plain = [_trained_state(plain)]
+
+    def chain(optimizer):
+        steps = [torch.optim.lr_scheduler.StepLR(optimizer, 1, 0.5), torch.optim.lr_scheduler.ExponentialLR(optimizer, 0.9)]
+        return torch.optim.lr_scheduler.ChainedScheduler(steps, optimizer)
+
+    added = chain(torch.optim.SGD(_params(), lr=0.01, momentum=0.9))
+    added.optimizer.load_state_dict(saved_plain[0])  # the resume that added it: initial_lr is gone from the groups
+    added.optimizer.step()
+    added.step()
+    saved, schedulers = [added.optimizer.state_dict()], [added.state_dict()]
+    assert "base_lrs" not in schedulers[0] and saved[0]["param_groups"][0]["lr"] < 0.01
+    again = chain(torch.optim.SGD(_params(), lr=0.01, momentum=0.9))
+    check_resumable(saved, optimizer_name(again.optimizer), again.optimizer, schedulers)
+
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.25, 10)
+    one_cycle.optimizer.load_state_dict(saved_plain[0])
+    with pytest.raises(KeyError, match="initial_lr"):  # what Lightning's restore led to
+        one_cycle.optimizer.step()
+        one_cycle.step()
+    fresh = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.25, 10)
+    with pytest.raises(ValueError, match=r"^--model.scheduler: this fit's scheduler keeps max_lr, min_lr.*cannot be added on resume"):
+        check_resumable(saved_plain, optimizer_name(fresh.optimizer), fresh.optimizer)

@@ -39,10 +39,12 @@ def test_sigterm_stops_fit_with_one_line_and_exit_143(tiny_mnist, tmp_path, monk
 
 @pytest.mark.slow
 def test_sigterm_in_a_test_names_what_finished_and_what_to_run(tiny_mnist, tmp_path, monkeypatch, capsys):
-    """From a review. (1) A SIGTERM during --test_after_fit's test read as a stopped fit ("resume with --ckpt_path"),
+    """From reviews. (1) A SIGTERM during --test_after_fit's test read as a stopped fit ("resume with --ckpt_path"),
     which trains nothing and writes no report: it now names the test to run. (2) A SIGTERM during the test's last hooks
     (the scorecard's attacks), where Lightning does not look, exited 0 as if none had come: it exits 143, after the
-    report it finished. (3) One in the fit's last hooks no longer starts the --test_after_fit test."""
+    report it finished. (3) One in the fit's last hook (on_fit_end, where Lightning no longer watches) killed the
+    process without a word: it now exits 143 without starting the --test_after_fit test. (4) One at the last epoch's
+    end read as a fit to resume, which would train nothing: it names the test to run."""
     monkeypatch.chdir(tmp_path)
     off = ["--robustness.enabled", "false", "--sponge.enabled", "false", "--membership.enabled", "false"]
     common = smoke_args(tiny_mnist, "--data.batch_size", "32", *off, "--reference_mia.enabled", "false", sizes=(500, 100, 200))
@@ -63,10 +65,17 @@ def test_sigterm_in_a_test_names_what_finished_and_what_to_run(tiny_mnist, tmp_p
     assert (tmp_path / "lightning_logs" / "version_1" / "metrics.json").is_file()  # what it finished is kept
 
     with pytest.raises(SystemExit) as exc:
-        main(["fit", *common, "--test_after_fit", "true", "--trainer.callbacks+=tests.helpers.signals.SigtermAtTrainEnd"])
-    assert exc.value.code == 143
-    run = "lightning_logs/version_2"
+        main(["fit", *common, "--test_after_fit", "true", "--trainer.callbacks+=tests.helpers.signals.SigtermAtFitEnd"])
+    assert exc.value.code == 143  # it was -15: killed in on_fit_end without a line
     assert "error: fit finished (SIGTERM came during its last hooks), so its --test_after_fit test was not started" in (
         capsys.readouterr().err
     )
-    assert not (tmp_path / run / "metrics.json").exists()
+    assert not (tmp_path / "lightning_logs" / "version_2" / "metrics.json").exists()
+
+    with pytest.raises(SystemExit) as exc:  # at the last epoch's end Lightning stops as after any epoch: nothing to resume
+        main(["fit", *common, "--test_after_fit", "true", "--trainer.callbacks+=tests.helpers.signals.SigtermAtEpochEnd"])
+    assert exc.value.code == 143
+    run = "lightning_logs/version_3"
+    err = capsys.readouterr().err
+    assert "error: fit trained to its end (1 epoch, step 12) and was stopped by SIGTERM after it, so its --test_after_fit test" in err
+    assert f"`secure-ml test --config {run}/config.yaml --ckpt_path {run}/checkpoints/last.ckpt`" in err and "resume" not in err

@@ -10,6 +10,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from secure_ml.callbacks.eval_record import EvalRecord
 from secure_ml.errors import ConfigError
 from secure_ml.report.gates import SAME_ON_EVERY_RANK, as_metric
+from secure_ml.report.metric_names import METRICS
 
 
 def stage_of(trainer: Trainer) -> str:
@@ -63,13 +64,15 @@ def attack_context(pl_module: LightningModule) -> Iterator[None]:
 
 
 def log_all(pl_module: LightningModule, metrics: dict) -> None:
-    """Log scalars once per epoch in float64; identical on every rank (same data, same seed). Synced with ``max``, not
-    Lightning's mean: a float64 mean of 3, 6 or 7 equal values is not always the value (0.1 came back 0.10000000000000002,
-    and a gate "<= 0.1" then failed). ``batch_size=1``: the epoch mean multiplies and divides by it, exact only for 1."""
+    """Log scalars once per epoch in float64. Under DDP most are identical on every rank (same data, same seed) and are
+    synced with ``max``, not Lightning's mean: a float64 mean of 3, 6 or 7 equal values is not always the value (0.1
+    came back 0.10000000000000002, and a gate "<= 0.1" then failed). A timing each rank measures apart (``per_rank`` in
+    the metric registry) is averaged. ``batch_size=1``: the epoch mean multiplies and divides by it, exact only for 1."""
     sync = pl_module.trainer.world_size > 1
     for key, value in metrics.items():
         metric = as_metric(value, pl_module.device)
-        pl_module.log(key, metric, on_step=False, on_epoch=True, sync_dist=sync, reduce_fx=SAME_ON_EVERY_RANK, batch_size=1)
+        reduce_fx = "mean" if key in METRICS and METRICS[key].per_rank else SAME_ON_EVERY_RANK
+        pl_module.log(key, metric, on_step=False, on_epoch=True, sync_dist=sync, reduce_fx=reduce_fx, batch_size=1)
 
 
 def on_device(pl_module: LightningModule, *tensors: torch.Tensor):

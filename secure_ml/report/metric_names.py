@@ -19,10 +19,11 @@ class Metric:
     label: str
     group: str
     higher_is_better: Optional[bool] = None
+    per_rank: bool = False  # measured apart on every DDP rank (a timing): averaged over ranks, not one rank's value
 
 
-def _m(key: str, label: str, group: str, higher: Optional[bool] = None) -> Metric:
-    return Metric(key, label, group, higher)
+def _m(key: str, label: str, group: str, higher: Optional[bool] = None, per_rank: bool = False) -> Metric:
+    return Metric(key, label, group, higher, per_rank)
 
 
 METRICS: Dict[str, Metric] = {
@@ -61,7 +62,7 @@ METRICS: Dict[str, Metric] = {
         _m("sponge/false_positive_rate", "clean digits rejected", "sponge", False),
         _m("sponge/energy_ratio", "crafted / clean activation energy", "sponge", None),
         _m("sponge/density_ratio", "crafted / clean activation density", "sponge", None),
-        _m("sponge/latency_ratio", "crafted / clean forward latency", "sponge", None),
+        _m("sponge/latency_ratio", "crafted / clean forward latency", "sponge", None, per_rank=True),
         _m("poison/precision", "label-flip detection precision", "poison", True),
         _m("poison/recall", "label-flip detection recall", "poison", True),
         _m("poison/f1", "label-flip detection F1", "poison", True),

@@ -45,8 +45,9 @@ class SigtermAtTestEpochEnd(Callback):
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-class SigtermAtTrainEnd(Callback):
-    """A real SIGTERM in a fit's last hooks (the dashboard's), after its last epoch."""
+class SigtermAtFitEnd(Callback):
+    """A real SIGTERM in a fit's last hook, where the scorecard draws its dashboard: Lightning has put back the
+    process's own SIGTERM handler by then (the default one kills the process without a word)."""
 
-    def on_train_end(self, trainer, pl_module):
+    def on_fit_end(self, trainer, pl_module):
         os.kill(os.getpid(), signal.SIGTERM)
