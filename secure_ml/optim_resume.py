@@ -118,7 +118,7 @@ def _differs(a: Any, b: Any) -> bool:
 
 
 # OneCycleLR's settings as it stores them: the flags they come from (compared after the public settings they derive from).
-_PRIVATE_SETTINGS = {"_schedule_phases": "pct_start or three_phase", "_anneal_func_type": "anneal_strategy"}
+_PRIVATE_SETTINGS = {"_schedule_phases": "pct_start or three_phase", "_anneal_func_type": "anneal_strategy", "_milestones": "milestones"}
 _DERIVED_SETTINGS = {"total_size", "step_ratio"}  # CyclicLR's step_size_up/down as it stores them
 
 
@@ -136,8 +136,8 @@ def check_scheduler_resumable(saved_states: Optional[List[Dict[str, Any]]], sche
     with (a new ``gamma`` or ``step_size`` trained at the old one), or when the fit drops the checkpoint's scheduler.
     Nothing to check when the checkpoint has no scheduler state. ``saved_name`` is the class the checkpoint recorded
     (:data:`SCHEDULER_KEY`): without it, another class is told apart only when it has settings the saved state lacks
-    (StepLR's state also holds every setting of ExponentialLR). SequentialLR and ChainedScheduler keep their nested
-    schedulers' settings in private state: those are not compared."""
+    (StepLR's state also holds every setting of ExponentialLR). The nested schedulers of SequentialLR and
+    ChainedScheduler are compared one by one, by class and settings."""
     if not saved_states:
         return
     if scheduler is None:  # the restored lr is the schedule's last one, and nothing moves it on
@@ -145,14 +145,37 @@ def check_scheduler_resumable(saved_states: Optional[List[Dict[str, Any]]], sche
             "--model.scheduler: the checkpoint was trained with an LR scheduler and this fit configures none, so it would train "
             "on at the schedule's last lr. Resume with the run's scheduler (its config.yaml), or start a new fit"
         )
-    saved, ours = saved_states[0], scheduler.state_dict()
-    name = type(scheduler).__name__
+    saved, name = saved_states[0], type(scheduler).__name__
     if saved_name is not None and _short(saved_name) != name:
         raise ValueError(
             f"--model.scheduler: the checkpoint was trained with {_short(saved_name)}, this fit configures {name}; its state "
             "cannot be resumed into another scheduler. Resume with the run's scheduler (its config.yaml), or start a new fit"
         )
+    _check_settings(saved, scheduler, "--model.scheduler.init_args.")
+    nested = getattr(scheduler, "_schedulers", None)  # SequentialLR, ChainedScheduler: Lightning restores these too
+    if nested is None or not isinstance(saved.get("_schedulers"), list):
+        return
+    if len(saved["_schedulers"]) != len(nested):
+        raise ValueError(
+            f"--model.scheduler: the checkpoint's {name} chains {len(saved['_schedulers'])} schedulers, this fit's {len(nested)}; "
+            "its state cannot be resumed into these. Resume with the run's scheduler (its config.yaml), or start a new fit"
+        )
+    for i, (state, inner) in enumerate(zip(saved["_schedulers"], nested)):
+        _check_settings(state, inner, f"--model.scheduler's scheduler {i + 1} ({type(inner).__name__}) ", nested=True)
+
+
+def _check_settings(saved: Dict[str, Any], scheduler, flag: str, nested: bool = False) -> None:
+    """ValueError when ``saved`` lacks a setting of ``scheduler`` (another class) or holds another value of one; ``flag``
+    names the scheduler in the message (its settings' flag prefix, or which nested scheduler it is). A ``nested`` one
+    has no recorded class: a public key ``saved`` has and this scheduler lacks (StepLR's step_size) is another class."""
+    ours, name = scheduler.state_dict(), type(scheduler).__name__
     missing = _settings(ours, scheduler) - _settings(saved, scheduler)
+    extra = sorted(k for k in saved if not k.startswith("_") and k not in ours) if nested else []
+    if extra:
+        raise ValueError(
+            f"{flag.rstrip()}: the checkpoint's nested scheduler has {', '.join(extra)}, which {name} has not: it was another scheduler, "
+            "whose state cannot be resumed into this one. Resume with the run's scheduler (its config.yaml), or start a new fit"
+        )
     if missing:
         raise ValueError(
             f"--model.scheduler: the checkpoint's scheduler state has no {', '.join(sorted(_PRIVATE_SETTINGS.get(k, k) for k in missing))} "
@@ -163,10 +186,10 @@ def check_scheduler_resumable(saved_states: Optional[List[Dict[str, Any]]], sche
         if not _differs(saved[key], ours[key]):
             continue
         if key in _PRIVATE_SETTINGS:
-            what = f"--model.scheduler.init_args.{_PRIVATE_SETTINGS[key]} differs from the checkpoint's {name} and would not apply"
+            what = f"{flag}{_PRIVATE_SETTINGS[key]} differs from the checkpoint's {name} and would not apply"
         else:
             what = (
-                f"--model.scheduler.init_args.{key} {ours[key]!r} would not apply: resuming restores the checkpoint's "
+                f"{flag}{key} {ours[key]!r} would not apply: resuming restores the checkpoint's "
                 f"scheduler state, {key} {saved[key]!r} included"
             )
         raise ValueError(f"{what}. Resume with the run's scheduler (its config.yaml), or start a new fit")

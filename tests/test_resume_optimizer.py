@@ -247,3 +247,36 @@ def test_a_chained_scheduler_added_on_resume_resumes_again_and_one_cycle_cannot_
     fresh = torch.optim.lr_scheduler.OneCycleLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.25, 10)
     with pytest.raises(ValueError, match=r"^--model.scheduler: this fit's scheduler keeps max_lr, min_lr.*cannot be added on resume"):
         check_resumable(saved_plain, optimizer_name(fresh.optimizer), fresh.optimizer)
+
+
+def test_the_nested_schedulers_of_a_chain_are_compared():
+    """Noticed in review: SequentialLR and ChainedScheduler restore their nested schedulers' states too, so a changed
+    gamma inside one trained at the old one without a word (the negative control); now each nested scheduler is
+    compared by its settings (and its class, by the settings the saved state has), and SequentialLR's milestones."""
+
+    def sequential(gamma=0.5, milestone=2, second=torch.optim.lr_scheduler.ExponentialLR):
+        opt = torch.optim.SGD(_params(), lr=0.1)
+        inner = [torch.optim.lr_scheduler.StepLR(opt, 1, gamma), second(opt, 0.9)]
+        return torch.optim.lr_scheduler.SequentialLR(opt, inner, milestones=[milestone])
+
+    old = sequential()
+    old.optimizer.step()
+    old.step()
+    saved = [old.state_dict()]
+    silently = sequential(gamma=0.1)
+    silently.load_state_dict(saved[0])
+    assert silently._schedulers[0].gamma == 0.5  # the typed 0.1 is gone without a word
+    check_scheduler_resumable(saved, sequential(), "torch.optim.lr_scheduler.SequentialLR")  # the same: resumes
+    with pytest.raises(ValueError, match=r"^--model.scheduler's scheduler 1 \(StepLR\) gamma 0.1 would not apply.*gamma 0.5"):
+        check_scheduler_resumable(saved, sequential(gamma=0.1))
+    with pytest.raises(ValueError, match=r"^--model.scheduler.init_args.milestones differs"):
+        check_scheduler_resumable(saved, sequential(milestone=3))
+
+    def step(opt, gamma):
+        return torch.optim.lr_scheduler.StepLR(opt, 2, gamma)
+
+    swapped = [sequential(second=step).state_dict()]  # its second scheduler was a StepLR
+    with pytest.raises(
+        ValueError, match=r"^--model.scheduler's scheduler 2 \(ExponentialLR\): the checkpoint's nested scheduler has step_size"
+    ):
+        check_scheduler_resumable(swapped, sequential())
