@@ -84,8 +84,10 @@ def check_resumable(
             f"--model.optimizer: the checkpoint was trained with {was}, this fit configures {_short(name)}; its state cannot be "
             "resumed into another optimizer. Resume with the checkpoint's optimizer (its run's config.yaml), or start a new fit"
         )
-    added = [k for k in _SCHEDULER_KEYS if k in ours and k not in saved_groups[0]]
-    if added:  # OneCycleLR reads them back every step: after the restore it failed with KeyError: 'initial_lr'
+    # OneCycleLR reads its bounds back from the groups every step: after the restore it failed with KeyError
+    # 'initial_lr'. (CyclicLR also writes base_momentum/max_momentum there, but reads its own copies: it resumes.)
+    added = [k for k in _SCHEDULER_KEYS if k in ours and k not in saved_groups[0]] if "max_lr" not in saved_groups[0] else []
+    if "max_lr" in added:
         raise ValueError(
             f"--model.scheduler: this fit's scheduler keeps {', '.join(added)} in the optimizer's parameter groups, which "
             "resuming replaces with the checkpoint's, saved without them, so it cannot be added on resume. Start a new fit "

@@ -2,10 +2,12 @@
 
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
+from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loops.utilities import _is_max_limit_reached
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 def checkpointers(trainer) -> list:
@@ -47,10 +49,14 @@ def _test_command(trainer) -> str:
 
 
 def _trained_to_the_end(trainer) -> bool:
-    """The fit's last epoch (``max_epochs``) or step (``max_steps``) is done: a resume would train nothing."""
+    """The fit was done: its last epoch (``max_epochs``) or step (``max_steps``) was reached, or something ended it
+    (early stopping, ``max_time``, the privacy budget: ``trainer.should_stop``). A resume would train nothing, or
+    what the stop had ruled out."""
     loop = trainer.fit_loop
-    return _is_max_limit_reached(loop.epoch_progress.current.completed, loop.max_epochs) or _is_max_limit_reached(
-        trainer.global_step, loop.max_steps
+    return (
+        trainer.should_stop
+        or _is_max_limit_reached(loop.epoch_progress.current.completed, loop.max_epochs)
+        or _is_max_limit_reached(trainer.global_step, loop.max_steps)
     )
 
 
@@ -67,7 +73,7 @@ def stopped_message(trainer, subcommand: str, test_after_fit: bool = False) -> s
     done = trainer.fit_loop.epoch_progress.current.completed
     last = checkpoint_to_test(trainer)
     if _trained_to_the_end(trainer) and last:  # Lightning stops after every epoch, the last one included
-        text = f"fit trained to its end ({done} epoch{'' if done == 1 else 's'}, step {trainer.global_step}) and was stopped by SIGTERM after it"
+        text = f"fit trained to its end (step {trainer.global_step}, {done} complete epoch{'' if done == 1 else 's'}) and was stopped by SIGTERM after it"
         if test_after_fit:
             return f"{text}, so its --test_after_fit test was not started; test the fit's checkpoint with `{_test_command(trainer)}`"
         return f"{text}; its checkpoints were written (the last: {last}), there is nothing to resume"
@@ -86,3 +92,18 @@ def finished_message(trainer, subcommand: str, test_skipped: bool) -> str:
         )
     what = "the fit and its --test_after_fit test" if subcommand == "fit" and trainer.state.fn == "test" else subcommand
     return f"{what} received SIGTERM during its last hooks and finished them first; what it writes (report, checkpoints) was written"
+
+
+class SigtermRelay(Callback):
+    """Lightning watches for SIGTERM only from the start of its stage (resetting its flag there): one that came before
+    (setup, the prior's pretraining, restoring a checkpoint, ``on_fit_start``) would be forgotten and the whole fit run.
+    ``came`` says whether one came; the first hook of every stage then stops the run, as Lightning does after a batch."""
+
+    def __init__(self, came: Callable[[], bool]):
+        self.came = came
+
+    def _relay(self, trainer, pl_module) -> None:
+        if self.came():
+            raise SIGTERMException
+
+    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _relay

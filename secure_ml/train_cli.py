@@ -37,7 +37,7 @@ from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.module import SecureClassifier
-from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
+from secure_ml.run_checkpoints import SigtermRelay, checkpoint_to_test, checkpointers, finished_message, stopped_message
 
 TRAINER_DEFAULTS = {
     # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
@@ -160,7 +160,10 @@ class SecureMLCLI(LightningCLI):
         # Lightning watches for SIGTERM only while a run is on (and chains this handler then): between runs and in
         # their last hooks (on_fit_end: the dashboard) the default handler would kill the process without a word.
         watch = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, self._note_sigterm) if watch else None
+        self._previous_sigterm = signal.signal(signal.SIGTERM, self._note_sigterm) if watch else None
+        previous = self._previous_sigterm
+        if watch and not any(isinstance(cb, SigtermRelay) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(SigtermRelay(lambda: self._sigterm))
         try:
             super()._run_subcommand(subcommand)
         except MisconfigurationException as exc:
@@ -176,6 +179,8 @@ class SecureMLCLI(LightningCLI):
 
     def _note_sigterm(self, signum, frame) -> None:
         self._sigterm = True
+        if callable(self._previous_sigterm):  # a host process's own handler (``cli_main`` called from Python) still runs
+            self._previous_sigterm(signum, frame)
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir`` also moves the default logger's folder (its ``save_dir`` "." would keep the run,

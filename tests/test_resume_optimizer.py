@@ -280,3 +280,15 @@ def test_the_nested_schedulers_of_a_chain_are_compared():
         ValueError, match=r"^--model.scheduler's scheduler 2 \(ExponentialLR\): the checkpoint's nested scheduler has step_size"
     ):
         check_scheduler_resumable(swapped, sequential())
+
+
+def test_a_cyclic_schedule_added_on_resume_is_not_taken_for_one_cycle():
+    """From a review: CyclicLR writes base_momentum/max_momentum into the groups but reads its own copies, so it resumes
+    after a restore that drops them; only OneCycleLR (which reads max_lr, min_lr, initial_lr back) is refused."""
+    saved = [_trained_state(torch.optim.SGD(_params(), lr=0.01, momentum=0.9))]
+    cyclic = torch.optim.lr_scheduler.CyclicLR(torch.optim.SGD(_params(), lr=0.01, momentum=0.9), 0.01, 0.05, step_size_up=3)
+    assert "max_momentum" in cyclic.optimizer.param_groups[0] and "max_lr" not in cyclic.optimizer.param_groups[0]
+    check_resumable(saved, optimizer_name(cyclic.optimizer), cyclic.optimizer)
+    cyclic.optimizer.load_state_dict(saved[0])  # what the restore does: the momentum bounds are gone from the groups
+    cyclic.optimizer.step()
+    cyclic.step()  # and it still steps

@@ -77,5 +77,43 @@ def test_sigterm_in_a_test_names_what_finished_and_what_to_run(tiny_mnist, tmp_p
     assert exc.value.code == 143
     run = "lightning_logs/version_3"
     err = capsys.readouterr().err
-    assert "error: fit trained to its end (1 epoch, step 12) and was stopped by SIGTERM after it, so its --test_after_fit test" in err
+    assert (
+        "error: fit trained to its end (step 12, 1 complete epoch) and was stopped by SIGTERM after it, so its --test_after_fit test" in err
+    )
     assert f"`secure-ml test --config {run}/config.yaml --ckpt_path {run}/checkpoints/last.ckpt`" in err and "resume" not in err
+
+
+@pytest.mark.slow
+def test_sigterm_before_lightning_watches_stops_the_fit_and_a_host_handler_still_runs(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """From a review of the CLI's own SIGTERM handler. (1) A SIGTERM in setup (before Lightning watches, and it resets
+    its flag when its stage starts) was noted and forgotten: all epochs trained. It now stops the fit at the stage's
+    start. (2) A host process's own handler (``cli_main`` from Python) is still called, and restored afterwards.
+    (3) A fit that early stopping had ended is not offered a resume that would train what the stop ruled out."""
+    import signal
+
+    monkeypatch.chdir(tmp_path)
+    off = ["--robustness.enabled", "false", "--sponge.enabled", "false", "--membership.enabled", "false"]
+    common = smoke_args(tiny_mnist, "--data.batch_size", "32", *off, "--reference_mia.enabled", "false")
+    calls = []
+
+    def host_handler(signum, frame):
+        calls.append(signum)
+
+    host = signal.signal(signal.SIGTERM, host_handler)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", *common, "--trainer.max_epochs", "3", "--trainer.callbacks+=tests.helpers.signals.SigtermAtSetup"])
+        assert exc.value.code == 143
+        assert "error: fit stopped by SIGTERM after 0 complete epochs (step 0); it had saved no checkpoint yet" in capsys.readouterr().err
+        assert not list(tmp_path.glob("lightning_logs/version_0/checkpoints/*.ckpt"))  # it used to train all three epochs
+        assert calls == [signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is host_handler  # called, and put back
+
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", *common, "--trainer.max_epochs", "3", "--trainer.callbacks+=tests.helpers.signals.StopEarlyWithSigterm"])
+        assert exc.value.code == 143
+        err = capsys.readouterr().err
+        assert "error: fit trained to its end (step 12, 1 complete epoch) and was stopped by SIGTERM after it" in err
+        assert "nothing to resume" in err and "resume with" not in err
+        assert calls == [signal.SIGTERM, signal.SIGTERM] and signal.getsignal(signal.SIGTERM) is host_handler
+    finally:
+        signal.signal(signal.SIGTERM, host)

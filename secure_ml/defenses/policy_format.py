@@ -1,4 +1,4 @@
-"""Which stored input policies this code reads, and what their versions meant (torch-free).
+"""Which stored input policies this code reads, and what their versions meant (plain Python: no torch of its own).
 
 :meth:`InputPolicy.to_dict` writes :data:`VERSION`; :func:`stored_fields` reads versions 1 to :data:`VERSION`. A newer
 field a version did not have stays at its default (None: the check is off); a limit measured differently from today's

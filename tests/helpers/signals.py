@@ -51,3 +51,19 @@ class SigtermAtFitEnd(Callback):
 
     def on_fit_end(self, trainer, pl_module):
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+class SigtermAtSetup(Callback):
+    """A real SIGTERM in ``setup``, before Lightning watches for one (it resets its flag when its stage starts)."""
+
+    def setup(self, trainer, pl_module, stage):
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+class StopEarlyWithSigterm(Callback):
+    """At the end of training epoch 0: what early stopping does (``trainer.should_stop``), then a real SIGTERM."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == 0:
+            trainer.should_stop = True
+            os.kill(os.getpid(), signal.SIGTERM)
