@@ -2,12 +2,10 @@
 
 import re
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loops.utilities import _is_max_limit_reached
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 
 def checkpointers(trainer) -> list:
@@ -92,18 +90,3 @@ def finished_message(trainer, subcommand: str, test_skipped: bool) -> str:
         )
     what = "the fit and its --test_after_fit test" if subcommand == "fit" and trainer.state.fn == "test" else subcommand
     return f"{what} received SIGTERM during its last hooks and finished them first; what it writes (report, checkpoints) was written"
-
-
-class SigtermRelay(Callback):
-    """Lightning watches for SIGTERM only from the start of its stage (resetting its flag there): one that came before
-    (setup, the prior's pretraining, restoring a checkpoint, ``on_fit_start``) would be forgotten and the whole fit run.
-    ``came`` says whether one came; the first hook of every stage then stops the run, as Lightning does after a batch."""
-
-    def __init__(self, came: Callable[[], bool]):
-        self.came = came
-
-    def _relay(self, trainer, pl_module) -> None:
-        if self.came():
-            raise SIGTERMException
-
-    on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _relay

@@ -8,9 +8,7 @@ list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false
 """
 
 import logging
-import signal
 import sys
-import threading
 import types
 import warnings
 from pathlib import Path
@@ -37,7 +35,8 @@ from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.module import SecureClassifier
-from secure_ml.run_checkpoints import SigtermRelay, checkpoint_to_test, checkpointers, finished_message, stopped_message
+from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
+from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
 
 TRAINER_DEFAULTS = {
     # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
@@ -154,33 +153,21 @@ class SecureMLCLI(LightningCLI):
         """Lightning's, with what it refuses only once the loaders are sized (``--trainer.limit_train_batches 0.0001``:
         a fraction of under one batch) turned into one ConfigError, as :meth:`instantiate_classes` does at build time,
         and a SIGTERM (Lightning stops at the next batch or epoch end) into one line and exit status 143. A SIGTERM
-        that came where Lightning does not look (the scorecard's attacks, the last epoch's end) also exits 143, once the
-        run has finished."""
-        self._test_skipped = self._sigterm = False
-        # Lightning watches for SIGTERM only while a run is on (and chains this handler then): between runs and in
-        # their last hooks (on_fit_end: the dashboard) the default handler would kill the process without a word.
-        watch = threading.current_thread() is threading.main_thread()
-        self._previous_sigterm = signal.signal(signal.SIGTERM, self._note_sigterm) if watch else None
-        previous = self._previous_sigterm
-        if watch and not any(isinstance(cb, SigtermRelay) for cb in self.trainer.callbacks):
-            self.trainer.callbacks.append(SigtermRelay(lambda: self._sigterm))
+        that came where Lightning does not look stops the run at its stage's start (setup) or exits 143 once the run has
+        finished (the scorecard's attacks, ``on_fit_end``): :mod:`secure_ml.sigterm_watch`."""
+        self._test_skipped, self._sigterm = False, SigtermWatch()
+        if not any(isinstance(cb, SigtermRelay) for cb in self.trainer.callbacks):
+            self.trainer.callbacks.append(SigtermRelay(lambda: self._sigterm.came))
         try:
-            super()._run_subcommand(subcommand)
+            with self._sigterm:
+                super()._run_subcommand(subcommand)
         except MisconfigurationException as exc:
             raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None
         except SIGTERMException:  # a SystemExit without a code: the command exited 0 as if it had finished
             test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
             raise Stopped(stopped_message(self.trainer, subcommand, test_after_fit)) from None
-        finally:
-            if watch:
-                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)  # None: set outside Python
-        if self._sigterm or self.trainer.received_sigterm:  # it ran to the end and would exit 0 as if none had come
+        if self._sigterm.came or self.trainer.received_sigterm:  # it ran to the end and would exit 0 as if none had come
             raise Stopped(finished_message(self.trainer, subcommand, self._test_skipped))
-
-    def _note_sigterm(self, signum, frame) -> None:
-        self._sigterm = True
-        if callable(self._previous_sigterm):  # a host process's own handler (``cli_main`` called from Python) still runs
-            self._previous_sigterm(signum, frame)
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir`` also moves the default logger's folder (its ``save_dir`` "." would keep the run,
@@ -221,7 +208,7 @@ class SecureMLCLI(LightningCLI):
         """``--test_after_fit``: what ``secure-ml test --ckpt_path <the last checkpoint>`` would do, seeded as a new process is."""
         if not self.config.fit.get("test_after_fit"):
             return
-        if self._sigterm or self.trainer.received_sigterm:  # the test's own run would reset Lightning's flag and test on
+        if self._sigterm.came or self.trainer.received_sigterm:  # the test's own run would reset Lightning's flag and test on
             self._test_skipped = True
             return
         ckpt = checkpoint_to_test(self.trainer)
