@@ -9,7 +9,7 @@ without a line. :class:`SigtermWatch` notes every SIGTERM of the subcommand (cha
 
 import signal
 import threading
-from typing import Callable
+from typing import Optional
 
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -42,14 +42,21 @@ class SigtermWatch:
 
 
 class SigtermRelay(Callback):
-    """Stops the run at the first hook of every stage when ``came()`` says a SIGTERM came before Lightning watched,
-    as Lightning does after a batch."""
+    """Stops the run at the first hook of every stage when ``watch`` saw a SIGTERM before Lightning watched,
+    as Lightning does after a batch.
 
-    def __init__(self, came: Callable[[], bool]):
-        self.came = came
+    Pickled (``ddp_spawn`` starts its ranks from a pickle of the Trainer) it carries no watch: a signal handler is the
+    process's own, and each spawned rank's Lightning watches for its own SIGTERM.
+    """
+
+    def __init__(self, watch: Optional[SigtermWatch] = None):
+        self.watch = watch
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "watch": None}
 
     def _relay(self, trainer, pl_module) -> None:
-        if self.came():
+        if self.watch is not None and self.watch.came:
             raise SIGTERMException
 
     on_sanity_check_start = on_train_start = on_validation_start = on_test_start = on_predict_start = _relay

@@ -7,9 +7,9 @@ changes one of them without repeating (or silently dropping) the whole callback 
 list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false`` switches one off.
 """
 
+import functools
 import logging
 import sys
-import types
 import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Set
@@ -35,7 +35,7 @@ from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.module import SecureClassifier
-from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
+from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, pin_run_folder, stopped_message
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
 
 TRAINER_DEFAULTS = {
@@ -101,7 +101,7 @@ class SecureMLCLI(LightningCLI):
     def init_parser(self, **kwargs):
         """Lightning's parser (the main one and each subcommand's), with errors in one line (:func:`secure_ml.cli_errors.one_line_error`)."""
         parser = super().init_parser(**kwargs)
-        parser.error = types.MethodType(one_line_error, parser)
+        parser.error = functools.partial(one_line_error, parser)  # a bound method would not unpickle in a ddp_spawn rank
         return parser
 
     def subcommands(self) -> Dict[str, Set[str]]:
@@ -156,8 +156,11 @@ class SecureMLCLI(LightningCLI):
         that came where Lightning does not look stops the run at its stage's start (setup) or exits 143 once the run has
         finished (the scorecard's attacks, ``on_fit_end``): :mod:`secure_ml.sigterm_watch`."""
         self._test_skipped, self._sigterm = False, SigtermWatch()
-        if not any(isinstance(cb, SigtermRelay) for cb in self.trainer.callbacks):
-            self.trainer.callbacks.append(SigtermRelay(lambda: self._sigterm.came))
+        relay = next((cb for cb in self.trainer.callbacks if isinstance(cb, SigtermRelay)), None)
+        if relay is None:
+            relay = SigtermRelay()
+            self.trainer.callbacks.append(relay)
+        relay.watch = self._sigterm
         try:
             with self._sigterm:
                 super()._run_subcommand(subcommand)
@@ -198,6 +201,7 @@ class SecureMLCLI(LightningCLI):
         )
 
     def before_fit(self) -> None:
+        pin_run_folder(self.trainer)
         if self.config.fit.get("test_after_fit") and not checkpointers(self.trainer):
             raise ConfigError(
                 "--test_after_fit tests the fit's last checkpoint, but this run writes none: keep a ModelCheckpoint "

@@ -6,7 +6,7 @@ from lightning.pytorch import Callback, Trainer
 
 from secure_ml.adversarial import AdversarialConfig
 from secure_ml.callbacks import EMACallback
-from secure_ml.callbacks.ema import warmup_ema
+from secure_ml.callbacks.ema import WarmupEMA
 from secure_ml.data import MNISTDataModule
 from secure_ml.errors import ConfigError
 from secure_ml.module import SecureClassifier
@@ -58,7 +58,7 @@ def _fit(root, tmp_path, ema, dp=True):
 
 
 def test_warmup_decay():
-    avg = warmup_ema(0.99)
+    avg = WarmupEMA(0.99)
     a, c = torch.tensor([1.0]), torch.tensor([0.0])
     assert avg(a, c, torch.tensor(1)).item() == pytest.approx(2 / 11)  # early: mostly the new weights
     assert avg(a, c, torch.tensor(10_000)).item() == pytest.approx(0.99)  # later: the configured decay

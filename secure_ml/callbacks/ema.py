@@ -22,15 +22,19 @@ from lightning.pytorch.trainer.states import TrainerFn
 from secure_ml.errors import ConfigError
 
 
-def warmup_ema(decay: float):
-    """``avg_fn`` for ``AveragedModel``: EMA with decay ``min(decay, (1 + t) / (10 + t))`` at the t-th update (t ≥ 1)."""
+class WarmupEMA:
+    """``avg_fn`` for ``AveragedModel``: EMA with decay ``min(decay, (1 + t) / (10 + t))`` at the t-th update (t ≥ 1).
 
-    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+    A class rather than a closure: ``ddp_spawn`` pickles the Trainer's callbacks to start its ranks.
+    """
+
+    def __init__(self, decay: float):
+        self.decay = decay
+
+    def __call__(self, averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
         t = float(num_averaged)
-        d = min(decay, (1.0 + t) / (10.0 + t))
+        d = min(self.decay, (1.0 + t) / (10.0 + t))
         return d * averaged + (1.0 - d) * current
-
-    return avg_fn
 
 
 class EMACallback(WeightAveraging):
@@ -44,7 +48,7 @@ class EMACallback(WeightAveraging):
     def __init__(self, decay: float = 0.99, enabled: bool = False):
         if not 0.0 < decay < 1.0:
             raise ConfigError(f"--ema.decay must be in (0, 1); got {decay}")
-        super().__init__(use_buffers=True, avg_fn=warmup_ema(decay))
+        super().__init__(use_buffers=True, avg_fn=WarmupEMA(decay))
         self.decay = decay
         self.enabled = enabled
 
