@@ -51,3 +51,21 @@ def test_the_dp_ceiling_uses_the_loaded_accountant_state(loaded):
 def test_rmia_references_replay_the_loaded_sigma(loaded):
     recipe = target_recipe(loaded, SimpleNamespace(batch_size=64), 3, None, 1000)
     assert recipe.noise_multiplier == pytest.approx(SIGMA) and loaded.dp.noise_multiplier == 1.0
+
+
+@pytest.mark.parametrize("mechanism", ["prv", "rdp"])
+def test_a_batch_as_large_as_the_training_set_has_an_epsilon_and_no_warning(mechanism):
+    """q = 1 (the sanitizer left fewer digits than a batch): PRV's log(1 - q) printed numpy's "divide by zero" twice per ε;
+    the ε is the Gaussian mechanism's, continuous with q just below 1."""
+    import warnings
+
+    from secure_ml.callbacks.privacy_budget import epsilon_after
+    from secure_ml.privacy.private import epsilon_of
+
+    state = {"mechanism": mechanism, "noise_multiplier": 1.0, "sample_rate": 1.0, "steps": 3, "accountant": {"history": []}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        eps = epsilon_of(state, 1e-3, steps=3)
+        assert epsilon_after(create_accountant(mechanism), 1.0, 1.0, 3, 1e-3) == pytest.approx(eps)
+    near = epsilon_of({**state, "sample_rate": 0.999}, 1e-3, steps=3)
+    assert eps == pytest.approx(near, rel=1e-2) and 5 < eps < 8

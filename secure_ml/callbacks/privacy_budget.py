@@ -3,6 +3,7 @@
 import copy
 import math
 
+import numpy as np
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
@@ -13,7 +14,8 @@ def epsilon_after(accountant, noise_multiplier: float, sample_rate: float, steps
     """ε after ``steps`` more steps of σ and q on top of ``accountant``'s history (0 for an empty history)."""
     acc = copy.deepcopy(accountant)
     acc.history = list(acc.history) + ([(noise_multiplier, sample_rate, steps)] if steps else [])
-    return float(acc.get_epsilon(delta=delta)) if acc.history else 0.0
+    with np.errstate(divide="ignore"):  # PRV at q = 1 takes log(1 - q) (private.epsilon_of)
+        return float(acc.get_epsilon(delta=delta)) if acc.history else 0.0
 
 
 def max_steps_within(accountant, noise_multiplier: float, sample_rate: float, budget: float, delta: float, limit: int) -> int:

@@ -11,6 +11,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ContextManager, Dict, Iterator, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 from opacus.accountants import create_accountant
 
@@ -178,7 +179,8 @@ def epsilon_of(state: Dict[str, Any], delta: float, steps: Optional[int] = None)
         return float("inf")
     accountant = create_accountant(state["mechanism"])
     accountant.history = history
-    return float(accountant.get_epsilon(delta=delta))
+    with np.errstate(divide="ignore"):  # PRV at q = 1 (a batch the size of the training set) takes log(1 - q); its ε is right
+        return float(accountant.get_epsilon(delta=delta))
 
 
 def epsilon_from_state(state: Dict[str, Any], delta: float) -> Optional[float]:
