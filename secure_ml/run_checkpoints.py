@@ -6,30 +6,11 @@ from typing import Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loops.utilities import _is_max_limit_reached
-from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 
 def checkpointers(trainer) -> list:
     """The fit's ModelCheckpoint callbacks."""
     return [cb for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint)]
-
-
-def pin_run_folder(trainer) -> None:
-    """Under ``ddp_spawn``/``ddp_fork``/``ddp_notebook`` (Lightning's multiprocessing launcher), settle the logger's
-    version and the ModelCheckpoints' folders in the main process before the launch.
-
-    The ranks train on a copy of the Trainer and each resolves these on its own: rank 0 wrote ``version_0`` while the main
-    process, resolving afterwards, saw that folder taken and put ``--test_after_fit``'s report into ``version_1``, and
-    found no checkpoint folder, so it tested the best checkpoint instead of the last. Other launchers run rank 0 in this
-    process: nothing to do.
-    """
-    if not isinstance(trainer.strategy.launcher, _MultiProcessingLauncher):
-        return
-    for logger in trainer.loggers:
-        logger.version  # noqa: B018 - the property fixes the next free version on first read
-    for cb in checkpointers(trainer):
-        if cb.dirpath is None:
-            cb.dirpath = cb._ModelCheckpoint__resolve_ckpt_dir(trainer)  # Lightning's own rule, as each rank applies it
 
 
 def checkpoint_to_test(trainer) -> Optional[str]:

@@ -35,7 +35,8 @@ from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.module import SecureClassifier
-from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, pin_run_folder, stopped_message
+from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
+from secure_ml.run_folder import FolderOnRefusal, pin_run_folder
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
 
 TRAINER_DEFAULTS = {
@@ -162,7 +163,7 @@ class SecureMLCLI(LightningCLI):
             self.trainer.callbacks.append(relay)
         relay.watch = self._sigterm
         try:
-            with self._sigterm:
+            with self._sigterm, FolderOnRefusal(self.trainer):
                 super()._run_subcommand(subcommand)
         except MisconfigurationException as exc:
             raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None

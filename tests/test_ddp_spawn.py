@@ -11,7 +11,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from secure_ml.callbacks.ema import EMACallback, WarmupEMA
-from secure_ml.run_checkpoints import pin_run_folder
+from secure_ml.run_folder import pin_run_folder
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
 from tests.helpers.data import REPO, smoke_args
 
