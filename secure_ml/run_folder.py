@@ -64,6 +64,7 @@ class FolderOnRefusal:
         logger = trainer.logger
         folder = getattr(logger, "log_dir", None) if logger is not None else None  # resolves the version; creates nothing
         self.folder = Path(folder) if isinstance(folder, str) and not Path(folder).exists() else None
+        self.new_root = self.folder is not None and not self.folder.parent.exists()  # lightning_logs/ itself
 
     def __enter__(self) -> "FolderOnRefusal":
         return self
@@ -72,4 +73,6 @@ class FolderOnRefusal:
         refused = exc_type is not None and issubclass(exc_type, (SecureMLError, MisconfigurationException))
         if refused and self.folder is not None and self.trainer.is_global_zero and self.folder.is_dir() and untouched(self.folder):
             shutil.rmtree(self.folder, ignore_errors=True)
+            if self.new_root and self.folder.parent.is_dir() and not any(self.folder.parent.iterdir()):
+                self.folder.parent.rmdir()
         return False

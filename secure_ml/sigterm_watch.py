@@ -9,7 +9,7 @@ without a line. :class:`SigtermWatch` notes every SIGTERM of the subcommand (cha
 
 import signal
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -19,8 +19,9 @@ class SigtermWatch:
     """A context manager: while it is on, a SIGTERM sets :attr:`came` (and still reaches the handler it replaced, when
     that one is Python's); the handler is put back on exit. Off the main thread, where handlers cannot be set, it is inert."""
 
-    def __init__(self):
+    def __init__(self, forward: Optional[Callable[[int], None]] = None):
         self.came = False
+        self.forward = forward  # also signals these processes (the ranks a multiprocessing launcher started)
         self._previous = None
         self._on = False
 
@@ -37,6 +38,8 @@ class SigtermWatch:
 
     def _note(self, signum, frame) -> None:
         self.came = True
+        if self.forward is not None:
+            self.forward(signum)
         if callable(self._previous):  # a host process's own handler (``cli_main`` called from Python) still runs
             self._previous(signum, frame)
 

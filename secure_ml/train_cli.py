@@ -18,6 +18,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.multiprocessing.spawn import ProcessRaisedException
 
 from secure_ml.callbacks import (
     MembershipInferenceCallback,
@@ -38,6 +39,7 @@ from secure_ml.module import SecureClassifier
 from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
 from secure_ml.run_folder import FolderOnRefusal, pin_run_folder
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
+from secure_ml.spawn_ranks import rank_error, use_rank_launcher
 
 TRAINER_DEFAULTS = {
     # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
@@ -156,7 +158,9 @@ class SecureMLCLI(LightningCLI):
         and a SIGTERM (Lightning stops at the next batch or epoch end) into one line and exit status 143. A SIGTERM
         that came where Lightning does not look stops the run at its stage's start (setup) or exits 143 once the run has
         finished (the scorecard's attacks, ``on_fit_end``): :mod:`secure_ml.sigterm_watch`."""
-        self._test_skipped, self._sigterm = False, SigtermWatch()
+        test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
+        ranks = use_rank_launcher(self.trainer, subcommand, test_after_fit)  # ddp_spawn & co: secure_ml.spawn_ranks
+        self._test_skipped, self._sigterm = False, SigtermWatch(forward=ranks.kill if ranks else None)
         relay = next((cb for cb in self.trainer.callbacks if isinstance(cb, SigtermRelay)), None)
         if relay is None:
             relay = SigtermRelay()
@@ -164,11 +168,13 @@ class SecureMLCLI(LightningCLI):
         relay.watch = self._sigterm
         try:
             with self._sigterm, FolderOnRefusal(self.trainer):
-                super()._run_subcommand(subcommand)
+                try:
+                    super()._run_subcommand(subcommand)
+                except ProcessRaisedException as exc:
+                    raise rank_error(exc) from None
         except MisconfigurationException as exc:
             raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None
         except SIGTERMException:  # a SystemExit without a code: the command exited 0 as if it had finished
-            test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
             raise Stopped(stopped_message(self.trainer, subcommand, test_after_fit)) from None
         if self._sigterm.came or self.trainer.received_sigterm:  # it ran to the end and would exit 0 as if none had come
             raise Stopped(finished_message(self.trainer, subcommand, self._test_skipped))

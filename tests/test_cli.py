@@ -108,8 +108,9 @@ def test_fit_then_test_in_process(tiny_mnist, tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:  # evaluating on another member/non-member split is refused
         main(["test", *common, "--data.val_size", "50", "--ckpt_path", str(ckpt)])
     assert exc.value.code == 2
+    assert not (tmp_path / "lightning_logs" / "version_2").exists()  # the refused test's folder is removed (run_folder)
     main(["predict", *common, "--ckpt_path", str(ckpt)])
-    rows = (tmp_path / "lightning_logs" / "version_3" / "predictions.csv").read_text().splitlines()
+    rows = (tmp_path / "lightning_logs" / "version_2" / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("index,label,p0") and len(rows) == 1 + 100
 
 

@@ -11,8 +11,11 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from secure_ml.callbacks.ema import EMACallback, WarmupEMA
+from secure_ml.callbacks.scorecard import GateFailure
+from secure_ml.errors import ConfigError, SecureMLError, Stopped
 from secure_ml.run_folder import pin_run_folder
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
+from secure_ml.spawn_ranks import rank_error
 from tests.helpers.data import REPO, smoke_args
 
 
@@ -71,3 +74,89 @@ def test_ddp_spawn_fit_then_test_in_one_run_folder(tiny_mnist, tmp_path):
     run = logs / "version_0"
     assert (run / "metrics.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
     assert f"checkpoint path at {os.path.join('lightning_logs', 'version_0', 'checkpoints', 'last.ckpt')}" in proc.stdout + proc.stderr
+
+
+def _traceback_text(exc: BaseException) -> str:
+    """What torch hands the CLI when a rank raised: the rank's formatted traceback, as text."""
+    import traceback
+
+    try:
+        raise exc
+    except BaseException:
+        return "\n-- Process 1 terminated with the following error:\n" + traceback.format_exc()
+
+
+@pytest.mark.parametrize(
+    "raised, status",
+    [
+        (ConfigError("--data.test_size (20000) is larger than the 2000 digits available in that split"), 2),
+        (GateFailure("security gate failed: adv/fgsm_acc@0.1 >= 0.8: measured 0.2109\nand a second line"), 2),
+        (Stopped("fit stopped by SIGTERM after 1 complete epoch (step 15); resume with --ckpt_path x"), 143),
+    ],
+)
+def test_a_rank_refusal_comes_back_as_one_line_with_its_exit_status(raised, status):
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    try:  # chained, as a rank's refusal often is
+        raise KeyError("inner")
+    except KeyError:
+        text = _traceback_text(raised)
+    error = rank_error(ProcessRaisedException(text, 1, 123))
+    assert isinstance(error, SecureMLError) and str(error) == str(raised) and error.exit_status == status
+
+
+def test_a_rank_bug_keeps_its_traceback():
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    for raised in (RuntimeError("a bug"), ValueError("secure_ml.errors.ConfigError: quoted in a bug's message")):
+        exc = ProcessRaisedException(_traceback_text(raised), 0, 1)
+        assert rank_error(exc) is exc
+    try:  # a bug while handling a refusal: the bug is what the rank died of
+        raise ConfigError("refused")
+    except ConfigError:
+        exc = ProcessRaisedException(_traceback_text(RuntimeError("then a bug")), 0, 1)
+    assert "ConfigError: refused" in exc.msg and rank_error(exc) is exc
+
+
+def _spawn_fit(tiny_mnist, cwd, *extra, wait=True):
+    args = smoke_args(tiny_mnist, "--data.batch_size", "32", "--trainer.strategy", "ddp_spawn", "--trainer.devices", "2")
+    cmd = [sys.executable, "-m", "secure_ml", "fit", *args, "--trainer.accelerator", "cpu", *extra]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    if wait:
+        return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_spawn_refusal_in_a_rank_is_one_line(tiny_mnist, tmp_path):
+    """A ConfigError raised in the ranks' setup: ``secure-ml: error:`` and exit 2, as under ddp (it was ~80 lines of
+    ProcessRaisedException and exit 1), and no run folder left behind."""
+    proc = _spawn_fit(tiny_mnist, tmp_path, "--data.test_size", "20000")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("secure-ml: error: --data.test_size (20000) is larger than")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "lightning_logs").exists()
+
+
+@pytest.mark.ddp
+@pytest.mark.slow
+def test_ddp_spawn_stops_on_sigterm_like_ddp(tiny_mnist, tmp_path):
+    """A SIGTERM to the CLI reaches the ranks, which stop at the same batch: one line naming the checkpoint to resume
+    from and exit 143 (it used to train the whole fit, and a SIGTERM to a rank hung the CLI for good)."""
+    import signal
+    import time
+
+    proc = _spawn_fit(tiny_mnist, tmp_path, "--trainer.max_epochs", "200", wait=False)
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("ddp_spawn did not stop within 120 s of a SIGTERM")
+    assert proc.returncode == 143, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("secure-ml: error: fit stopped by SIGTERM after") and "resume with --ckpt_path" in line

@@ -1,0 +1,97 @@
+"""Runs under Lightning's multiprocessing launcher (``ddp_spawn``, ``ddp_fork``, ``ddp_notebook``) end the way ``ddp``
+runs do (CLI layer).
+
+There the ranks are child processes of the CLI, which only waits for them, and torch hands it a rank's exception as the
+*text* of its traceback. So a refusal inside a rank (a ConfigError in setup, a failed gate) printed ~80 lines of
+``ProcessRaisedException`` and exited 1 instead of the one ``secure-ml: error:`` line and exit 2; and a SIGTERM to the
+CLI reached no rank (the whole fit trained on), while one that reached a rank hung the CLI for good: Lightning's
+``SIGTERMException`` is a ``SystemExit``, which torch's wrapper lets through, so rank 0 exited without its result and the
+launcher waited on it forever.
+
+:func:`use_rank_launcher` puts in :class:`RankLauncher`, whose ranks turn that stop into :class:`Stopped` with the message
+a ``ddp`` run prints; the CLI forwards its SIGTERM to the ranks (``launcher.kill``), and :func:`rank_error` rebuilds a
+rank's SecureMLError (message and exit status) from the traceback text.
+"""
+
+import functools
+import importlib
+from typing import Optional
+
+import torch
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from secure_ml.errors import SecureMLError, Stopped
+from secure_ml.run_checkpoints import stopped_message
+
+
+class RankLauncher(_MultiProcessingLauncher):
+    """Lightning's multiprocessing launcher whose ranks report a SIGTERM stop as :class:`Stopped` (an ordinary exception,
+    which torch passes to the CLI) instead of exiting without a result. ``run`` is ``(subcommand, test_after_fit)``."""
+
+    run = ("fit", False)
+
+    def _wrapping_function(self, process_idx, trainer, function, args, kwargs, return_queue, global_states=None) -> None:
+        if trainer is not None:
+            connector = trainer._signal_connector
+            connector._sigterm_notifier_fn = functools.partial(_note_sigterm, connector)  # registered at the stage's start
+        try:
+            super()._wrapping_function(process_idx, trainer, function, args, kwargs, return_queue, global_states)
+        except SIGTERMException:
+            if process_idx != 0:  # rank 0 reports; the CLI then waits for it alone
+                return
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                torch.distributed.destroy_process_group()  # the message reads the run's folder without a collective
+            raise Stopped(stopped_message(trainer, *self.run)) from None
+
+
+def _note_sigterm(connector, signum, frame) -> None:
+    """A rank's SIGTERM handler: Lightning's without its broadcast. Lightning's own runs a collective inside the signal
+    handler, which pairs with whatever collective the other rank is in (a gradient all-reduce): with the signal
+    forwarded to every rank the fit hung. The training loop already broadcasts rank 0's flag after every batch, so all
+    ranks stop at the same batch."""
+    connector.received_sigterm = True
+
+
+def use_rank_launcher(trainer, subcommand: str, test_after_fit: bool) -> Optional[RankLauncher]:
+    """The run's :class:`RankLauncher` (put in place of Lightning's multiprocessing launcher), or None for other launchers."""
+    launcher = trainer.strategy.launcher
+    if not isinstance(launcher, _MultiProcessingLauncher):
+        return None
+    if not isinstance(launcher, RankLauncher):
+        launcher = RankLauncher(trainer.strategy, start_method=launcher._start_method)
+        trainer.strategy._launcher = launcher
+    launcher.run = (subcommand, test_after_fit)
+    return launcher
+
+
+def _last_exception(text: str):
+    """``(type name, message)`` of the exception a formatted traceback ends with: the first unindented line after its
+    last frame (``  File ...``), the message running to the end of the text."""
+    lines = text.rstrip().splitlines()
+    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
+    if not frames:
+        return None
+    for i in range(frames[-1] + 1, len(lines)):
+        if lines[i] and not lines[i].startswith(" "):
+            name, _, first = lines[i].partition(": ")
+            return name, "\n".join([first, *lines[i + 1 :]]).strip()
+    return None
+
+
+def rank_error(exc: BaseException) -> BaseException:
+    """The SecureMLError a rank raised, rebuilt from the traceback text in ``exc`` (torch's ``ProcessRaisedException``)
+    with its message and exit status; ``exc`` itself for any other exception (a bug keeps its traceback)."""
+    found = _last_exception(str(getattr(exc, "msg", "") or exc))
+    module, _, name = found[0].rpartition(".") if found else ("", "", "")
+    if not module.startswith("secure_ml."):
+        return exc
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return exc
+    if not (isinstance(cls, type) and issubclass(cls, SecureMLError)):
+        return exc
+    error = SecureMLError(found[1])
+    error.exit_status = cls.exit_status
+    return error
