@@ -15,11 +15,13 @@ rank's SecureMLError (message and exit status) from the traceback text.
 
 import functools
 import importlib
-from typing import Optional
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 
 from secure_ml.errors import SecureMLError, Stopped
 from secure_ml.run_checkpoints import stopped_message
@@ -30,6 +32,15 @@ class RankLauncher(_MultiProcessingLauncher):
     which torch passes to the CLI) instead of exiting without a result. ``run`` is ``(subcommand, test_after_fit)``."""
 
     run = ("fit", False)
+    watch = None  # the CLI's SigtermWatch (main process only: not pickled into the ranks)
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "watch": None}  # Lightning's drops the processes of an earlier launch
+
+    def launch(self, function, *args, trainer=None, **kwargs):
+        if self.watch is not None and self.watch.came:  # before the ranks exist: they would never see it
+            raise SIGTERMException
+        return super().launch(function, *args, trainer=trainer, **kwargs)
 
     def _wrapping_function(self, process_idx, trainer, function, args, kwargs, return_queue, global_states=None) -> None:
         if trainer is not None:
@@ -53,16 +64,31 @@ def _note_sigterm(connector, signum, frame) -> None:
     connector.received_sigterm = True
 
 
-def use_rank_launcher(trainer, subcommand: str, test_after_fit: bool) -> Optional[RankLauncher]:
-    """The run's :class:`RankLauncher` (put in place of Lightning's multiprocessing launcher), or None for other launchers."""
+def use_rank_launcher(trainer, watch, subcommand: str, test_after_fit: bool) -> None:
+    """Under Lightning's multiprocessing launcher: put :class:`RankLauncher` in its place and have ``watch`` (the CLI's
+    :class:`~secure_ml.sigterm_watch.SigtermWatch`) forward a SIGTERM to the ranks. Other launchers: nothing."""
     launcher = trainer.strategy.launcher
     if not isinstance(launcher, _MultiProcessingLauncher):
-        return None
+        return
     if not isinstance(launcher, RankLauncher):
         launcher = RankLauncher(trainer.strategy, start_method=launcher._start_method)
         trainer.strategy._launcher = launcher
-    launcher.run = (subcommand, test_after_fit)
-    return launcher
+    launcher.run, launcher.watch = (subcommand, test_after_fit), watch
+    watch.forward = launcher.kill
+
+
+@contextmanager
+def rank_errors(watch) -> Iterator[None]:
+    """Around a run: a rank's SecureMLError comes out as itself (:func:`rank_error`), and a rank killed by the SIGTERM
+    ``watch`` saw (it came while the rank was still starting, before Lightning's handler) as Lightning's stop."""
+    try:
+        yield
+    except ProcessRaisedException as exc:
+        raise rank_error(exc) from None
+    except ProcessExitedException:
+        if not watch.came:
+            raise
+        raise SIGTERMException from None
 
 
 def _last_exception(text: str):

@@ -18,7 +18,6 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from torch.multiprocessing.spawn import ProcessRaisedException
 
 from secure_ml.callbacks import (
     MembershipInferenceCallback,
@@ -39,7 +38,7 @@ from secure_ml.module import SecureClassifier
 from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
 from secure_ml.run_folder import FolderOnRefusal, pin_run_folder
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
-from secure_ml.spawn_ranks import rank_error, use_rank_launcher
+from secure_ml.spawn_ranks import rank_errors, use_rank_launcher
 
 TRAINER_DEFAULTS = {
     # Attacks in evaluation callbacks need gradients; inference_mode would forbid them.
@@ -159,19 +158,16 @@ class SecureMLCLI(LightningCLI):
         that came where Lightning does not look stops the run at its stage's start (setup) or exits 143 once the run has
         finished (the scorecard's attacks, ``on_fit_end``): :mod:`secure_ml.sigterm_watch`."""
         test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
-        ranks = use_rank_launcher(self.trainer, subcommand, test_after_fit)  # ddp_spawn & co: secure_ml.spawn_ranks
-        self._test_skipped, self._sigterm = False, SigtermWatch(forward=ranks.kill if ranks else None)
+        self._test_skipped, self._sigterm = False, SigtermWatch()
+        use_rank_launcher(self.trainer, self._sigterm, subcommand, test_after_fit)  # ddp_spawn & co: secure_ml.spawn_ranks
         relay = next((cb for cb in self.trainer.callbacks if isinstance(cb, SigtermRelay)), None)
         if relay is None:
             relay = SigtermRelay()
             self.trainer.callbacks.append(relay)
         relay.watch = self._sigterm
         try:
-            with self._sigterm, FolderOnRefusal(self.trainer):
-                try:
-                    super()._run_subcommand(subcommand)
-                except ProcessRaisedException as exc:
-                    raise rank_error(exc) from None
+            with self._sigterm, FolderOnRefusal(self.trainer), rank_errors(self._sigterm):
+                super()._run_subcommand(subcommand)
         except MisconfigurationException as exc:
             raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None
         except SIGTERMException:  # a SystemExit without a code: the command exited 0 as if it had finished

@@ -46,6 +46,13 @@ def test_pin_leaves_other_launchers_alone(tmp_path):
     trainer = Trainer(accelerator="cpu", default_root_dir=tmp_path, callbacks=[ModelCheckpoint()], enable_progress_bar=False)
     pin_run_folder(trainer)
     assert trainer.checkpoint_callback.dirpath is None and trainer.logger._version is None
+    from secure_ml.spawn_ranks import use_rank_launcher
+
+    for strategy in ("auto", "ddp"):
+        trainer = Trainer(strategy=strategy, accelerator="cpu", devices=1 if strategy == "auto" else 2, enable_progress_bar=False)
+        launcher, watch = trainer.strategy.launcher, SigtermWatch()
+        use_rank_launcher(trainer, watch, "fit", False)
+        assert trainer.strategy.launcher is launcher and watch.forward is None
 
 
 def test_the_cli_callbacks_survive_a_pickle():
@@ -160,3 +167,30 @@ def test_ddp_spawn_stops_on_sigterm_like_ddp(tiny_mnist, tmp_path):
     assert proc.returncode == 143, err[-3000:]
     line = err.strip().splitlines()[-1]
     assert line.startswith("secure-ml: error: fit stopped by SIGTERM after") and "resume with --ckpt_path" in line
+
+
+def test_a_sigterm_before_the_launch_starts_no_rank(tmp_path):
+    """One that came before the ranks exist would never reach them (they trained the whole fit): the launch is
+    Lightning's stop instead, and a rank that the forwarded signal killed while it was starting reads as that stop too."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+    from torch.multiprocessing.spawn import ProcessExitedException
+
+    from secure_ml.spawn_ranks import RankLauncher, rank_errors, use_rank_launcher
+
+    trainer = _spawn_trainer(tmp_path)
+    watch = SigtermWatch()
+    use_rank_launcher(trainer, watch, "fit", False)
+    launcher = trainer.strategy.launcher
+    assert isinstance(launcher, RankLauncher) and watch.forward == launcher.kill
+    assert pickle.loads(pickle.dumps(launcher)).watch is None  # the ranks get no watch (nor the CLI behind it)
+    watch.came = True
+    started = []
+    with pytest.raises(SIGTERMException):
+        launcher.launch(lambda: started.append(1), trainer=trainer)
+    assert started == [] and launcher.procs == []
+    died = ProcessExitedException("process 0 terminated with signal SIGTERM", 0, -15, 123, "SIGTERM")
+    with pytest.raises(SIGTERMException), rank_errors(watch):
+        raise died
+    watch.came = False  # a rank that died with no SIGTERM seen: a crash, reported as torch reports it
+    with pytest.raises(ProcessExitedException), rank_errors(watch):
+        raise died
