@@ -1,13 +1,15 @@
 """The run's folder (``lightning_logs/version_N``) in the CLI's process: the same one for every rank under a
 multiprocessing launcher, and none left behind by a refused run (CLI layer)."""
 
+import os
 import shutil
 from pathlib import Path
+from typing import Set
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
-from secure_ml.errors import SecureMLError
+from secure_ml.errors import SecureMLError, Stopped, TrainingDiverged
 from secure_ml.run_checkpoints import checkpointers
 
 START_FILES = {"config.yaml", "hparams.yaml"}  # what a run writes before its first batch, besides event files
@@ -41,38 +43,63 @@ def _holds_no_metric(events: Path) -> bool:
         return False
 
 
-def untouched(folder: Path) -> bool:
-    """True when ``folder`` holds only what a run writes before its first batch: its config.yaml and hparams.yaml,
-    empty folders (``checkpoints/``) and TensorBoard event files without a single metric."""
+def _writer_pid(events: Path) -> int:
+    """The pid in TensorBoard's ``events.out.tfevents.<time>.<host>.<pid>.<n>`` (the host may hold dots); -1 if none."""
+    pid = events.name.rsplit(".", 2)[-2] if events.name.count(".") >= 4 else ""
+    return int(pid) if pid.isdigit() else -1
+
+
+def untouched(folder: Path, writers: Set[int]) -> bool:
+    """True when ``folder`` holds only what a run writes before its first batch, and that run is this one: its
+    config.yaml and hparams.yaml, empty folders (``checkpoints/``) and TensorBoard event files without a single metric,
+    at least one of them and every one written by a process in ``writers`` (a run that raced this one into the same
+    ``version_N`` has its own pid in its file's name, and its metrics may still sit in the writer's buffer)."""
+    events = []
     for path in folder.rglob("*"):
         if path.is_symlink() or (path.is_file() and path.name not in START_FILES and not path.name.startswith("events.out.tfevents.")):
             return False
-        if path.is_file() and path.name.startswith("events.out.tfevents.") and not _holds_no_metric(path):
-            return False
-    return True
+        if path.is_file() and path.name.startswith("events.out.tfevents."):
+            events.append(path)
+    return bool(events) and all(_writer_pid(e) in writers and _holds_no_metric(e) for e in events)
 
 
 class FolderOnRefusal:
-    """A context manager around a subcommand: when the run is refused (a SecureMLError, or Lightning's
-    MisconfigurationException) before it wrote anything of its own, the ``version_N`` folder it created is removed, so a
-    refused fit or test no longer leaves a folder with a config.yaml and an empty event file, and the next run does not
-    skip a version number. A folder that existed before the run, or that holds a checkpoint, a metric or any other file,
-    is left as it is; so is every folder off global rank 0."""
+    """A context manager around a subcommand: when the run is refused (a ConfigError and the like, or Lightning's
+    MisconfigurationException) before it wrote anything of its own, the ``version_N`` folder it created is removed, with
+    the folders above it that it created and left empty, so a refused fit or test no longer leaves a folder with a
+    config.yaml and an empty event file, and the next run does not skip a version number. A folder that existed before
+    the run, that another process wrote to, or that holds a checkpoint, a metric or any other file, is left as it is; so
+    is every folder off global rank 0, and the folder of a run stopped by SIGTERM or whose training diverged (what it
+    was run with is part of what happened)."""
 
     def __init__(self, trainer):
         self.trainer = trainer
         logger = trainer.logger
         folder = getattr(logger, "log_dir", None) if logger is not None else None  # resolves the version; creates nothing
-        self.folder = Path(folder) if isinstance(folder, str) and not Path(folder).exists() else None
-        self.new_root = self.folder is not None and not self.folder.parent.exists()  # lightning_logs/ itself
+        self.created = []  # the run folder and its missing parents, innermost first
+        if isinstance(folder, str):
+            for path in (Path(folder).absolute(), *Path(folder).absolute().parents):
+                if path.exists():
+                    break
+                self.created.append(path)
 
     def __enter__(self) -> "FolderOnRefusal":
         return self
 
+    def _writers(self) -> Set[int]:
+        """This process, and the ranks a multiprocessing launcher started for it (rank 0 writes the events)."""
+        launcher = getattr(getattr(self.trainer, "strategy", None), "launcher", None)
+        return {os.getpid(), *(p.pid for p in getattr(launcher, "procs", None) or [] if p.pid is not None)}
+
     def __exit__(self, exc_type, exc, tb) -> bool:
         refused = exc_type is not None and issubclass(exc_type, (SecureMLError, MisconfigurationException))
-        if refused and self.folder is not None and self.trainer.is_global_zero and self.folder.is_dir() and untouched(self.folder):
-            shutil.rmtree(self.folder, ignore_errors=True)
-            if self.new_root and self.folder.parent.is_dir() and not any(self.folder.parent.iterdir()):
-                self.folder.parent.rmdir()
+        if not refused or issubclass(exc_type, (Stopped, TrainingDiverged)) or not self.created or not self.trainer.is_global_zero:
+            return False
+        folder = self.created[0]
+        if folder.is_dir() and untouched(folder, self._writers()):
+            shutil.rmtree(folder, ignore_errors=True)
+            for parent in self.created[1:]:
+                if not parent.is_dir() or any(parent.iterdir()):
+                    break
+                parent.rmdir()
         return False

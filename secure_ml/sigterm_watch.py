@@ -37,8 +37,8 @@ class SigtermWatch:
         return False
 
     def _note(self, signum, frame) -> None:
-        self.came = True
-        if self.forward is not None:
+        first, self.came = not self.came, True
+        if first and self.forward is not None:  # once: a rank passes its own SIGTERM up here (secure_ml.spawn_ranks)
             self.forward(signum)
         if callable(self._previous):  # a host process's own handler (``cli_main`` called from Python) still runs
             self._previous(signum, frame)

@@ -15,15 +15,17 @@ rank's SecureMLError (message and exit status) from the traceback text.
 
 import functools
 import importlib
+import os
 from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch.multiprocessing.spawn import ProcessExitedException, ProcessRaisedException
 
-from secure_ml.errors import SecureMLError, Stopped
+from secure_ml.errors import ConfigError, SecureMLError, Stopped
 from secure_ml.run_checkpoints import stopped_message
 
 
@@ -57,11 +59,16 @@ class RankLauncher(_MultiProcessingLauncher):
 
 
 def _note_sigterm(connector, signum, frame) -> None:
-    """A rank's SIGTERM handler: Lightning's without its broadcast. Lightning's own runs a collective inside the signal
-    handler, which pairs with whatever collective the other rank is in (a gradient all-reduce): with the signal
-    forwarded to every rank the fit hung. The training loop already broadcasts rank 0's flag after every batch, so all
-    ranks stop at the same batch."""
-    connector.received_sigterm = True
+    """A rank's SIGTERM handler in place of Lightning's. Lightning's runs a collective inside the signal handler, which
+    pairs with whatever collective the other rank is in (a gradient all-reduce): with the signal forwarded to every rank
+    the fit hung. And every rank stops at the end of a batch on its own flag, so a rank that alone got the signal
+    stopped alone, and the others died on a closed connection. Here only rank 0 notes it (the training loop broadcasts
+    rank 0's flag before every batch, so all ranks stop at the same one); another rank passes it on to the CLI, which
+    forwards its first SIGTERM to every rank."""
+    if connector.trainer.global_rank == 0:
+        connector.received_sigterm = True
+    else:
+        os.kill(os.getppid(), signum)
 
 
 def use_rank_launcher(trainer, watch, subcommand: str, test_after_fit: bool) -> None:
@@ -92,13 +99,13 @@ def rank_errors(watch) -> Iterator[None]:
 
 
 def _last_exception(text: str):
-    """``(type name, message)`` of the exception a formatted traceback ends with: the first unindented line after its
-    last frame (``  File ...``), the message running to the end of the text."""
+    """``(type name, message)`` of the exception a formatted traceback ends with: the first unindented line after the
+    last ``Traceback (most recent call last):`` (its frames are indented), the message running to the end of the text."""
     lines = text.rstrip().splitlines()
-    frames = [i for i, line in enumerate(lines) if line.startswith("  File ")]
-    if not frames:
+    starts = [i for i, line in enumerate(lines) if line == "Traceback (most recent call last):"]
+    if not starts:
         return None
-    for i in range(frames[-1] + 1, len(lines)):
+    for i in range(starts[-1] + 1, len(lines)):
         if lines[i] and not lines[i].startswith(" "):
             name, _, first = lines[i].partition(": ")
             return name, "\n".join([first, *lines[i + 1 :]]).strip()
@@ -107,17 +114,23 @@ def _last_exception(text: str):
 
 def rank_error(exc: BaseException) -> BaseException:
     """The SecureMLError a rank raised, rebuilt from the traceback text in ``exc`` (torch's ``ProcessRaisedException``)
-    with its message and exit status; ``exc`` itself for any other exception (a bug keeps its traceback)."""
+    as its own class and message; Lightning's MisconfigurationException as the ConfigError the CLI makes of it in one
+    process; ``exc`` itself for any other exception (a bug keeps its traceback)."""
     found = _last_exception(str(getattr(exc, "msg", "") or exc))
     module, _, name = found[0].rpartition(".") if found else ("", "", "")
-    if not module.startswith("secure_ml."):
+    if not module.startswith(("secure_ml.", "lightning.")):
         return exc
     try:
         cls = getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
         return exc
+    if isinstance(cls, type) and issubclass(cls, MisconfigurationException):
+        return ConfigError(f"the configuration was refused: {found[1].splitlines()[0] if found[1] else name}")
     if not (isinstance(cls, type) and issubclass(cls, SecureMLError)):
         return exc
-    error = SecureMLError(found[1])
-    error.exit_status = cls.exit_status
-    return error
+    try:
+        return cls(found[1])
+    except Exception:  # a constructor that takes more than the message: keep the message and the exit status
+        error = SecureMLError(found[1])
+        error.exit_status = cls.exit_status
+        return error

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from secure_ml.callbacks.ema import EMACallback, WarmupEMA
 from secure_ml.callbacks.scorecard import GateFailure
-from secure_ml.errors import ConfigError, SecureMLError, Stopped
+from secure_ml.errors import ConfigError, Stopped
 from secure_ml.run_folder import pin_run_folder
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
 from secure_ml.spawn_ranks import rank_error
@@ -109,7 +109,27 @@ def test_a_rank_refusal_comes_back_as_one_line_with_its_exit_status(raised, stat
     except KeyError:
         text = _traceback_text(raised)
     error = rank_error(ProcessRaisedException(text, 1, 123))
-    assert isinstance(error, SecureMLError) and str(error) == str(raised) and error.exit_status == status
+    assert type(error) is type(raised) and str(error) == str(raised) and error.exit_status == status
+
+
+def test_a_rank_misconfiguration_is_the_one_line_config_error_of_one_process():
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    text = _traceback_text(MisconfigurationException("You requested to check 0.0001 of the train dataloader\nmore"))
+    error = rank_error(ProcessRaisedException(text, 0, 1))
+    assert (
+        isinstance(error, ConfigError)
+        and str(error) == "the configuration was refused: You requested to check 0.0001 of the train dataloader"
+    )
+
+
+def test_a_message_that_quotes_a_traceback_is_still_the_message():
+    from torch.multiprocessing.spawn import ProcessRaisedException
+
+    raised = ConfigError('a line that looks like a frame:\n  File "x.py", line 1, in <module>\nValueError: not the exception')
+    error = rank_error(ProcessRaisedException(_traceback_text(raised), 0, 1))
+    assert isinstance(error, ConfigError) and str(error) == str(raised)
 
 
 def test_a_rank_bug_keeps_its_traceback():

@@ -1,5 +1,6 @@
 """A refused run removes the ``version_N`` folder it created before it wrote anything of its own; anything else stays."""
 
+import os
 from contextlib import nullcontext
 from types import SimpleNamespace
 
@@ -7,7 +8,7 @@ import pytest
 from torch.utils.tensorboard import SummaryWriter
 
 from secure_ml import run_folder
-from secure_ml.errors import ConfigError
+from secure_ml.errors import ConfigError, Stopped, TrainingDiverged
 from secure_ml.run_folder import FolderOnRefusal, untouched
 from secure_ml.train_cli import cli_main
 from tests.helpers.data import smoke_args
@@ -24,17 +25,29 @@ def _started(folder, hparams_only=True):
 
 
 def test_untouched_means_nothing_of_the_run_own(tmp_path):
-    assert untouched(_started(tmp_path / "a"))
+    me = {os.getpid()}
+    assert untouched(_started(tmp_path / "a"), me)
     ckpt = _started(tmp_path / "b")
     (ckpt / "checkpoints" / "last.ckpt").write_bytes(b"weights")
-    assert not untouched(ckpt)
+    assert not untouched(ckpt, me)
     metric = _started(tmp_path / "c")
     with SummaryWriter(str(metric)) as writer:
         writer.add_scalar("train/loss", 1.0, 0)
-    assert not untouched(metric)
+    assert not untouched(metric, me)
     other = _started(tmp_path / "d")
     (other / "notes.txt").write_text("mine")
-    assert not untouched(other)
+    assert not untouched(other, me)
+    # A run that raced this one into the same version_N: its event file carries its own pid (and its metrics may still
+    # be in its writer's buffer, so the file itself looks empty).
+    raced = _started(tmp_path / "e")
+    for mine in list(raced.glob("events.out.tfevents.*")):
+        head, _, uid = mine.name.rpartition(".")
+        mine.rename(raced / f"{head.rpartition('.')[0]}.{os.getpid() + 1}.{uid}")
+    assert not untouched(raced, me) and untouched(raced, {os.getpid() + 1})
+    no_events = tmp_path / "f"
+    no_events.mkdir()
+    (no_events / "config.yaml").write_text("seed_everything: 42\n")
+    assert not untouched(no_events, me)  # nothing shows that this run wrote it
 
 
 def _trainer(folder, rank_zero=True):
@@ -49,6 +62,8 @@ def _trainer(folder, rank_zero=True):
         ("finished", None, True),
         ("rank1", ConfigError("no"), True),
         ("existed", ConfigError("no"), True),
+        ("stopped", Stopped("SIGTERM"), True),  # what a stopped run was run with is part of what happened
+        ("diverged", TrainingDiverged("NaN weights"), True),
     ],
 )
 def test_only_a_refused_run_loses_the_folder_it_created(tmp_path, case, error, kept):
@@ -73,7 +88,23 @@ def test_a_refused_fit_leaves_no_run_folder(tiny_mnist, tmp_path, monkeypatch):
         cli_main(args)
     assert not (tmp_path / "lightning_logs" / "version_0").exists()
     # Negative control: the same refusal with the removal off leaves the started folder behind.
-    monkeypatch.setattr(run_folder, "untouched", lambda folder: False)
+    monkeypatch.setattr(run_folder, "untouched", lambda folder, writers: False)
     with pytest.raises(ConfigError, match="gradient_clip_val"):
         cli_main(args)
     assert (tmp_path / "lightning_logs" / "version_0" / "config.yaml").is_file()
+
+
+def test_the_folders_above_it_that_the_run_created_go_too(tmp_path):
+    """``--trainer.default_root_dir new/`` refused: new/lightning_logs/version_0, and new/ itself, were this run's."""
+    folder = tmp_path / "new" / "lightning_logs" / "version_0"
+    with pytest.raises(ConfigError), FolderOnRefusal(_trainer(folder)):
+        _started(folder)
+        raise ConfigError("no")
+    assert not (tmp_path / "new").exists() and tmp_path.is_dir()
+    (tmp_path / "kept" / "lightning_logs").mkdir(parents=True)
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    folder = tmp_path / "kept" / "lightning_logs" / "version_0"
+    with pytest.raises(ConfigError), FolderOnRefusal(_trainer(folder)):
+        _started(folder)
+        raise ConfigError("no")
+    assert sorted(p.name for p in (tmp_path / "kept").iterdir()) == ["lightning_logs", "notes.txt"]
