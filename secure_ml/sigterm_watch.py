@@ -7,6 +7,7 @@ without a line. :class:`SigtermWatch` notes every SIGTERM of the subcommand (cha
 :class:`SigtermRelay` stops the run at the start of a stage when one came before it.
 """
 
+import os
 import signal
 import threading
 from typing import Callable, Optional
@@ -24,8 +25,10 @@ class SigtermWatch:
         self.forward = forward  # also signals these processes (the ranks a multiprocessing launcher started)
         self._previous = None
         self._on = False
+        self._pid = os.getpid()
 
     def __enter__(self) -> "SigtermWatch":
+        self._pid = os.getpid()
         self._on = threading.current_thread() is threading.main_thread()
         if self._on:
             self._previous = signal.signal(signal.SIGTERM, self._note)
@@ -38,7 +41,9 @@ class SigtermWatch:
 
     def _note(self, signum, frame) -> None:
         first, self.came = not self.came, True
-        if first and self.forward is not None:  # once: a rank passes its own SIGTERM up here (secure_ml.spawn_ranks)
+        # Once (a rank passes its own SIGTERM up here: secure_ml.spawn_ranks), and only in the CLI's process: a rank
+        # forked from it (ddp_fork) inherits this handler, and the launcher's processes are not that rank's children.
+        if first and self.forward is not None and os.getpid() == self._pid:
             self.forward(signum)
         if callable(self._previous):  # a host process's own handler (``cli_main`` called from Python) still runs
             self._previous(signum, frame)

@@ -63,12 +63,11 @@ def _note_sigterm(connector, signum, frame) -> None:
     pairs with whatever collective the other rank is in (a gradient all-reduce): with the signal forwarded to every rank
     the fit hung. And every rank stops at the end of a batch on its own flag, so a rank that alone got the signal
     stopped alone, and the others died on a closed connection. Here only rank 0 notes it (the training loop broadcasts
-    rank 0's flag before every batch, so all ranks stop at the same one); another rank passes it on to the CLI, which
-    forwards its first SIGTERM to every rank."""
+    rank 0's flag before every batch, so all ranks stop at the same one), and every rank passes it on to the CLI, which
+    forwards its first SIGTERM to every rank and reports it even when it came in hooks where no loop looks."""
     if connector.trainer.global_rank == 0:
         connector.received_sigterm = True
-    else:
-        os.kill(os.getppid(), signum)
+    os.kill(os.getppid(), signum)  # the CLI also hears it: a stop in hooks Lightning does not watch still exits 143
 
 
 def use_rank_launcher(trainer, watch, subcommand: str, test_after_fit: bool) -> None:
@@ -86,14 +85,14 @@ def use_rank_launcher(trainer, watch, subcommand: str, test_after_fit: bool) -> 
 
 @contextmanager
 def rank_errors(watch) -> Iterator[None]:
-    """Around a run: a rank's SecureMLError comes out as itself (:func:`rank_error`), and a rank killed by the SIGTERM
-    ``watch`` saw (it came while the rank was still starting, before Lightning's handler) as Lightning's stop."""
+    """Around a run: a rank's SecureMLError comes out as itself (:func:`rank_error`), and a rank killed by a SIGTERM (it
+    came while the rank was starting or ending, outside Lightning's handler) as Lightning's stop."""
     try:
         yield
     except ProcessRaisedException as exc:
         raise rank_error(exc) from None
-    except ProcessExitedException:
-        if not watch.came:
+    except ProcessExitedException as exc:
+        if not (watch.came or exc.signal_name == "SIGTERM"):  # a rank SIGTERM killed before or after Lightning watched
             raise
         raise SIGTERMException from None
 

@@ -208,9 +208,28 @@ def test_a_sigterm_before_the_launch_starts_no_rank(tmp_path):
     with pytest.raises(SIGTERMException):
         launcher.launch(lambda: started.append(1), trainer=trainer)
     assert started == [] and launcher.procs == []
-    died = ProcessExitedException("process 0 terminated with signal SIGTERM", 0, -15, 123, "SIGTERM")
+    died = ProcessExitedException("process 0 terminated with signal SIGTERM", 0, 123, -15, "SIGTERM")
     with pytest.raises(SIGTERMException), rank_errors(watch):
         raise died
-    watch.came = False  # a rank that died with no SIGTERM seen: a crash, reported as torch reports it
-    with pytest.raises(ProcessExitedException), rank_errors(watch):
+    watch.came = False  # the signal went to the rank alone (before or after Lightning's handler): still a stop
+    with pytest.raises(SIGTERMException), rank_errors(watch):
         raise died
+    crashed = ProcessExitedException("process 0 terminated with exit code 1", 0, 123, 1)
+    with pytest.raises(ProcessExitedException), rank_errors(watch):  # a crash is reported as torch reports it
+        raise crashed
+
+
+def test_a_forked_rank_does_not_forward_the_clis_sigterm():
+    """ddp_fork: a rank inherits the CLI's handler, and the launcher's processes are the CLI's children, not the rank's
+    (``AssertionError: can only test a child process``)."""
+    forwarded = []
+    with SigtermWatch() as watch:
+        watch.forward = forwarded.append
+        watch._pid += 1  # as in a forked rank: another process than the one that entered the watch
+        watch._note(15, None)
+        assert watch.came and forwarded == []
+        watch._pid -= 1
+        watch.came = False
+        watch._note(15, None)
+        watch._note(15, None)
+    assert forwarded == [15]  # the CLI forwards its first SIGTERM only: a rank passes its own up to it
