@@ -47,7 +47,8 @@ class RankLauncher(_MultiProcessingLauncher):
     def _wrapping_function(self, process_idx, trainer, function, args, kwargs, return_queue, global_states=None) -> None:
         if trainer is not None:
             connector = trainer._signal_connector
-            connector._sigterm_notifier_fn = functools.partial(_note_sigterm, connector)  # registered at the stage's start
+            # registered at the stage's start; the CLI is this rank's parent (spawn and fork alike)
+            connector._sigterm_notifier_fn = functools.partial(_note_sigterm, connector, os.getppid())
         try:
             super()._wrapping_function(process_idx, trainer, function, args, kwargs, return_queue, global_states)
         except SIGTERMException:
@@ -58,7 +59,7 @@ class RankLauncher(_MultiProcessingLauncher):
             raise Stopped(stopped_message(trainer, *self.run)) from None
 
 
-def _note_sigterm(connector, signum, frame) -> None:
+def _note_sigterm(connector, cli_pid: int, signum, frame) -> None:
     """A rank's SIGTERM handler in place of Lightning's. Lightning's runs a collective inside the signal handler, which
     pairs with whatever collective the other rank is in (a gradient all-reduce): with the signal forwarded to every rank
     the fit hung. And every rank stops at the end of a batch on its own flag, so a rank that alone got the signal
@@ -67,7 +68,8 @@ def _note_sigterm(connector, signum, frame) -> None:
     forwards its first SIGTERM to every rank and reports it even when it came in hooks where no loop looks."""
     if connector.trainer.global_rank == 0:
         connector.received_sigterm = True
-    os.kill(os.getppid(), signum)  # the CLI also hears it: a stop in hooks Lightning does not watch still exits 143
+    if os.getppid() == cli_pid:  # the CLI also hears it (a stop in hooks no loop watches still exits 143); orphaned: no one
+        os.kill(cli_pid, signum)
 
 
 def use_rank_launcher(trainer, watch, subcommand: str, test_after_fit: bool) -> None:

@@ -233,3 +233,22 @@ def test_a_forked_rank_does_not_forward_the_clis_sigterm():
         watch._note(15, None)
         watch._note(15, None)
     assert forwarded == [15]  # the CLI forwards its first SIGTERM only: a rank passes its own up to it
+
+
+def test_a_rank_passes_its_sigterm_to_the_cli_and_only_rank_0_notes_it(monkeypatch):
+    """No collective in the handler (Lightning's broadcast hung against the other rank's all-reduce); the CLI hears every
+    rank's SIGTERM; an orphaned rank (its CLI gone, the parent now init) signals no one."""
+    from types import SimpleNamespace
+
+    from secure_ml import spawn_ranks
+
+    sent = []
+    monkeypatch.setattr(spawn_ranks.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(spawn_ranks.os, "getppid", lambda: 4242)
+    for rank in (0, 1):
+        connector = SimpleNamespace(trainer=SimpleNamespace(global_rank=rank), received_sigterm=False)
+        spawn_ranks._note_sigterm(connector, 4242, 15, None)
+        assert connector.received_sigterm == (rank == 0)
+    assert sent == [(4242, 15), (4242, 15)]
+    spawn_ranks._note_sigterm(SimpleNamespace(trainer=SimpleNamespace(global_rank=0), received_sigterm=False), 777, 15, None)
+    assert len(sent) == 2
