@@ -20,15 +20,14 @@ class SigtermWatch:
     """A context manager: while it is on, a SIGTERM sets :attr:`came` (and still reaches the handler it replaced, when
     that one is Python's); the handler is put back on exit. Off the main thread, where handlers cannot be set, it is inert."""
 
-    def __init__(self, forward: Optional[Callable[[int], None]] = None):
+    def __init__(self):
         self.came = False
-        self.forward = forward  # also signals these processes (the ranks a multiprocessing launcher started)
+        self.forward: Optional[Callable[[int], None]] = None  # also signals the ranks (set by secure_ml.spawn_ranks)
         self._previous = None
         self._on = False
-        self._pid = os.getpid()
+        self._pid = os.getpid()  # the process that entered the watch: the CLI's
 
     def __enter__(self) -> "SigtermWatch":
-        self._pid = os.getpid()
         self._on = threading.current_thread() is threading.main_thread()
         if self._on:
             self._previous = signal.signal(signal.SIGTERM, self._note)
