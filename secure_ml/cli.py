@@ -53,6 +53,9 @@ def main(args: Optional[List[str]] = None) -> None:
         module, func = COMMANDS[argv[0]]
         run_reporting_errors(lambda: getattr(importlib.import_module(module), func)(argv[1:]))
     else:  # from the command line, LightningCLI reads sys.argv itself (given both, it warns on every run)
+        from secure_ml.prefetch import start
+
+        start(argv)  # the sanitizer on the idle core while Lightning imports (a no-op once torch is loaded)
         run_reporting_errors(lambda: _train(None if args is None else argv))
 
 

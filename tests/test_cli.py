@@ -185,6 +185,7 @@ def test_console_run_loses_nothing_it_wrote(tiny_mnist, tmp_path):
     assert {"train/loss", "val/acc", "privacy/epsilon", "test/acc", "mia/rmia_auc"} <= _scalars(run)
     assert "test/acc" in json.loads((run / "metrics.json").read_text())["test"] and (run / "dashboard.png").stat().st_size > 0
     assert "Clean accuracy" in proc.stdout  # the scorecard table
+    assert "(detected during start-up on the idle core)" in proc.stdout + proc.stderr  # the sanitizer ran beside the imports
     assert torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
 
 

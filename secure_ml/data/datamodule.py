@@ -10,10 +10,11 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from secure_ml.data.canaries import KINDS, CanaryConfig, with_canaries
 from secure_ml.data.mnist import load_mnist
-from secure_ml.data.poisoning import PoisonConfig, flip_labels
+from secure_ml.data.poisoning import PoisonConfig
 from secure_ml.data.sampling import MaskSeeds, train_loader
 from secure_ml.data.sanitization import SanitizationReport, SanitizerConfig, sanitize
 from secure_ml.data.split_key import key_id, load_or_create_key, read_key, resolve_key_path, split_tag, tags_equal
+from secure_ml.data.training_part import draw, training_part
 from secure_ml.errors import ConfigError
 from secure_ml.models.batching import EVAL_BATCH
 
@@ -99,16 +100,10 @@ class MNISTDataModule(LightningDataModule):
         for train in (True, False):
             load_mnist(self.data_dir, train=train, download=self.download)
 
-    @staticmethod
-    def _draw(pool: int, size: int, flag: str, seed: int) -> torch.Tensor:
-        if size > pool:
-            raise ConfigError(f"--data.{flag} ({size}) is larger than the {pool} digits available in that split")
-        return torch.randperm(pool, generator=torch.Generator().manual_seed(seed))[:size]
-
     def setup(self, stage: Optional[str] = None) -> None:
         if self.test_dataset is None:
             x, y = load_mnist(self.data_dir, train=False, download=False)
-            idx = self._draw(len(y), self.test_size, "test_size", self.seed + 1)
+            idx = draw(len(y), self.test_size, "test_size", self.seed + 1)
             self._test_idx = idx
             self.test_dataset = TensorDataset(x[idx], y[idx])
         # Training members are needed beyond fit: membership inference at validate/test compares against them.
@@ -119,11 +114,14 @@ class MNISTDataModule(LightningDataModule):
 
     def _setup_train(self) -> None:
         x, y = load_mnist(self.data_dir, train=True, download=False)
-        idx = self._draw(len(y), self.train_size, "train_size", self.seed)
-        val_idx, train_idx = idx[: self.val_size], idx[self.val_size :]
+        part = training_part(y, self.train_size, self.val_size, self.seed, self.poison)
+        val_idx, train_idx = part.val_idx, part.train_idx
         self.val_dataset = TensorDataset(x[val_idx], y[val_idx])
-        y_train = self._poison(y[train_idx])
-        x_train, y_train = self._sanitize(x[train_idx], y_train)
+        self.poisoned_indices = part.poisoned  # rows of the pre-sanitization training part
+        if part.poisoned is not None:
+            target = f"class {self.poison.target_label}" if self.poison.target_label is not None else "random other classes"
+            rank_zero_info(f"secure-ml: poisoned {len(part.poisoned)}/{len(part.labels)} training labels to {target}")
+        x_train, y_train = self._sanitize(x[train_idx], part.labels)
         self._real_train = TensorDataset(x_train, y_train)
         self._split = (val_idx, train_idx[self.kept_indices], y_train, self._test_idx)
         saved = (self._expected_split or {}).get("canaries")
@@ -144,17 +142,6 @@ class MNISTDataModule(LightningDataModule):
         if self.canaries.seed is not None:
             return self.canaries
         return replace(self.canaries, seed=int(saved["seed"]), count=int(saved["count"]), kind=saved["kind"])
-
-    def _poison(self, labels: torch.Tensor) -> torch.Tensor:
-        """Flip labels of the training part (``poison``); records the ground-truth rows in ``poisoned_indices``."""
-        self.poisoned_indices = None
-        if self.poison.rate == 0:
-            return labels
-        gen = torch.Generator().manual_seed(self.poison.seed)
-        labels, self.poisoned_indices = flip_labels(labels, self.poison.rate, 10, self.poison.target_label, gen)
-        target = f"class {self.poison.target_label}" if self.poison.target_label is not None else "random other classes"
-        rank_zero_info(f"secure-ml: poisoned {len(self.poisoned_indices)}/{len(labels)} training labels to {target}")
-        return labels
 
     def _sanitize(self, images: torch.Tensor, labels: torch.Tensor):
         """Apply ``sanitizer``; records ``kept_indices`` (rows of the training part kept) and ``sanitization_report``."""
