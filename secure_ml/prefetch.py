@@ -3,8 +3,8 @@
 ``secure-ml fit`` and ``secure-ml test`` spend their first ~4 s importing Lightning and parsing the command line on one
 core, then ~2 s in ``confident_knn`` on one core (single-threaded by design, so its output never depends on the thread
 count; ``benchmarks/phase_times.py``). :func:`start`, called by :func:`secure_ml.cli.main` before torch is imported, forks
-a child that reads the ``data`` settings the command line names (its ``--config`` files, then its ``--data.*`` flags,
-over the DataModule's defaults), builds the training part the DataModule will sanitize
+a child from the ``data`` settings the command line names (:mod:`secure_ml.prefetch_guess`: its ``--config`` files,
+then its ``--data.*`` flags, over the DataModule's defaults); the child builds the training part the DataModule will sanitize
 (:func:`secure_ml.data.training_part.training_part`) and runs :func:`detect_label_flips` on it.
 
 The DataModule's sanitizer :func:`claim`\\ s the result **only if its own inputs hash to the child's digest**: the images,
@@ -14,7 +14,9 @@ then runs in the process as before. Its output is the same either way (``tests/t
 
 Why fork rather than ``multiprocessing``: the child must start before torch is imported in the parent (a fork after
 torch's thread pools exist can hang), and it needs no pickled callable. ``SECURE_ML_PREFETCH=0`` switches it off.
-The child is killed and reaped at the parent's exit when nothing claimed it (``--print_config``, an error, ``predict``).
+The child is killed and reaped at the parent's exit when nothing claimed it (an error before the data's set-up), and
+on Linux it dies with the parent even when that is killed outright (``PR_SET_PDEATHSIG``). It runs at the parent's
+priority: a lower one would leave the parent waiting on it on a busy machine.
 """
 
 import atexit
@@ -26,12 +28,10 @@ import select
 import signal
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
-# MNISTDataModule's defaults for the keys the child reads (tests/test_prefetch.py checks them against its signature).
-DATA_DEFAULTS = {"data_dir": "./data", "train_size": 8000, "val_size": 800, "seed": 42}
-DATA_CLASSES = ("secure_ml.data.MNISTDataModule", "secure_ml.data.datamodule.MNISTDataModule", "MNISTDataModule")
-SUBCOMMANDS = ("fit", "validate", "test")  # predict never sets up the training part
+from secure_ml.prefetch_guess import data_settings
+
 WAIT_S = 120.0  # the longest the parent waits for the child's answer before computing itself
 
 
@@ -43,65 +43,6 @@ class _Child:
 
 
 _pending: Optional[_Child] = None
-
-
-def _merge(into: dict, new: dict) -> None:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(into.get(key), dict):
-            _merge(into[key], value)
-        else:
-            into[key] = value
-
-
-def _data_section(section) -> Optional[dict]:
-    if not isinstance(section, dict):
-        return None
-    if "class_path" in section:
-        return section.get("init_args") or {} if section["class_path"] in DATA_CLASSES else None
-    return section
-
-
-def data_settings(argv: Sequence[str]) -> Optional[dict]:
-    """The ``data`` settings ``argv`` (after ``secure-ml``) would give MNISTDataModule, or None when not worth a guess."""
-    import yaml
-
-    args: List[str] = list(argv)
-    if not args or args[0] not in SUBCOMMANDS or any(a in ("-h", "--help") or a.startswith("--print_config") for a in args):
-        return None
-    settings: dict = {}
-    i = 1
-    while i < len(args):
-        flag, _, inline = args[i].partition("=")
-        value = inline if "=" in args[i] else (args[i + 1] if i + 1 < len(args) else None)
-        step = 1 if "=" in args[i] else 2
-        if flag in ("-c", "--config") and value is not None:
-            try:
-                with open(value, encoding="utf-8") as f:
-                    loaded = yaml.safe_load(f) or {}
-            except (OSError, yaml.YAMLError):
-                return None
-            data = _data_section(loaded.get("data", {})) if isinstance(loaded, dict) else None
-            if data is None:
-                return None
-            _merge(settings, data)
-        elif flag == "--data" or flag.startswith("--data.class_path"):
-            return None  # a whole data spec: not guessed
-        elif flag.startswith("--data.") and value is not None:
-            keys = flag[len("--data.") :].split(".")
-            keys = keys[1:] if keys[0] == "init_args" else keys
-            node = settings
-            for key in keys[:-1]:
-                node = node.setdefault(key, {}) if isinstance(node.get(key, {}), dict) else None
-                if node is None:
-                    return None
-            try:
-                node[keys[-1]] = yaml.safe_load(value)
-            except yaml.YAMLError:
-                return None
-        else:
-            step = 1
-        i += step
-    return {**DATA_DEFAULTS, **settings}
 
 
 def digest(images, labels, detector_args: tuple) -> bytes:
@@ -159,6 +100,18 @@ def _child(settings: dict, out) -> None:
     out.flush()
 
 
+def _die_with(parent: int) -> None:
+    """Linux: SIGKILL this child when the CLI dies, even by SIGKILL before its exit handlers run (else it computes on as an orphan)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the CLI died before the line above
+        os._exit(1)
+
+
 def start(argv: Sequence[str]) -> None:
     """Fork the child for ``argv`` unless switched off, already running, torch is loaded, this is a non-zero local rank, or there is nothing to guess."""
     global _pending
@@ -169,19 +122,28 @@ def start(argv: Sequence[str]) -> None:
     settings = data_settings(argv)
     if settings is None:
         return
-    r, w = os.pipe()
+    parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:  # the child: quiet, low priority, never returns into the CLI
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return
+    try:
+        pid = os.fork()
+    except OSError:  # a process limit, no memory: the run goes on without it
+        os.close(r)
+        os.close(w)
+        return
+    if pid == 0:  # the child: quiet, never returns into the CLI
         status = 1
         try:
+            _die_with(parent)
             os.close(r)
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
-            os.nice(10)
             with os.fdopen(w, "wb") as out:
                 _child(settings, out)
             status = 0

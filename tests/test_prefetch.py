@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from secure_ml import prefetch
+from secure_ml import prefetch, prefetch_guess
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.data.mnist import load_mnist
+from secure_ml.data.sanitization import SanitizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CAPSTONE = str(REPO / "configs" / "capstone.yaml")
@@ -29,8 +30,16 @@ def _probe(mode: str, argv: list, data: dict, **env) -> dict:
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.returncode == (-9 if mode == "killed" else 0), proc.stderr[-2000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie left for a container's init to reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
 
 
 @pytest.fixture
@@ -44,24 +53,57 @@ def setup(tiny_mnist):
 def test_the_guess_reads_configs_then_flags_over_the_datamodule_defaults(tmp_path):
     delta = tmp_path / "delta.yaml"
     delta.write_text("data:\n  sanitizer:\n    k: 7\n  poison:\n    rate: 0.2\n")
-    got = prefetch.data_settings(["test", "-c", CAPSTONE, "--config", str(delta), "--data.sanitizer.feature_dims=20", "--data.seed", "3"])
+    guess = prefetch_guess.data_settings
+    got = guess(["test", "-c", CAPSTONE, "--config", str(delta), "--data.sanitizer.feature_dims=20", "--data.seed", "3"])
     assert got["sanitizer"] == {"method": "confident_knn", "action": "remove", "k": 7, "feature_dims": 20}
     assert got["poison"] == {"rate": 0.2, "target_label": 0} and got["seed"] == 3 and got["train_size"] == 8000
-    assert prefetch.data_settings(["fit", "--trainer.max_epochs", "1"])["data_dir"] == "./data"  # the defaults alone
+    plain = guess(["fit", "--trainer.max_epochs", "1", "--data.sanitizer.method", "confident_knn"])
+    assert plain["data_dir"] == "./data"  # the defaults, and the flag
+    assert guess(["fit", "--config", CAPSTONE, "--trainer.strategy", "ddp"]) is not None  # rank 0 is this process
+
+
+def test_no_guess_where_nothing_would_claim_it_or_the_line_is_not_read(tmp_path):
+    (tmp_path / "delta.yaml").write_text("data: {seed: 1}\n")
+    (tmp_path / "spawn.yaml").write_text("trainer: {strategy: ddp_spawn}\n")
+    os.mkfifo(tmp_path / "fifo")  # read once, by LightningCLI: the guess must not open it (it would also block)
     for argv in (
         ["predict", "--config", CAPSTONE],  # no training part
         ["fit", "--config", CAPSTONE, "--print_config"],
         ["fit", "--help"],
-        ["fit", "--config", CAPSTONE, "--data", str(delta)],  # a whole data spec is not guessed
+        ["fit", "--config", CAPSTONE, "--data", str(tmp_path / "delta.yaml")],  # a whole data spec is not guessed
         ["fit", "--config", str(tmp_path / "missing.yaml")],
         ["serve", "--config", CAPSTONE],
+        ["fit", "--trainer.max_epochs", "1"],  # the default sanitizer (none): nothing to prefetch
+        ["fit", "--config", CAPSTONE, "--data.sanitizer.method", "knn"],
+        ["fit", "--config", CAPSTONE, "--config", str(tmp_path / "spawn.yaml")],  # spawned ranks set the data up
+        ["fit", "--config", CAPSTONE, "--trainer.strategy=ddp_fork"],
+        ["fit", "--config", CAPSTONE, "--config", str(tmp_path / "fifo")],
     ):
-        assert prefetch.data_settings(argv) is None, argv
+        assert prefetch_guess.data_settings(argv) is None, argv
+
+
+def test_the_guess_never_raises_on_what_lightningcli_must_word(tmp_path):
+    (tmp_path / "args.yaml").write_text("data: {class_path: secure_ml.data.MNISTDataModule, init_args: 5}\n")
+    (tmp_path / "date.yaml").write_text("data:\n  seed: 2024-13-01\n")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "bytes.ckpt").write_bytes(bytes(range(256)) * 4)
+    for argv in (
+        ["fit", "--data.seed", "2024-02-30"],  # YAML reads a date, and raises
+        ["fit", "--data.seed", "!!int abc"],
+        ["fit", "--data.init_args=5"],
+        ["fit", "--data.seed", "[" * 5000 + "]" * 5000],  # a recursion limit
+        ["fit", "--data.sanitizer", "5", "--data.sanitizer.k", "3"],
+        ["fit", "--config"],
+        ["fit", "--config", str(tmp_path)],
+        *(["fit", "--config", CAPSTONE, "--config", str(tmp_path / n)] for n in ("args.yaml", "date.yaml", "list.yaml", "bytes.ckpt")),
+    ):
+        assert prefetch_guess.data_settings(argv) is None, argv
 
 
 def test_the_guess_defaults_are_the_datamodule_defaults():
     params = inspect.signature(MNISTDataModule.__init__).parameters
-    assert {k: params[k].default for k in prefetch.DATA_DEFAULTS} == prefetch.DATA_DEFAULTS
+    assert {k: params[k].default for k in prefetch_guess.DATA_DEFAULTS} == prefetch_guess.DATA_DEFAULTS
+    assert SanitizerConfig().method == prefetch_guess.SANITIZER_DEFAULT
 
 
 def test_the_child_reads_the_bytes_load_mnist_reads(tiny_mnist):
@@ -109,5 +151,18 @@ def test_a_forked_process_cannot_read_the_pipe_and_an_unclaimed_child_is_reaped_
     got = _probe("fork", *setup)
     assert got["forked_claim_refused"] and got["parent_claimed"]
     pid = _probe("exit", *setup)["child"]
-    time.sleep(0.2)
     assert pid and not Path(f"/proc/{pid}").exists()  # killed and reaped by the parent, not left running
+
+
+def test_a_cli_killed_outright_takes_its_child_with_it(setup):
+    pid = _probe("killed", *setup)["child"]  # SIGKILL: no exit handler ran; the child would sleep for 60 s
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pid and not _alive(pid)
+
+
+def test_a_refused_fork_leaves_the_run_alone_and_no_descriptor_open(setup):
+    got = _probe("forkfail", *setup)
+    assert got["child"] is None and got["fds_leaked"] == 0
+    assert _probe("exit", *setup)["fds_leaked"] == 0

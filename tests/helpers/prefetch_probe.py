@@ -9,6 +9,7 @@
   control: a guess from other settings is then taken);
 * ``datamodule``: set the DataModule up and report its sanitization report's ``prefetched`` flag and summary;
 * ``exit``: print the child's pid and exit without claiming (the child must be gone when the interpreter is);
+  ``killed``: the same, then SIGKILL itself (no exit handlers run); ``forkfail``: ``os.fork`` refuses (EAGAIN);
 * ``fork``: a process forked after ``start`` tries to claim (it must get nothing).
 """
 
@@ -23,11 +24,18 @@ def main() -> None:
     mode, argv, data = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
     if mode == "nodigest":
         prefetch.digest = lambda *args: b"same"  # before the fork: the child inherits it
+    fds = len(os.listdir("/proc/self/fd"))
+    if mode == "killed":  # a child that would outlive its parent by a minute if nothing killed it
+        prefetch._child = lambda settings, out: __import__("time").sleep(60)
+    if mode == "forkfail":
+        os.fork = lambda: (_ for _ in ()).throw(BlockingIOError(11, "Resource temporarily unavailable"))
     prefetch.start(argv)
     child = prefetch._pending
-    out = {"child": child.pid if child else None}
-    if mode == "exit":
-        print(json.dumps(out))
+    out = {"child": child.pid if child else None, "fds_leaked": len(os.listdir("/proc/self/fd")) - fds - (1 if child else 0)}
+    if mode in ("exit", "forkfail", "killed"):
+        print(json.dumps(out), flush=True)
+        if mode == "killed":  # no exit handlers: only the child's death signal can end it
+            os.kill(os.getpid(), 9)
         return
     import numpy as np
     import torch
