@@ -56,29 +56,11 @@ def digest(images, labels, detector_args: tuple) -> bytes:
     return h.digest()
 
 
-def read_idx(path: str):
-    """A uint8 IDX file (MNIST's raw format) as a tensor of its shape: the bytes torchvision's MNIST reads.
-
-    Not torchvision's reader: importing torchvision costs the child ~1 s of its head start (it pulls torchvision.models
-    and torch._dynamo). Any deviation only loses the prefetch (the digest differs), never changes a result.
-    """
-    import numpy as np
-    import torch
-
-    with open(path, "rb") as f:
-        data = f.read()
-    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 3:
-        raise ValueError(f"{path} is not a uint8 IDX file")
-    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
-    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims).copy())
-
-
 def _child(settings: dict, out) -> None:
-    from pathlib import Path
-
     import torch
 
     from secure_ml.data.label_noise import detect_label_flips
+    from secure_ml.data.mnist import read_raw
     from secure_ml.data.poisoning import PoisonConfig
     from secure_ml.data.sanitization import SanitizerConfig, detector_args
     from secure_ml.data.training_part import training_part
@@ -87,9 +69,7 @@ def _child(settings: dict, out) -> None:
     if cfg.method != "confident_knn":
         return
     torch.set_num_threads(1)
-    raw = Path(str(settings["data_dir"])).expanduser() / "MNIST" / "raw"
-    x = read_idx(str(raw / "train-images-idx3-ubyte")).unsqueeze(1).to(torch.float32).div_(255.0)  # as load_mnist
-    y = read_idx(str(raw / "train-labels-idx1-ubyte")).to(torch.int64)
+    x, y = read_raw(str(settings["data_dir"]), train=True)
     part = training_part(
         y, int(settings["train_size"]), int(settings["val_size"]), int(settings["seed"]), PoisonConfig(**(settings.get("poison") or {}))
     )

@@ -14,7 +14,7 @@ import torch
 
 from secure_ml import prefetch, prefetch_guess
 from secure_ml.data.datamodule import MNISTDataModule
-from secure_ml.data.mnist import load_mnist
+from secure_ml.data.mnist import load_mnist, read_idx, read_raw
 from secure_ml.data.sanitization import SanitizerConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,13 +106,13 @@ def test_the_guess_defaults_are_the_datamodule_defaults():
     assert SanitizerConfig().method == prefetch_guess.SANITIZER_DEFAULT
 
 
-def test_the_child_reads_the_bytes_load_mnist_reads(tiny_mnist):
-    x, y = load_mnist(str(tiny_mnist), train=True, download=False)
-    raw = tiny_mnist / "MNIST" / "raw"
-    assert torch.equal(prefetch.read_idx(str(raw / "train-images-idx3-ubyte")).unsqueeze(1).to(torch.float32).div_(255.0), x)
-    assert torch.equal(prefetch.read_idx(str(raw / "train-labels-idx1-ubyte")).to(torch.int64), y)
+def test_the_child_reads_the_tensors_load_mnist_reads(tiny_mnist):
+    for train in (True, False):
+        x, y = load_mnist(str(tiny_mnist), train=train, download=False)
+        rx, ry = read_raw(str(tiny_mnist), train=train)
+        assert torch.equal(rx, x) and torch.equal(ry, y) and rx.dtype == x.dtype and ry.dtype == y.dtype
     with pytest.raises(ValueError, match="not a uint8 IDX"):
-        prefetch.read_idx(__file__)
+        read_idx(__file__)
 
 
 def test_start_does_nothing_once_torch_is_loaded(setup):

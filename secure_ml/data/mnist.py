@@ -3,8 +3,8 @@
 from pathlib import Path
 from typing import Tuple
 
+import numpy as np
 import torch
-from torchvision.datasets import MNIST
 
 from secure_ml.errors import DataNotFoundError, first_line
 
@@ -26,6 +26,8 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> Tuple[torch.Tensor
     root = Path(data_dir).expanduser()
     raw = root / "MNIST" / "raw"
     names = RAW_FILES[:2] if train else RAW_FILES[2:]
+    from torchvision.datasets import MNIST  # here, not at the top: read_raw's caller (the start-up prefetch) must not pay for it
+
     try:
         ds = MNIST(root=str(root), train=train, download=download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
@@ -43,8 +45,34 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> Tuple[torch.Tensor
             f"machine with --data.download true."
         ) from None
     _check(ds.data, ds.targets, raw, names)
-    images = ds.data.unsqueeze(1).to(torch.float32).div_(255.0)
-    return images.contiguous(), ds.targets.to(torch.int64).clone()
+    return pixels(ds.data, ds.targets)
+
+
+def pixels(images: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``(N, 28, 28)`` images and labels → float32 ``(N, 1, 28, 28)`` in ``[0, 1]`` and int64 ``(N,)``."""
+    return images.unsqueeze(1).to(torch.float32).div_(255.0).contiguous(), labels.to(torch.int64).clone()
+
+
+def read_idx(path: str) -> torch.Tensor:
+    """A uint8 IDX file (MNIST's raw format) as a tensor of its shape: the bytes torchvision's MNIST reads.
+
+    Not torchvision's reader: importing torchvision costs the start-up prefetch (:mod:`secure_ml.prefetch`) ~1 s of
+    its head start (it pulls torchvision.models and torch._dynamo). Any deviation only loses the prefetch (its digest
+    differs), never changes a result.
+    """
+    with open(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[:3] != b"\x00\x00\x08" or not 1 <= data[3] <= 3:
+        raise ValueError(f"{path} is not a uint8 IDX file")
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(data[3])]
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * len(dims)).reshape(dims).copy())
+
+
+def read_raw(data_dir: str, train: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`load_mnist`'s tensors straight from ``<data_dir>/MNIST/raw`` without torchvision (no download, no checks: OSError/ValueError when unreadable)."""
+    raw = Path(data_dir).expanduser() / "MNIST" / "raw"
+    names = RAW_FILES[:2] if train else RAW_FILES[2:]
+    return pixels(read_idx(str(raw / names[0])), read_idx(str(raw / names[1])))
 
 
 def _check(images: torch.Tensor, labels: torch.Tensor, raw: Path, names: Tuple[str, str]) -> None:
