@@ -19,12 +19,12 @@ from torch import nn
 from secure_ml.adversarial import AdversarialConfig, adversarial_examples, mixed_loss
 from secure_ml.callbacks.selection import SelectionRefresh
 from secure_ml.checkpoint_io import install_safe_checkpoint_io
-from secure_ml.errors import ConfigError, TrainingDiverged
+from secure_ml.errors import ConfigError
 from secure_ml.fit_checks import check_distributed_dp, check_trainer_for_dp, check_training_start
 from secure_ml.models import SmallCNN
-from secure_ml.models.probe import NUM_CLASSES, check_net_output, describe_nonfinite, digit_shape, nonfinite_parameters
+from secure_ml.models.probe import NUM_CLASSES, check_net_output, digit_shape
 from secure_ml.models.registry import describe_net
-from secure_ml.optim_resume import OPTIMIZER_KEY, SCHEDULER_KEY, check_resumable, check_scheduler_resumable, optimizer_name, scheduler_name
+from secure_ml.optim_resume import OPTIMIZER_KEY, SCHEDULER_KEY, check_resumed, optimizer_name, scheduler_name
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import PrivateTraining, check_model, make_private
 from secure_ml.privacy.ledger import DP_STATE_KEY
@@ -32,6 +32,8 @@ from secure_ml.privacy.modes import resolve_mode
 from secure_ml.privacy.private import epsilon_from_state
 from secure_ml.privacy.steps import dp_step
 from secure_ml.report.gates import SAME_ON_EVERY_RANK, as_metric
+from secure_ml.schedulers import lightning_config, lightning_steps, step_epoch
+from secure_ml.weight_checks import check_step_finite, check_weights_finite, raise_if_other_net
 
 
 class SecureClassifier(LightningModule):
@@ -62,6 +64,7 @@ class SecureClassifier(LightningModule):
         self.private: Optional[PrivateTraining] = None  # set by configure_optimizers when DP is on
         self._loaded_dp_state: Optional[Dict[str, Any]] = None  # the accountant state of weights loaded from a checkpoint
         self._resumed_optimizer: Optional[tuple] = None  # a resumed checkpoint's optimizer and scheduler states and class names
+        self._validated = False  # validation ran in this training epoch (a plateau schedule steps only then)
         self.save_hyperparameters({"net": describe_net(self.net), "adversarial": asdict(adversarial), "dp": asdict(dp)})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,13 +121,8 @@ class SecureClassifier(LightningModule):
         try:
             return super().load_state_dict(state_dict, strict=strict, assign=assign)
         except RuntimeError as exc:
-            if "Error(s) in loading state_dict" not in str(exc):
-                raise
-            detail = " ".join(str(exc).split())
-            raise ConfigError(
-                f"--ckpt_path: its weights do not fit --model.net {type(self.net).__name__} "
-                f"({detail[:240]}{'...' if len(detail) > 240 else ''}); pass the net it was trained with (the run's config.yaml)"
-            ) from None
+            raise_if_other_net(exc, self.net)
+            raise
 
     def configure_optimizers(self):
         factory = self.optimizer_factory or (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
@@ -140,14 +138,12 @@ class SecureClassifier(LightningModule):
         self.automatic_optimization = self.private is None
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
         resumed, self._resumed_optimizer = self._resumed_optimizer, None
-        if resumed is not None:  # Lightning restores these states next: refuse what it cannot, or would overwrite, in one line
-            try:
-                states, name, scheduler_states, saved_scheduler = resumed
-                check_resumable(states, name, optimizer, scheduler_states)  # after the scheduler: it sets initial_lr, ...
-                check_scheduler_resumable(scheduler_states, scheduler, saved_scheduler)
-            except ValueError as exc:
-                raise ConfigError(str(exc)) from None
-        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}
+        check_resumed(resumed, optimizer, scheduler)  # Lightning restores these next: refuse what it cannot, or would overwrite
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": lightning_config(scheduler, self._trainer)}
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        if lightning_steps(scheduler):  # a plateau schedule was stepped in on_train_epoch_end
+            super().lr_scheduler_step(scheduler, metric)
 
     def _make_private(self, optimizer: torch.optim.Optimizer) -> PrivateTraining:
         """Resolve the DP mode once and wrap ``optimizer``; the accountant continues from the weights' own history."""
@@ -176,23 +172,16 @@ class SecureClassifier(LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         """Stop at the first step that leaves a weight NaN or infinite: before validation, the scorecard or a checkpoint sees it."""
-        bad = nonfinite_parameters(self.net)
-        if bad:
-            lr = self.trainer.optimizers[0].param_groups[0].get("lr") if self.trainer.optimizers else None
-            raise TrainingDiverged(
-                f"training diverged: after step {self.trainer.global_step} (epoch {self.current_epoch}) NaN or infinity appeared in "
-                f"{describe_nonfinite(bad)}; nothing from this step on was validated or saved. Lower the learning rate "
-                f"(--model.optimizer.init_args.lr{f', now {lr:g}' if isinstance(lr, (int, float)) else ''})"
-            )
+        check_step_finite(self.net, self.trainer, self.current_epoch)
 
     def _check_finite_weights(self) -> None:
-        bad = nonfinite_parameters(self.net)
-        if bad:
-            source = "--ckpt_path: the checkpoint's" if self.trainer.ckpt_path else f"--model.net: {type(self.net).__name__}'s"
-            raise ConfigError(f"{source} weights are not finite (NaN or infinity in {describe_nonfinite(bad)})")
+        check_weights_finite(self.net, bool(self.trainer.ckpt_path))
 
     # Evaluating NaN weights would crash the scorecard's attacks with a traceback: one sentence instead.
     on_validation_start = on_test_start = on_predict_start = _check_finite_weights
+
+    def on_validation_epoch_end(self) -> None:
+        self._validated = self._validated or not self.trainer.sanity_checking
 
     def on_train_start(self) -> None:
         self._check_finite_weights()  # a resumed checkpoint of a diverged run
@@ -203,8 +192,9 @@ class SecureClassifier(LightningModule):
         return -1 if self.private is not None and self.private.exhausted else None
 
     def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization and self.scheduler_factory is not None:
-            self.lr_schedulers().step()  # manual optimization (every DP mode): Lightning leaves schedulers to us
+        if self.scheduler_factory is not None:  # before the epoch's checkpoints (secure_ml.schedulers)
+            step_epoch(self.lr_schedulers(), self.trainer.callback_metrics, self._validated, not self.automatic_optimization)
+        self._validated = False
         sync = self.trainer.world_size > 1  # the values below are identical on every rank; syncing only silences Lightning
         if self.private is not None:
             eps = self.private.epsilon(self.dp.delta)

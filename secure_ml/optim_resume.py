@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from secure_ml.errors import ConfigError
+
 OPTIMIZER_KEY = "secure_ml_optimizer"
 SCHEDULER_KEY = "secure_ml_scheduler"
 # Flags that choose a kernel, not the arithmetic, and the scheduler's book-keeping: not hyper-parameters to compare.
@@ -51,6 +53,22 @@ def _saved_start(group: Dict[str, Any], saved_schedulers: Optional[List[Dict[str
             if isinstance(candidate, dict) and candidate.get("base_lrs"):
                 return candidate["base_lrs"][0]
     return group["lr"]
+
+
+def _plateau_reaches(saved_schedulers: Optional[List[Dict[str, Any]]], start: Any, lr: Any) -> bool:
+    """Whether a checkpoint's ReduceLROnPlateau, which records no start, reached ``lr`` from ``start``: each of its
+    ``last_epoch`` steps cut the lr at most once, to ``max(lr · factor, min_lr)``."""
+    state = (saved_schedulers or [None])[0]
+    if not isinstance(state, dict) or not {"factor", "min_lrs", "best", "last_epoch"} <= state.keys():
+        return False
+    if not isinstance(start, (int, float)) or not isinstance(lr, (int, float)):
+        return False
+    value, floor = float(start), float((state["min_lrs"] or [0.0])[0])
+    for _ in range(int(state["last_epoch"]) + 1):
+        if abs(value - lr) <= 1e-9 * max(abs(lr), abs(value)):
+            return True
+        value = max(value * float(state["factor"]), floor)
+    return False
 
 
 def check_resumable(
@@ -99,6 +117,8 @@ def check_resumable(
         saved, configured = saved_groups[0][key], ours[key]
         if key == "lr":
             saved, configured = _saved_start(saved_groups[0], saved_schedulers), ours.get("initial_lr", configured)
+            if _plateau_reaches(saved_schedulers, configured, saved):
+                continue
         if _differs(saved, configured):
             scheduled = key in _SCHEDULER_KEYS or (key == "lr" and "initial_lr" in ours)
             flag = f"--model.scheduler.init_args.{key}" if key in _SCHEDULER_KEYS else f"--model.optimizer.init_args.{key}"
@@ -195,3 +215,16 @@ def _check_settings(saved: Dict[str, Any], scheduler, flag: str, nested: bool = 
                 f"scheduler state, {key} {saved[key]!r} included"
             )
         raise ValueError(f"{what}. Resume with the run's scheduler (its config.yaml), or start a new fit")
+
+
+def check_resumed(resumed: Optional[tuple], optimizer: torch.optim.Optimizer, scheduler) -> None:
+    """Both checks on a resumed checkpoint's ``(optimizer_states, optimizer class, lr_schedulers, scheduler class)``
+    (None: not resuming), once the scheduler is built on ``optimizer`` (it sets ``initial_lr``); ConfigError in one line."""
+    if resumed is None:
+        return
+    states, name, scheduler_states, saved_scheduler = resumed
+    try:
+        check_resumable(states, name, optimizer, scheduler_states)
+        check_scheduler_resumable(scheduler_states, scheduler, saved_scheduler)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
