@@ -8,7 +8,6 @@ list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false
 """
 
 import functools
-import logging
 import sys
 import warnings
 from pathlib import Path
@@ -34,6 +33,7 @@ from secure_ml.ckpt_hparams import reconcile, typed_model_flags
 from secure_ml.cli_errors import one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
+from secure_ml.log_filter import install_advert_filter
 from secure_ml.module import SecureClassifier
 from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
 from secure_ml.run_folder import FolderOnRefusal, pin_run_folder
@@ -50,19 +50,7 @@ TRAINER_DEFAULTS = {
         "init_args": {"save_dir": ".", "name": "lightning_logs", "default_hp_metric": False},
     },
 }
-
-
-class DropAdverts(logging.Filter):
-    """Drops Lightning's "💡 Tip: ... litlogger ... Lightning Experiments platform" line, printed on every Trainer start:
-    an advert for a cloud service is noise in a tool whose runs hold private (medical) data."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
-
-
-_RANK_ZERO_LOG = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info writes
-if not any(isinstance(f, DropAdverts) for f in _RANK_ZERO_LOG.filters):
-    _RANK_ZERO_LOG.addFilter(DropAdverts())
+install_advert_filter()  # Lightning's log, every Trainer start: no advert
 
 # Training aids, also CLI keys (off by default; configs/hardened.yaml turns them on): ``--prior.*`` starts from
 # a net pretrained on procedural digits, ``--ema.*`` evaluates and checkpoints a moving average of the weights.

@@ -359,7 +359,7 @@ def test_advert_filter_drops_only_the_advert():
     """Negative control: the filter drops Lightning's tip (as Lightning words it) and keeps other lines."""
     import logging
 
-    from secure_ml.train_cli import DropAdverts
+    from secure_ml.log_filter import DropAdverts
 
     def record(msg):
         return logging.LogRecord("lightning.pytorch.utilities.rank_zero", logging.INFO, __file__, 1, msg, None, None)
