@@ -24,6 +24,7 @@ from secure_ml.fit_checks import check_distributed_dp, check_trainer_for_dp, che
 from secure_ml.models import SmallCNN
 from secure_ml.models.probe import NUM_CLASSES, check_net_output, digit_shape
 from secure_ml.models.registry import describe_net
+from secure_ml.optim_build import build_optimizer, build_scheduler
 from secure_ml.optim_resume import OPTIMIZER_KEY, SCHEDULER_KEY, check_resumed, optimizer_name, scheduler_name
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.engine import PrivateTraining, check_model, make_private
@@ -125,18 +126,14 @@ class SecureClassifier(LightningModule):
             raise
 
     def configure_optimizers(self):
-        factory = self.optimizer_factory or (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
-        try:
-            optimizer = factory(self.net.parameters())
-        except ValueError as exc:  # torch's own range checks (a negative lr, momentum, ...): one line, not a traceback
-            raise ConfigError(f"--model.optimizer: {exc}") from None
+        optimizer = build_optimizer(self.optimizer_factory, self.net.parameters(), self.dp.enabled)
         if self.dp.enabled:
             optimizer = self._make_private(optimizer).optimizer
         else:  # trained on without DP: a loaded checkpoint's ε no longer describes these weights
             self._loaded_dp_state = None
         # The one place this is decided: every DP mode takes its own optimizer step (dp_step).
         self.automatic_optimization = self.private is None
-        scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory is not None else None
+        scheduler = build_scheduler(self.scheduler_factory, optimizer, self.optimizer_factory)
         resumed, self._resumed_optimizer = self._resumed_optimizer, None
         check_resumed(resumed, optimizer, scheduler)  # Lightning restores these next: refuse what it cannot, or would overwrite
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": lightning_config(scheduler, self._trainer)}

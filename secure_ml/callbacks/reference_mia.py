@@ -15,6 +15,7 @@ from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out
 from secure_ml.data.canaries import without_canaries
 from secure_ml.errors import ConfigError
 from secure_ml.models.registry import build_net, device_and_dtype, net_spec
+from secure_ml.optim_build import default_optimizer
 
 
 def target_recipe(pl_module, datamodule, max_epochs: Optional[int], steps: Optional[int], n_members: int) -> ReferenceRecipe:
@@ -26,7 +27,7 @@ def target_recipe(pl_module, datamodule, max_epochs: Optional[int], steps: Optio
         if epochs is None:
             raise ConfigError("--reference_mia.steps must be set when --trainer.max_epochs is unbounded")
         steps = epochs * math.ceil(n_members / dm.batch_size)
-    factory = pl_module.optimizer_factory or (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9))
+    factory = pl_module.optimizer_factory or default_optimizer
     sigma = None
     if pl_module.dp.enabled:
         state = pl_module.dp_state()  # the live run's, or that of the weights loaded from --ckpt_path (σ calibrated for a target ε)

@@ -1,0 +1,63 @@
+"""The optimizer and LR scheduler a fit's flags build, each refused in one line naming its flag when it cannot train.
+
+Torch checks some values when an optimizer or scheduler is built (a negative lr, OneCycleLR without a length) and
+others only when it steps (StepLR with ``step_size 0`` divides by zero at its first step, in the middle of the first
+epoch). So the scheduler is also built on a stand-in optimizer of the same class and stepped once, before training.
+An optimizer whose step re-evaluates the loss (LBFGS: ``step(closure)``) cannot take DP-SGD's clipped, noised step.
+Torch only; :class:`secure_ml.module.SecureClassifier` calls these.
+"""
+
+import inspect
+import warnings
+from typing import Any, Callable, Iterable, Optional
+
+import torch
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from secure_ml.errors import ConfigError
+
+OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
+
+
+def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The seed's optimizer, used when ``--model.optimizer`` is not given: SGD(lr=0.01, momentum=0.9)."""
+    return torch.optim.SGD(params, lr=0.01, momentum=0.9)
+
+
+def build_optimizer(factory: Optional[OptimizerFactory], params: Iterable[torch.nn.Parameter], dp: bool) -> torch.optim.Optimizer:
+    """``factory(params)`` (None: :func:`default_optimizer`); ConfigError for values torch refuses and, under DP, for an
+    optimizer whose step needs a closure."""
+    try:
+        optimizer = (factory or default_optimizer)(params)
+    except ValueError as exc:  # torch's own range checks (a negative lr, momentum, ...)
+        raise ConfigError(f"--model.optimizer: {exc}") from None
+    closure = inspect.signature(type(optimizer).step).parameters.get("closure")
+    if dp and closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigError(
+            f"--model.optimizer {type(optimizer).__name__} re-evaluates the loss inside its step (a closure), which a DP-SGD "
+            "step (clipped per-sample gradients, then noise) cannot give it; choose SGD, Adam or another first-order "
+            "optimizer, or train without DP (--model.dp.enabled false)"
+        )
+    return optimizer
+
+
+def build_scheduler(
+    factory: Optional[Callable[[Any], Any]], optimizer: torch.optim.Optimizer, optimizer_factory: Optional[OptimizerFactory]
+):
+    """``factory(optimizer)`` (None: no scheduler), after a trial on a stand-in optimizer of the same class: built and
+    stepped once; what torch raises there is a ConfigError naming ``--model.scheduler``."""
+    if factory is None:
+        return None
+    stand_in = (optimizer_factory or default_optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    name = "scheduler"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": nothing trains here
+            trial = factory(stand_in)
+            name = type(trial).__name__
+            trial.step(1.0) if isinstance(trial, ReduceLROnPlateau) else trial.step()
+    except (ValueError, TypeError, ZeroDivisionError, KeyError, IndexError) as exc:
+        raise ConfigError(
+            f"--model.scheduler {name} cannot schedule this fit: {exc} (its settings: --model.scheduler.init_args.*)"
+        ) from None
+    return factory(optimizer)
