@@ -133,7 +133,8 @@ class SecureClassifier(LightningModule):
             self._loaded_dp_state = None
         # The one place this is decided: every DP mode takes its own optimizer step (dp_step).
         self.automatic_optimization = self.private is None
-        scheduler = build_scheduler(self.scheduler_factory, optimizer, self.optimizer_factory)
+        epochs = self._trainer.max_epochs if self._trainer is not None else None
+        scheduler = build_scheduler(self.scheduler_factory, optimizer, self.optimizer_factory, epochs)
         resumed, self._resumed_optimizer = self._resumed_optimizer, None
         check_resumed(resumed, optimizer, scheduler)  # Lightning restores these next: refuse what it cannot, or would overwrite
         return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": lightning_config(scheduler, self._trainer)}

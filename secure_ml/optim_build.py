@@ -2,7 +2,8 @@
 
 Torch checks some values when an optimizer or scheduler is built (a negative lr, OneCycleLR without a length) and
 others only when it steps (StepLR with ``step_size 0`` divides by zero at its first step, in the middle of the first
-epoch). So the scheduler is also built on a stand-in optimizer of the same class and stepped once, before training.
+epoch). So the scheduler is also built on a stand-in optimizer of the same class and stepped once per epoch of the fit, before
+training (OneCycleLR with ``total_steps`` below the epochs failed at the second epoch's end).
 An optimizer whose step re-evaluates the loss (LBFGS: ``step(closure)``) cannot take DP-SGD's clipped, noised step.
 Torch only; :class:`secure_ml.module.SecureClassifier` calls these.
 """
@@ -16,6 +17,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from secure_ml.errors import ConfigError
 
+MAX_TRIAL_STEPS = 100_000  # epochs the trial steps at most (a step costs microseconds)
 OptimizerFactory = Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]
 
 
@@ -42,10 +44,15 @@ def build_optimizer(factory: Optional[OptimizerFactory], params: Iterable[torch.
 
 
 def build_scheduler(
-    factory: Optional[Callable[[Any], Any]], optimizer: torch.optim.Optimizer, optimizer_factory: Optional[OptimizerFactory]
+    factory: Optional[Callable[[Any], Any]],
+    optimizer: torch.optim.Optimizer,
+    optimizer_factory: Optional[OptimizerFactory],
+    epochs: Optional[int] = None,
 ):
     """``factory(optimizer)`` (None: no scheduler), after a trial on a stand-in optimizer of the same class: built and
-    stepped once; what torch raises there is a ConfigError naming ``--model.scheduler``."""
+    stepped once per epoch of the fit (``epochs``; None or < 1: once), as the fit will step it; what torch raises there
+    is a ConfigError naming ``--model.scheduler``. A ReduceLROnPlateau gets the ``initial_lr`` other schedulers write
+    into the parameter groups: the lr its cuts started from, which the resume check compares (it records none itself)."""
     if factory is None:
         return None
     stand_in = (optimizer_factory or default_optimizer)([torch.nn.Parameter(torch.zeros(1))])
@@ -55,9 +62,14 @@ def build_scheduler(
             warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": nothing trains here
             trial = factory(stand_in)
             name = type(trial).__name__
-            trial.step(1.0) if isinstance(trial, ReduceLROnPlateau) else trial.step()
+            for _ in range(min(epochs, MAX_TRIAL_STEPS) if epochs and epochs > 0 else 1):
+                trial.step(1.0) if isinstance(trial, ReduceLROnPlateau) else trial.step()
     except (ValueError, TypeError, ZeroDivisionError, KeyError, IndexError) as exc:
         raise ConfigError(
             f"--model.scheduler {name} cannot schedule this fit: {exc} (its settings: --model.scheduler.init_args.*)"
         ) from None
-    return factory(optimizer)
+    scheduler = factory(optimizer)
+    if isinstance(scheduler, ReduceLROnPlateau):
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    return scheduler

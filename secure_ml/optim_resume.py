@@ -55,22 +55,6 @@ def _saved_start(group: Dict[str, Any], saved_schedulers: Optional[List[Dict[str
     return group["lr"]
 
 
-def _plateau_reaches(saved_schedulers: Optional[List[Dict[str, Any]]], start: Any, lr: Any) -> bool:
-    """Whether a checkpoint's ReduceLROnPlateau, which records no start, reached ``lr`` from ``start``: each of its
-    ``last_epoch`` steps cut the lr at most once, to ``max(lr · factor, min_lr)``."""
-    state = (saved_schedulers or [None])[0]
-    if not isinstance(state, dict) or not {"factor", "min_lrs", "best", "last_epoch"} <= state.keys():
-        return False
-    if not isinstance(start, (int, float)) or not isinstance(lr, (int, float)):
-        return False
-    value, floor = float(start), float((state["min_lrs"] or [0.0])[0])
-    for _ in range(int(state["last_epoch"]) + 1):
-        if abs(value - lr) <= 1e-9 * max(abs(lr), abs(value)):
-            return True
-        value = max(value * float(state["factor"]), floor)
-    return False
-
-
 def check_resumable(
     saved_states: Optional[List[Dict[str, Any]]],
     saved_name: Optional[str],
@@ -117,8 +101,6 @@ def check_resumable(
         saved, configured = saved_groups[0][key], ours[key]
         if key == "lr":
             saved, configured = _saved_start(saved_groups[0], saved_schedulers), ours.get("initial_lr", configured)
-            if _plateau_reaches(saved_schedulers, configured, saved):
-                continue
         if _differs(saved, configured):
             scheduled = key in _SCHEDULER_KEYS or (key == "lr" and "initial_lr" in ours)
             flag = f"--model.scheduler.init_args.{key}" if key in _SCHEDULER_KEYS else f"--model.optimizer.init_args.{key}"

@@ -24,10 +24,11 @@ PLATEAU_MONITOR = "val/loss"
 def lightning_config(scheduler: Any, trainer: Optional[Any]) -> Dict[str, Any]:
     """``configure_optimizers``' ``lr_scheduler`` entry for ``scheduler``; ConfigError for a plateau schedule that cannot step.
 
-    ``trainer``: the fit's (None: no trainer attached, nothing to check). A plateau schedule's frequency under
-    automatic optimisation is ``--trainer.check_val_every_n_epoch`` (1 when validation is counted in steps).
+    ``trainer``: the fit's (None: no trainer attached, nothing to check). Lightning is not told that a plateau schedule is
+    one (``reduce_on_plateau: False``): it would look up ``val/loss`` itself at every epoch end and refuse the fit at the
+    first epoch that did not validate (validation counted in steps); its call to the module's ``lr_scheduler_step`` is
+    then a no-op, and the module steps the schedule (:func:`step_epoch`).
     """
-    validates, every = (trainer.enable_validation, trainer.check_val_every_n_epoch) if trainer is not None else (True, 1)
     if not isinstance(scheduler, ReduceLROnPlateau):
         return {"scheduler": scheduler, "interval": "epoch"}
     if scheduler.mode != "min":
@@ -35,12 +36,23 @@ def lightning_config(scheduler: Any, trainer: Optional[Any]) -> Dict[str, Any]:
             f"--model.scheduler ReduceLROnPlateau watches {PLATEAU_MONITOR}, which falls as the model improves, "
             f"so mode {scheduler.mode!r} would cut the learning rate while it still helps; use mode 'min' (the default)"
         )
-    if not validates:
+    if trainer is not None and not trainer.enable_validation:
         raise ConfigError(
             f"--model.scheduler ReduceLROnPlateau steps on {PLATEAU_MONITOR}, and this fit runs no validation "
             "(--trainer.limit_val_batches 0, or no validation digits); validate, or choose another scheduler"
         )
-    return {"scheduler": scheduler, "interval": "epoch", "frequency": every or 1, "monitor": PLATEAU_MONITOR, "strict": True}
+    every, epochs = (trainer.check_val_every_n_epoch, trainer.max_epochs) if trainer is not None else (None, None)
+    if every and epochs and 0 < epochs < every:
+        raise ConfigError(
+            f"--model.scheduler ReduceLROnPlateau would never step: validation runs every {every} epochs "
+            f"(--trainer.check_val_every_n_epoch) and this fit has {epochs} (--trainer.max_epochs)"
+        )
+    manual = trainer is not None and not trainer.lightning_module.automatic_optimization
+    return (
+        {"scheduler": scheduler, "interval": "epoch"}
+        if manual
+        else {"scheduler": scheduler, "interval": "epoch", "reduce_on_plateau": False}
+    )
 
 
 def lightning_steps(scheduler: Any) -> bool:

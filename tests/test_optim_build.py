@@ -77,3 +77,27 @@ def test_the_cli_refuses_them_in_one_line_before_training(tiny_mnist, tmp_path, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("secure-ml: error:")]
     assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("secure-ml: error: " + start), err
     assert not list(tmp_path.glob("lightning_logs/*/checkpoints/*.ckpt"))  # nothing trained
+
+
+def test_the_trial_steps_once_per_epoch_of_the_fit():
+    """Review finding: OneCycleLR with fewer total_steps than epochs (the project steps schedulers per epoch) failed at
+    the second epoch's end. The trial steps as many times as the fit will."""
+    one_cycle = lambda total: lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=total)  # noqa: E731
+    with pytest.raises(ConfigError, match=r"^--model.scheduler OneCycleLR cannot schedule this fit: Tried to step"):
+        build_scheduler(one_cycle(1), default_optimizer(_params()), None, epochs=3)
+    build_scheduler(one_cycle(3), default_optimizer(_params()), None, epochs=3)  # exactly long enough
+    build_scheduler(one_cycle(1), default_optimizer(_params()), None, epochs=-1)  # unbounded: one step is all it can check
+
+
+def test_an_lbfgs_reference_model_trains():
+    """Review finding: without DP LBFGS trains (Lightning gives it a closure), but RMIA's reference models replay the
+    recipe with ``opt.step()`` and crashed in ``secure-ml test``. They now step with a closure, as Lightning does."""
+    from secure_ml.attacks.reference_models import ReferenceRecipe, train_reference_models
+    from secure_ml.models import SmallCNN
+
+    x, y = torch.rand(40, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.arange(40) % 10
+    recipe = ReferenceRecipe(SmallCNN, lambda p: torch.optim.LBFGS(p, lr=0.1, max_iter=2), steps=2, batch_size=16)
+    (net,) = train_reference_models(recipe, x, y, 1)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    torch.manual_seed(0)  # the first reference model's seed: its initial weights
+    assert not torch.equal(net.fc2.weight, SmallCNN().fc2.weight)  # it trained

@@ -9,6 +9,7 @@ step count: the population set is smaller than the target's training set, so mat
 leave the references under-trained and their probabilities unlike the target's.
 """
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable, List, Optional
@@ -68,15 +69,21 @@ def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: 
                 continue
             if len(yb) == 0:
                 continue
-            x_adv = adversarial_examples(net, xb, yb, recipe.adversarial) if recipe.adversarial.active else None
-            loss, _ = mixed_loss(net, xb, yb, x_adv, recipe.adversarial.ratio)
-            opt.zero_grad()
-            loss.mean().backward()
-            opt.step()
+            opt.step(functools.partial(_closure, net, opt, xb, yb, recipe.adversarial))
     if private is not None:
         private.close()
     opt.zero_grad(set_to_none=True)
     return net.eval()
+
+
+def _closure(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, adv: AdversarialConfig) -> torch.Tensor:
+    """One evaluation of the loss and its gradient, as Lightning's automatic optimisation runs the training step: SGD and
+    Adam call it once, LBFGS (``step(closure)``) as often as its line search needs (its attack examples each time)."""
+    opt.zero_grad()
+    x_adv = adversarial_examples(net, x, y, adv) if adv.active else None  # input gradients only: no .grad written
+    loss = mixed_loss(net, x, y, x_adv, adv.ratio)[0].mean()
+    loss.backward()
+    return loss
 
 
 def train_reference_models(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, n_models: int, seed: int = 0) -> List[nn.Module]:
