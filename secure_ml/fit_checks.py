@@ -18,6 +18,12 @@ def check_trainer_for_dp(trainer) -> None:
         raise ConfigError(
             "--trainer.accumulate_grad_batches > 1 breaks Poisson sampling's privacy accounting; use a larger --data.batch_size"
         )
+    precision = str(getattr(trainer, "precision", "32-true"))
+    if precision.endswith("-mixed"):  # the forward under autocast: the DP modes' per-sample maths met half-precision tensors
+        raise ConfigError(
+            f"--trainer.precision {precision} runs the forward under autocast, which the DP step's per-sample gradients do "
+            "not support (it crashed in the first step); use 32-true (the default), bf16-true or 64-true, or train without DP"
+        )
     if trainer.limit_train_batches == 0:  # Lightning then hands over an empty loader, not the Poisson one
         raise ConfigError("--trainer.limit_train_batches 0 trains nothing; with --model.dp.enabled there is nothing to make private")
 

@@ -4,13 +4,14 @@ Torch checks some values when an optimizer or scheduler is built (a negative lr,
 others only when it steps (StepLR with ``step_size 0`` divides by zero at its first step, in the middle of the first
 epoch). So the scheduler is also built on a stand-in optimizer of the same class and stepped once per epoch of the fit, before
 training (OneCycleLR with ``total_steps`` below the epochs failed at the second epoch's end).
-An optimizer whose step re-evaluates the loss (LBFGS: ``step(closure)``) cannot take DP-SGD's clipped, noised step.
+An optimizer whose step re-evaluates the loss (LBFGS: ``step(closure)``) cannot take DP-SGD's clipped, noised step; one
+that cannot step dense gradients (SparseAdam) is found by one step on copies of the parameters.
 Torch only; :class:`secure_ml.module.SecureClassifier` calls these.
 """
 
 import inspect
 import warnings
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 import torch
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -26,20 +27,33 @@ def default_optimizer(params: Iterable[torch.nn.Parameter]) -> torch.optim.Optim
     return torch.optim.SGD(params, lr=0.01, momentum=0.9)
 
 
-def build_optimizer(factory: Optional[OptimizerFactory], params: Iterable[torch.nn.Parameter], dp: bool) -> torch.optim.Optimizer:
-    """``factory(params)`` (None: :func:`default_optimizer`); ConfigError for values torch refuses and, under DP, for an
-    optimizer whose step needs a closure."""
+def build_optimizer(factory: Optional[OptimizerFactory], params: List[torch.nn.Parameter], dp: bool) -> torch.optim.Optimizer:
+    """``factory(params)`` (None: :func:`default_optimizer`); ConfigError for values torch refuses, for an optimizer that
+    cannot step these parameters with dense gradients (SparseAdam; tried on copies, left untouched) and, under DP, for
+    one whose step needs a closure."""
+    params = list(params)
     try:
         optimizer = (factory or default_optimizer)(params)
     except ValueError as exc:  # torch's own range checks (a negative lr, momentum, ...)
         raise ConfigError(f"--model.optimizer: {exc}") from None
+    name = type(optimizer).__name__
     closure = inspect.signature(type(optimizer).step).parameters.get("closure")
-    if dp and closure is not None and closure.default is inspect.Parameter.empty:
-        raise ConfigError(
-            f"--model.optimizer {type(optimizer).__name__} re-evaluates the loss inside its step (a closure), which a DP-SGD "
-            "step (clipped per-sample gradients, then noise) cannot give it; choose SGD, Adam or another first-order "
-            "optimizer, or train without DP (--model.dp.enabled false)"
-        )
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        if dp:
+            raise ConfigError(
+                f"--model.optimizer {name} re-evaluates the loss inside its step (a closure), which a DP-SGD "
+                "step (clipped per-sample gradients, then noise) cannot give it; choose SGD, Adam or another first-order "
+                "optimizer, or train without DP (--model.dp.enabled false)"
+            )
+        return optimizer  # Lightning's automatic optimisation gives it one
+    copies = [torch.nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad) for p in params]
+    for copy in copies:
+        copy.grad = torch.zeros_like(copy) if copy.requires_grad else None
+    try:
+        (factory or default_optimizer)(copies).step()
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--model.optimizer {name} cannot train this net: {first}") from None
     return optimizer
 
 

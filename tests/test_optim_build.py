@@ -1,7 +1,7 @@
 """Optimizers and schedulers that cannot train are refused in one line before training, naming their flag. Before, each
 of these crashed mid-fit with torch's traceback: LBFGS under DP (``step() missing ... 'closure'``), OneCycleLR
-without a length (``ValueError`` while Lightning configured the optimizers) and StepLR with ``step_size 0``
-(``ZeroDivisionError`` at the first epoch's end)."""
+without a length (``ValueError`` while Lightning configured the optimizers), StepLR with ``step_size 0``
+(``ZeroDivisionError`` at the first epoch's end), SparseAdam (dense gradients) and mixed precision under DP (oneDNN)."""
 
 import pytest
 import torch
@@ -68,6 +68,8 @@ def test_a_scheduler_that_steps_is_built_on_the_real_optimizer_untouched():
         (["--model.optimizer", "torch.optim.LBFGS"], "--model.optimizer LBFGS re-evaluates the loss"),
         (["--model.scheduler", "torch.optim.lr_scheduler.StepLR", "--model.scheduler.step_size", "0"], "--model.scheduler StepLR"),
         (["--model.scheduler", "torch.optim.lr_scheduler.OneCycleLR", "--model.scheduler.max_lr", "0.1"], "--model.scheduler "),
+        (["--model.optimizer", "torch.optim.SparseAdam"], "--model.optimizer SparseAdam cannot train this net"),
+        (["--trainer.precision", "bf16-mixed"], "--trainer.precision bf16-mixed runs the forward under autocast"),
     ],
 )
 def test_the_cli_refuses_them_in_one_line_before_training(tiny_mnist, tmp_path, monkeypatch, capsys, flags, start):
@@ -101,3 +103,33 @@ def test_an_lbfgs_reference_model_trains():
     assert all(torch.isfinite(p).all() for p in net.parameters())
     torch.manual_seed(0)  # the first reference model's seed: its initial weights
     assert not torch.equal(net.fc2.weight, SmallCNN().fc2.weight)  # it trained
+
+
+def test_an_optimizer_that_cannot_step_dense_gradients_is_refused_and_the_net_is_untouched():
+    params = [torch.nn.Parameter(torch.ones(3, 2)), torch.nn.Parameter(torch.ones(2))]
+    sparse = lambda p: torch.optim.SparseAdam(p)  # noqa: E731
+    built = sparse(params)  # negative control: torch builds it and fails at the first step
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    with pytest.raises(RuntimeError, match="dense gradients"):
+        built.step()
+    with pytest.raises(ConfigError, match=r"^--model.optimizer SparseAdam cannot train this net: SparseAdam does not support dense"):
+        build_optimizer(sparse, params, dp=False)
+    fresh = [torch.nn.Parameter(torch.ones(3, 2))]
+    adam = build_optimizer(lambda p: torch.optim.Adam(p, lr=1.0), fresh, dp=True)  # the trial steps copies
+    assert torch.equal(fresh[0], torch.ones(3, 2)) and fresh[0].grad is None and not adam.state
+
+
+@pytest.mark.parametrize("precision, refused", [("bf16-mixed", True), ("16-mixed", True), ("32-true", False), ("bf16-true", False)])
+def test_mixed_precision_is_refused_under_dp(precision, refused):
+    """Autocast under DP crashed in the first step inside oneDNN ("could not create a primitive descriptor")."""
+    from types import SimpleNamespace
+
+    from secure_ml.fit_checks import check_trainer_for_dp
+
+    trainer = SimpleNamespace(gradient_clip_val=None, accumulate_grad_batches=1, precision=precision, limit_train_batches=1.0)
+    if refused:
+        with pytest.raises(ConfigError, match=rf"^--trainer.precision {precision} runs the forward under autocast"):
+            check_trainer_for_dp(trainer)
+    else:
+        check_trainer_for_dp(trainer)
