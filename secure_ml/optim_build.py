@@ -1,10 +1,10 @@
 """The optimizer and LR scheduler a fit's flags build, each refused in one line naming its flag when it cannot train.
 
 Torch checks some values when an optimizer or scheduler is built (a negative lr, OneCycleLR without a length) and
-others only when it steps (StepLR with ``step_size 0`` divides by zero at its first step, in the middle of the first
-epoch). So the scheduler is also built on a stand-in optimizer of the same class and stepped once per epoch of the fit, before
-training (OneCycleLR with ``total_steps`` below the epochs failed at the second epoch's end).
-An optimizer whose step re-evaluates the loss (LBFGS: ``step(closure)``) cannot take DP-SGD's clipped, noised step; one
+others only when it steps (StepLR with ``step_size 0`` divides by zero at its first step, at the first epoch's end;
+OneCycleLR with fewer ``total_steps`` than epochs failed at the second). So the scheduler is also built on a stand-in
+optimizer (the same class, on copies of the parameters) and stepped once per epoch of the fit, before training. An
+optimizer whose step re-evaluates the loss (LBFGS: ``step(closure)``) cannot take DP-SGD's clipped, noised step; one
 that cannot step dense gradients (SparseAdam) is found by one step on copies of the parameters.
 Torch only; :class:`secure_ml.module.SecureClassifier` calls these.
 """
@@ -63,18 +63,19 @@ def build_scheduler(
     optimizer_factory: Optional[OptimizerFactory],
     epochs: Optional[int] = None,
 ):
-    """``factory(optimizer)`` (None: no scheduler), after a trial on a stand-in optimizer of the same class: built and
-    stepped once per epoch of the fit (``epochs``; None or < 1: once), as the fit will step it; what torch raises there
-    is a ConfigError naming ``--model.scheduler``. A ReduceLROnPlateau gets the ``initial_lr`` other schedulers write
-    into the parameter groups: the lr its cuts started from, which the resume check compares (it records none itself)."""
+    """``factory(optimizer)`` (None: no scheduler), after a trial on a stand-in optimizer (the same class, on copies of
+    ``optimizer``'s parameters; the real ones and their state are left untouched): built and stepped once per epoch of
+    the fit (``epochs``; None or < 1: once), as the fit will step it; what torch raises there is a ConfigError naming
+    ``--model.scheduler``. A ReduceLROnPlateau gets the ``initial_lr`` other schedulers write into the parameter groups:
+    the lr its cuts started from, which the resume check compares (it records none itself)."""
     if factory is None:
         return None
-    stand_in = (optimizer_factory or default_optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    copies = [torch.nn.Parameter(p.detach().clone()) for group in optimizer.param_groups for p in group["params"]]
     name = "scheduler"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": nothing trains here
-            trial = factory(stand_in)
+            trial = factory((optimizer_factory or default_optimizer)(copies))  # the same class on copies of the parameters
             name = type(trial).__name__
             for _ in range(min(epochs, MAX_TRIAL_STEPS) if epochs and epochs > 0 else 1):
                 trial.step(1.0) if isinstance(trial, ReduceLROnPlateau) else trial.step()

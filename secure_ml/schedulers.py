@@ -8,8 +8,8 @@ ReduceLROnPlateau steps on the epoch's ``val/loss`` (lower is better) only in ep
 The module takes the plateau step itself in both modes, in its ``on_train_epoch_end``, which runs before
 the epoch's checkpoints are written; Lightning's own plateau step comes after them (so ``last.ckpt`` lagged
 one step and a fit resumed from it lost that step), and the module makes it a no-op (:func:`lightning_steps`).
-A plateau schedule that could never step (no validation, or ``mode max`` on a loss) is refused in one
-line when the optimizer is configured, before any training. Lightning-free: the module passes what it needs.
+A plateau schedule that could never step (no validation, validation every more epochs than the fit has, or
+``mode max`` on a loss) is refused in one line when the optimizer is configured, before any training. Lightning-free: the module passes what it needs.
 """
 
 from typing import Any, Dict, Mapping, Optional
