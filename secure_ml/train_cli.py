@@ -30,7 +30,7 @@ from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.checkpoint_io import check_checkpoint_file
 from secure_ml.ckpt_hparams import reconcile, typed_model_flags
-from secure_ml.cli_errors import one_line_error, our_error
+from secure_ml.cli_errors import check_seed, one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.log_filter import install_advert_filter
@@ -73,11 +73,9 @@ SCORECARD_CALLBACKS = {
 class SecureMLCLI(LightningCLI):
     """LightningCLI with the DP wiring made impossible to bypass.
 
-    * ``auto_configure_optimizers=False``: a top-level ``--optimizer`` would otherwise
-      silently replace ``configure_optimizers`` and skip DP; the optimizer is
-      ``--model.optimizer`` instead.
-    * ``data.poisson_sampling`` is linked to ``model.dp.enabled``: a DP run always gets a
-      Poisson-sampled loader, and the flag cannot be set against it.
+    * ``auto_configure_optimizers=False``: a top-level ``--optimizer`` would otherwise silently replace
+      ``configure_optimizers`` and skip DP; the optimizer is ``--model.optimizer`` instead.
+    * ``data.poisson_sampling`` is linked to ``model.dp.enabled``: a DP run always gets a Poisson-sampled loader.
     * the scorecard callbacks are CLI keys (see the module docstring).
     * ``secure-ml fit --test_after_fit true`` tests the fit's last checkpoint in the same process.
     * only the named subcommand's parser is built (``secure-ml fit ...`` builds ``fit``'s alone, see :meth:`subcommands`).
@@ -112,9 +110,12 @@ class SecureMLCLI(LightningCLI):
         self._argv = list(args) if args is not None else sys.argv[1:]
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
+        check_seed((self.config.get(subcommand) or {}).get("seed_everything") if subcommand else None, "--seed_everything")
         path = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
             check_checkpoint_file(path)
+        elif not path and subcommand in ("validate", "test", "predict"):  # it scored a freshly initialised net, exit 0
+            raise ConfigError(f"secure-ml {subcommand} needs --ckpt_path, the weights to evaluate (a run's checkpoints/last.ckpt)")
 
     def instantiate_classes(self) -> None:
         """Lightning's, with a value the classes refuse (``--trainer.max_epochs -5``, ``--model.optimizer.init_args.lr -1``)

@@ -126,6 +126,24 @@ def test_bad_config_one_line_error(tmp_path, capsys, monkeypatch, yaml_text, mes
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
+@pytest.mark.parametrize("key", ["path", "alert_path"])
+@pytest.mark.parametrize("where", ["a directory", "under a file"])
+def test_an_unwritable_request_log_is_refused_at_start_up(tmp_path, capsys, monkeypatch, key, where):
+    """Found by probing: a log path under a file ended serve in FileExistsError; a directory started the service, and
+    every request, /health included, then answered 503 audit_unavailable."""
+    monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
+    (tmp_path / "file.txt").write_text("x")
+    bad = str(tmp_path / "logs") if where == "a directory" else str(tmp_path / "file.txt" / "x.jsonl")
+    (tmp_path / "logs").mkdir()
+    good = str(tmp_path / "ok.jsonl")
+    paths = {"path": good, "alert_path": str(tmp_path / "ok.alerts.jsonl"), key: bad}
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text(f"audit:\n  path: {paths['path']}\n  alert_path: {paths['alert_path']}\n")
+    code, err = run_cli(["serve", "--ckpt_path", str(trained_checkpoint()), "--config", str(cfg)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"serve.yaml: audit.{key}: the request log {bad!r} cannot be written" in err, err
+
+
 def test_bad_flags_one_line_error(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("SECURE_ML_API_KEYS", KEY_A)
     for argv, message in (

@@ -86,7 +86,7 @@ class SpongeCallback(EpochMetricCallback):
             ("every_n_epochs", every_n_epochs),
         ):
             if v is not None:  # calibration_samples: null means every validation digit
-                check_min(v, f"--sponge.{name}")
+                check_min(v, f"--sponge.{name}", 2 if name == "calibration_samples" else 1)  # leave-one-out needs two
         if not 0 < craft_lr < float("inf"):  # checked here, not after an epoch of training in the first validation
             raise ConfigError(f"--sponge.craft_lr must be a finite number > 0; got {craft_lr}")
         if not 0 < false_positive_rate < 1:
@@ -113,6 +113,10 @@ class SpongeCallback(EpochMetricCallback):
             raise ConfigError(
                 f"--sponge.calibration_samples ({self.calibration_samples}) is larger than the {len(ds)} validation digits "
                 "(--data.val_size); lower it, raise --data.val_size, or leave it null to use them all"
+            )
+        if ds is not None and self.calibration_samples is None and len(ds) < 2:  # leave-one-out had nothing: an FPR of 0
+            raise ConfigError(
+                f"--sponge calibrates its input policy on the validation digits and needs at least 2; --data.val_size gives {len(ds)}"
             )
         probe = _probe(ds)
         try:

@@ -83,6 +83,8 @@ class SanitizerConfig:
             raise ConfigError(f"--data.sanitizer.feature_dims must be >= 1; got {self.feature_dims}")
         if not 0.0 < self.contamination <= 0.5:
             raise ConfigError(f"--data.sanitizer.contamination must be in (0, 0.5]; got {self.contamination}")
+        if not 0 <= self.seed <= 2**32 - 1:  # scikit-learn's random_state range (it raised InvalidParameterError mid-setup)
+            raise ConfigError(f"--data.sanitizer.seed must be in 0..{2**32 - 1}; got {self.seed}")
 
 
 @dataclass

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from secure_ml.errors import ConfigError
+
 SCOPE_KEY = "secure_ml.request"
 MAX_ENDPOINT_CHARS = 200
 
@@ -97,8 +99,12 @@ class RequestLog:
         self.alert_path = Path(alert_path) if alert_path else self.path.with_suffix(".alerts.jsonl")
         self.fsync = fsync
         self._lock = threading.Lock()
-        for p in (self.path, self.alert_path):
-            p.parent.mkdir(parents=True, exist_ok=True)
+        for p, key in ((self.path, "audit.path"), (self.alert_path, "audit.alert_path")):
+            try:  # at start-up, not at the first request: a log that cannot be written would answer every request 503
+                p.parent.mkdir(parents=True, exist_ok=True)
+                os.close(os.open(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600))
+            except OSError as exc:
+                raise ConfigError(f"serve.yaml: {key}: the request log {str(p)!r} cannot be written ({exc.strerror or exc})") from None
 
     def _append(self, path: Path, record: Dict[str, Any]) -> None:
         line = (json.dumps(record, separators=(",", ":"), allow_nan=False) + "\n").encode()

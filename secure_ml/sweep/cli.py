@@ -14,6 +14,7 @@ from typing import List
 
 import yaml
 
+from secure_ml.cli_errors import check_seed
 from secure_ml.errors import ConfigError
 
 
@@ -61,6 +62,8 @@ def _options(argv: List[str]):
         raise ConfigError(f"--n-jobs must be >= 1; got {a.n_jobs}")
     if a.repeats is not None and a.repeats < 1:
         raise ConfigError(f"--repeats must be >= 1; got {a.repeats}")
+    if a.seed is not None:
+        check_seed(a.seed, "--seed")
     if a.threads is not None and a.threads < 1:
         raise ConfigError(f"--threads must be >= 1 (leave it out for cores / n-jobs); got {a.threads}")
     beat = SweepOptions.beat_interval

@@ -1,0 +1,71 @@
+"""Bad input found by probing the commands (2026-12-04), each now one line naming its flag. Before: a seed numpy
+refuses ended fit and every sweep point in Lightning's ValueError traceback, isolation_forest's seed -1 in
+scikit-learn's, a one-digit sponge calibration reported a false-positive rate of 0 (the test then rejected every
+clean digit), and ``test``/``validate``/``predict`` without ``--ckpt_path`` scored a freshly initialised net, exit 0."""
+
+import pytest
+import torch
+
+import secure_ml.train_cli  # noqa: F401 (Lightning binds its log handler at import: now, not to a test's captured stderr)
+from secure_ml.callbacks.sponge import SpongeCallback
+from secure_ml.cli import main
+from secure_ml.cli_errors import SEED_MAX, check_seed
+from secure_ml.data.sanitization import SanitizerConfig
+from secure_ml.defenses.calibration import leave_one_out_rejected
+from secure_ml.errors import ConfigError
+from tests.helpers.data import smoke_args
+
+
+def test_the_weaknesses_are_real():
+    """Negative controls: what the checks stand in front of."""
+    from lightning.pytorch import seed_everything
+    from sklearn.ensemble import IsolationForest
+
+    with pytest.raises(ValueError, match="not in bounds"):
+        seed_everything(-1)
+    with pytest.raises(ValueError, match="random_state"):
+        IsolationForest(random_state=-1).fit([[0.0], [1.0]])
+    assert not leave_one_out_rejected({"energy": torch.tensor([5.0])}, ("energy",), 0).any()  # one digit: "nothing rejected"
+
+
+@pytest.mark.parametrize("seed, ok", [(0, True), (SEED_MAX, True), (-1, False), (SEED_MAX + 1, False), (True, True), (None, True)])
+def test_check_seed(seed, ok):
+    if ok:
+        check_seed(seed, "--seed_everything")
+    else:
+        with pytest.raises(ConfigError, match=rf"^--seed_everything must be in 0..{SEED_MAX} .*got {seed}$"):
+            check_seed(seed, "--seed_everything")
+
+
+def test_sanitizer_seed_and_sponge_calibration_size_are_checked():
+    with pytest.raises(ConfigError, match=r"^--data.sanitizer.seed must be in 0..4294967295; got -1$"):
+        SanitizerConfig(method="isolation_forest", seed=-1)
+    with pytest.raises(ConfigError, match=r"^--sponge.calibration_samples must be >= 2; got 1$"):
+        SpongeCallback(calibration_samples=1)
+    SpongeCallback(calibration_samples=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "argv, start",
+    [
+        (["test"], "secure-ml test needs --ckpt_path"),
+        (["validate"], "secure-ml validate needs --ckpt_path"),
+        (["predict"], "secure-ml predict needs --ckpt_path"),
+        (["fit", "--seed_everything", "-1"], "--seed_everything must be in 0..4294967295"),
+    ],
+)
+def test_the_cli_refuses_in_one_line(tiny_mnist, tmp_path, monkeypatch, capsys, argv, start):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([argv[0], *smoke_args(tiny_mnist), *argv[1:]])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("secure-ml: error:")]
+    assert exc.value.code == 2 and len(err) == 1 and err[0].startswith("secure-ml: error: " + start), err
+    assert not list(tmp_path.rglob("metrics.json")) and not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_sweep_refuses_a_seed_numpy_refuses(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--config", "configs/sweeps/does-not-matter.yaml", "--seed", "-5"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and err == ["secure-ml: error: --seed must be in 0..4294967295 (the seeds numpy accepts); got -5"], err
