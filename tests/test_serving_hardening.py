@@ -99,8 +99,9 @@ def test_error_bodies_never_leak_server_paths(tmp_path):
     logs = tmp_path / "logs"
     cfg = base_config(tmp_path, audit={"path": str(logs / "audit.jsonl"), "alert_path": str(logs / "alerts")})
     cfg["extraction"] = {"action": "flag", "min_distances": 20, "window": 20}
-    (logs / "alerts").mkdir(parents=True)  # the alert log is a directory: its write fails
-    with running(cfg) as srv:
+    with running(cfg) as srv:  # (a log that cannot be written at start-up is refused then: test_serving_cli.py)
+        (logs / "alerts").unlink()
+        (logs / "alerts").mkdir()  # the alert log becomes a directory: its write fails
         zeros = {"image": [[0.0] * 28 for _ in range(28)]}
         codes = [post(srv, zeros) for _ in range(21)]
         assert codes[-1].status_code == 503 and codes[-1].json()["reason"] == "audit_unavailable"
