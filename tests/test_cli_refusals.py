@@ -53,6 +53,7 @@ def test_sanitizer_seed_and_sponge_calibration_size_are_checked():
         (["validate"], "secure-ml validate needs --ckpt_path"),
         (["predict"], "secure-ml predict needs --ckpt_path"),
         (["fit", "--seed_everything", "-1"], "--seed_everything must be in 0..4294967295"),
+        (["fit", "--model.net.init_args.num_classes", "-1"], "--model.net.init_args.num_classes (SmallCNN) must be >= 1"),
     ],
 )
 def test_the_cli_refuses_in_one_line(tiny_mnist, tmp_path, monkeypatch, capsys, argv, start):
@@ -69,3 +70,24 @@ def test_sweep_refuses_a_seed_numpy_refuses(capsys):
         main(["sweep", "--config", "configs/sweeps/does-not-matter.yaml", "--seed", "-5"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and err == ["secure-ml: error: --seed must be in 0..4294967295 (the seeds numpy accepts); got -5"], err
+
+
+def test_settings_errors_name_their_flag():
+    """They named the class (``RobustnessCallback batch_size must be >= 1``), or, for SmallCNN's num_classes, nothing:
+    jsonargparse's "Does not validate against any of the Union subtypes"."""
+    from secure_ml.callbacks import MembershipInferenceCallback, OneRunAuditCallback, ReferenceMIACallback, RobustnessCallback
+    from secure_ml.models import SmallCNN, TanhCNN
+
+    for build, flag in (
+        (lambda: SmallCNN(num_classes=-1), "--model.net.init_args.num_classes (SmallCNN)"),
+        (lambda: TanhCNN(hidden=0), "--model.net.init_args.hidden (TanhCNN)"),
+        (lambda: TanhCNN(activation="gelu"), "--model.net.init_args.activation (TanhCNN)"),
+        (lambda: RobustnessCallback(batch_size=0), "--robustness.batch_size"),
+        (lambda: RobustnessCallback(epsilons=[2.0]), "--robustness.epsilons"),
+        (lambda: MembershipInferenceCallback(delta=2.0), "--membership.delta"),
+        (lambda: ReferenceMIACallback(steps=0), "--reference_mia.steps"),
+        (lambda: OneRunAuditCallback(every_n_epochs=0), "--audit.every_n_epochs"),
+    ):
+        with pytest.raises(ConfigError) as exc:
+            build()
+        assert str(exc.value).startswith(flag), str(exc.value)

@@ -64,12 +64,12 @@ class MembershipInferenceCallback(EpochMetricCallback):
         seed: int = 0,
         enabled: bool = True,
     ):
-        check_min(max_samples, "MembershipInferenceCallback max_samples", 2)
-        check_min(every_n_epochs, "MembershipInferenceCallback every_n_epochs")
+        check_min(max_samples, "--membership.max_samples", 2)
+        check_min(every_n_epochs, "--membership.every_n_epochs")
         if delta is not None and not 0 < delta < 1:
-            raise ConfigError(f"MembershipInferenceCallback delta must be in (0, 1); got {delta}")
+            raise ConfigError(f"--membership.delta must be in (0, 1); got {delta}")
         if not 0 < confidence < 1:
-            raise ConfigError(f"MembershipInferenceCallback confidence must be in (0, 1); got {confidence}")
+            raise ConfigError(f"--membership.confidence must be in (0, 1); got {confidence}")
         self.max_samples, self.delta, self.confidence, self.every_n_epochs, self.seed = max_samples, delta, confidence, every_n_epochs, seed
         self.enabled = enabled
 

@@ -54,12 +54,12 @@ class OneRunAuditCallback(EpochMetricCallback):
         enabled: bool = True,
     ):
         if delta is not None and not 0 < delta < 1:
-            raise ConfigError(f"OneRunAuditCallback delta must be in (0, 1); got {delta}")
+            raise ConfigError(f"--audit.delta must be in (0, 1); got {delta}")
         if not 0 < confidence < 1:
-            raise ConfigError(f"OneRunAuditCallback confidence must be in (0, 1); got {confidence}")
+            raise ConfigError(f"--audit.confidence must be in (0, 1); got {confidence}")
         if not guess_fractions or any(not 0 < f <= 1 for f in guess_fractions):
-            raise ConfigError(f"OneRunAuditCallback guess_fractions must be a non-empty list of values in (0, 1]; got {guess_fractions}")
-        check_min(every_n_epochs, "OneRunAuditCallback every_n_epochs")
+            raise ConfigError(f"--audit.guess_fractions must be a non-empty list of values in (0, 1]; got {guess_fractions}")
+        check_min(every_n_epochs, "--audit.every_n_epochs")
         self.delta, self.confidence, self.guess_fractions = delta, confidence, list(guess_fractions)
         self.every_n_epochs, self.enabled = every_n_epochs, enabled
         self._trained_with: Optional[Dict[str, Any]] = None  # the canaries the model was trained with (from the checkpoint)

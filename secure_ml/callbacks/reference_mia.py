@@ -69,15 +69,15 @@ class ReferenceMIACallback(EpochMetricCallback):
         seed: int = 0,
         enabled: bool = True,
     ):
-        check_min(reference_models, "ReferenceMIACallback reference_models", 0)
-        check_min(max_samples, "ReferenceMIACallback max_samples")
-        check_min(steps, "ReferenceMIACallback steps")
+        check_min(reference_models, "--reference_mia.reference_models", 0)
+        check_min(max_samples, "--reference_mia.max_samples")
+        check_min(steps, "--reference_mia.steps")
         if not 0 < confidence < 1:
-            raise ConfigError(f"ReferenceMIACallback confidence must be in (0, 1); got {confidence}")
+            raise ConfigError(f"--reference_mia.confidence must be in (0, 1); got {confidence}")
         try:
             self.settings = RMIASettings(offline_a, gamma)
         except ValueError as exc:
-            raise ConfigError(f"ReferenceMIACallback: {exc}") from None
+            raise ConfigError(f"--reference_mia: {exc}") from None
         self.reference_models, self.max_samples, self.steps = reference_models, max_samples, steps
         self.confidence, self.seed, self.enabled = confidence, seed, enabled and reference_models > 0
 

@@ -69,7 +69,7 @@ class RobustnessCallback(EpochMetricCallback):
     ):
         for e in list(epsilons) + ([pgd_epsilon] if pgd_epsilon is not None else []):
             if not 0 < e <= 1:
-                raise ConfigError(f"RobustnessCallback epsilons must be in (0, 1] (pixel units); got {e}")
+                raise ConfigError(f"--robustness.epsilons and --robustness.pgd_epsilon must be in (0, 1] (pixel units); got {e}")
         for name, v in (
             ("max_samples", max_samples),
             ("pgd_max_samples", pgd_max_samples),
@@ -77,7 +77,7 @@ class RobustnessCallback(EpochMetricCallback):
             ("every_n_epochs", every_n_epochs),
             ("pgd_steps", pgd_steps),
         ):
-            check_min(v, f"RobustnessCallback {name}")
+            check_min(v, f"--robustness.{name}")
         if pgd_step_size is not None and not 0 < pgd_step_size < float("inf"):  # a step <= 0 descends: inflated robustness
             raise ConfigError(f"--robustness.pgd_step_size must be a finite number > 0 (null: 2.5·ε/steps); got {pgd_step_size}")
         self.epsilons, self.pgd_epsilon, self.pgd_steps, self.pgd_step_size = list(epsilons), pgd_epsilon, pgd_steps, pgd_step_size

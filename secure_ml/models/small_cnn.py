@@ -37,6 +37,8 @@ class SmallCNN(nn.Module):
     def __init__(self, num_classes: int = 10, mean: float = MNIST_MEAN, std: float = MNIST_STD):
         super().__init__()
         self.num_classes = int(num_classes)
+        if self.num_classes < 1:  # nn.Linear's own error reached the CLI as "Does not validate against any of the Union subtypes"
+            raise ConfigError(f"--model.net.init_args.num_classes (SmallCNN) must be >= 1; got {num_classes}")
         self.mean, self.std = normalisation("SmallCNN", mean, std)
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)

@@ -41,7 +41,7 @@ class TanhCNN(nn.Module):
     ):
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ConfigError(f"TanhCNN activation must be one of {', '.join(ACTIVATIONS)}; got '{activation}'")
+            raise ConfigError(f"--model.net.init_args.activation (TanhCNN) must be one of {', '.join(ACTIVATIONS)}; got '{activation}'")
         for name, value in (
             ("num_classes", num_classes),
             ("conv1_channels", conv1_channels),
@@ -49,7 +49,7 @@ class TanhCNN(nn.Module):
             ("hidden", hidden),
         ):
             if int(value) < 1:
-                raise ConfigError(f"TanhCNN {name} must be >= 1; got {value}")
+                raise ConfigError(f"--model.net.init_args.{name} (TanhCNN) must be >= 1; got {value}")
         self.num_classes, self.conv1_channels, self.conv2_channels, self.hidden = (
             int(num_classes),
             int(conv1_channels),
