@@ -15,7 +15,7 @@ from secure_ml.serving.settings import ExtractionConfig
 from secure_ml.tools.extract import SimulatorConfig, format_report, run_simulation
 from secure_ml.tools.http_client import check_loopback, parse_metrics
 from tests.helpers.data import REAL_DATA
-from tests.helpers.serving import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, running, trained_checkpoint
+from tests.helpers.serving import ADMIN, KEY_A, KEY_B, FakeClock, audit_lines, base_config, running, trained_checkpoint, write_checkpoint
 
 pytestmark = pytest.mark.serving
 
@@ -142,6 +142,32 @@ def test_simulator_detected_benign_replay_quiet(tmp_path):
     assert report["benign"]["queries"] == 600 and report["benign"]["false_positive_rate"] == 0.0
     assert report["benign"]["first_alert_query"] is None
     assert 0.0 <= report["copy_agreement_at_detection"] <= 1.0 and report["agreement_digits"] == 600
+    assert report["truth"] == "the served model" and report["ckpt_agrees_with_service"] >= 0.99
+
+
+@pytest.mark.slow
+def test_simulator_says_when_ckpt_path_is_not_the_served_model(tmp_path):
+    """Found by probing: another model's checkpoint was reported as "the served model" and the copy's agreement with it
+    as the copy's fidelity. The service's answers to the attack's own queries now tell the two apart."""
+    other = write_checkpoint(tmp_path / "untrained.ckpt")  # an untrained SmallCNN, not the trained one served below
+    with running(base_config(tmp_path)) as srv:
+        report = run_simulation(
+            SimulatorConfig(
+                url=srv.url,
+                api_key=KEY_A,
+                admin_key=ADMIN,
+                queries=60,
+                seeds=20,
+                epochs=1,
+                benign_queries=50,
+                qps=0,
+                data_dir=str(REAL_DATA),
+                ckpt_path=str(other),
+                time_limit=100,
+            )
+        )
+    assert report["ckpt_agrees_with_service"] < 0.5
+    assert report["truth"].startswith("--ckpt_path's model, NOT the served one"), report["truth"]
 
 
 def test_simulator_refuses_non_loopback():

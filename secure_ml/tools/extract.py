@@ -79,6 +79,9 @@ def run_benign(cfg: SimulatorConfig, digits: torch.Tensor, deadline: float) -> D
     }
 
 
+CKPT_MATCH = 0.99  # share of the service's answers the --ckpt_path model must give to be taken for the served model
+
+
 def run_simulation(cfg: SimulatorConfig) -> Dict:
     check_loopback(cfg.url)
     if cfg.queries < 1 or cfg.seeds < 1 or cfg.benign_queries < 0 or cfg.epochs < 1:
@@ -129,7 +132,15 @@ def run_simulation(cfg: SimulatorConfig) -> Dict:
     if real is not None:
         with torch.no_grad():
             truth_x, truth = eval_x, real(eval_x).argmax(1)
-        report["truth"] = "the served model"
+            same = float((real(stolen.x).argmax(1) == stolen.y).double().mean()) if len(stolen.y) else None
+        # The service's own answers to the attack's queries say whether --ckpt_path is the served model at all: another
+        # model's release was reported as "the served model" and its agreement as the copy's fidelity.
+        report["ckpt_agrees_with_service"] = same
+        report["truth"] = (
+            "the served model"
+            if same is None or same >= CKPT_MATCH
+            else (f"--ckpt_path's model, NOT the served one: it gives the service's answer to only {same:.1%} of the attack's queries")
+        )
     elif benign is not None:
         truth_x, truth = eval_x[benign["answered"]], benign["labels"]
         report["truth"] = "benign replay labels"
