@@ -116,26 +116,19 @@ def test_block_answers_403(tmp_path):
     assert "label" not in codes[20].json() and other == 200
 
 
+def _simulate(tmp_path, **settings) -> dict:
+    """The simulator against a served trained SmallCNN (the shipped detector defaults: N=100, delta=0.9, block)."""
+    with running(base_config(tmp_path)) as srv:
+        base = dict(url=srv.url, api_key=KEY_A, admin_key=ADMIN, qps=0, data_dir=str(REAL_DATA), time_limit=100)
+        return run_simulation(SimulatorConfig(**base, **settings))
+
+
 @pytest.mark.slow
 def test_simulator_detected_benign_replay_quiet(tmp_path):
     """Jacobian extraction over HTTP is blocked within a few hundred queries; 600 held-out digits are not flagged."""
-    with running(base_config(tmp_path)) as srv:  # the shipped detector defaults: N=100, delta=0.9, block
-        report = run_simulation(
-            SimulatorConfig(
-                url=srv.url,
-                api_key=KEY_A,
-                benign_api_key=KEY_B,
-                admin_key=ADMIN,
-                queries=400,
-                seeds=30,
-                epochs=3,
-                benign_queries=600,
-                qps=0,
-                data_dir=str(REAL_DATA),
-                ckpt_path=str(trained_checkpoint()),
-                time_limit=100,
-            )
-        )
+    report = _simulate(
+        tmp_path, benign_api_key=KEY_B, queries=400, seeds=30, epochs=3, benign_queries=600, ckpt_path=str(trained_checkpoint())
+    )
     print(format_report(report))
     assert report["detected"] and report["detection_seen_via"] == "403"
     assert report["queries_to_detection"] <= 300
@@ -149,23 +142,8 @@ def test_simulator_detected_benign_replay_quiet(tmp_path):
 def test_simulator_says_when_ckpt_path_is_not_the_served_model(tmp_path):
     """Found by probing: another model's checkpoint was reported as "the served model" and the copy's agreement with it
     as the copy's fidelity. The service's answers to the attack's own queries now tell the two apart."""
-    other = write_checkpoint(tmp_path / "untrained.ckpt")  # an untrained SmallCNN, not the trained one served below
-    with running(base_config(tmp_path)) as srv:
-        report = run_simulation(
-            SimulatorConfig(
-                url=srv.url,
-                api_key=KEY_A,
-                admin_key=ADMIN,
-                queries=60,
-                seeds=20,
-                epochs=1,
-                benign_queries=50,
-                qps=0,
-                data_dir=str(REAL_DATA),
-                ckpt_path=str(other),
-                time_limit=100,
-            )
-        )
+    other = write_checkpoint(tmp_path / "untrained.ckpt")  # an untrained SmallCNN, not the trained one served
+    report = _simulate(tmp_path, queries=60, seeds=20, epochs=1, benign_queries=50, ckpt_path=str(other))
     assert report["ckpt_agrees_with_service"] < 0.5
     assert report["truth"].startswith("--ckpt_path's model, NOT the served one"), report["truth"]
 
