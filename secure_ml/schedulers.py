@@ -29,8 +29,9 @@ def lightning_config(scheduler: Any, trainer: Optional[Any]) -> Dict[str, Any]:
     first epoch that did not validate (validation counted in steps); its call to the module's ``lr_scheduler_step`` is
     then a no-op, and the module steps the schedule (:func:`step_epoch`).
     """
+    config = {"scheduler": scheduler, "interval": "epoch"}
     if not isinstance(scheduler, ReduceLROnPlateau):
-        return {"scheduler": scheduler, "interval": "epoch"}
+        return config
     if scheduler.mode != "min":
         raise ConfigError(
             f"--model.scheduler ReduceLROnPlateau watches {PLATEAU_MONITOR}, which falls as the model improves, "
@@ -47,12 +48,9 @@ def lightning_config(scheduler: Any, trainer: Optional[Any]) -> Dict[str, Any]:
             f"--model.scheduler ReduceLROnPlateau would never step: validation runs every {every} epochs "
             f"(--trainer.check_val_every_n_epoch) and this fit has {epochs} (--trainer.max_epochs)"
         )
-    manual = trainer is not None and not trainer.lightning_module.automatic_optimization
-    return (
-        {"scheduler": scheduler, "interval": "epoch"}
-        if manual
-        else {"scheduler": scheduler, "interval": "epoch", "reduce_on_plateau": False}
-    )
+    if trainer is None or trainer.lightning_module.automatic_optimization:  # under manual optimisation Lightning warns of the key
+        config["reduce_on_plateau"] = False
+    return config
 
 
 def lightning_steps(scheduler: Any) -> bool:

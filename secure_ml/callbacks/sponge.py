@@ -114,10 +114,6 @@ class SpongeCallback(EpochMetricCallback):
                 f"--sponge.calibration_samples ({self.calibration_samples}) is larger than the {len(ds)} validation digits "
                 "(--data.val_size); lower it, raise --data.val_size, or leave it null to use them all"
             )
-        if ds is not None and self.calibration_samples is None and len(ds) < 2:  # leave-one-out had nothing: an FPR of 0
-            raise ConfigError(
-                f"--sponge calibrates its input policy on the validation digits and needs at least 2; --data.val_size gives {len(ds)}"
-            )
         probe = _probe(ds)
         try:
             activation_energy(pl_module.net, probe)
