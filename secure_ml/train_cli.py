@@ -32,6 +32,7 @@ from secure_ml.checkpoint_io import check_checkpoint_file
 from secure_ml.ckpt_hparams import reconcile, typed_model_flags
 from secure_ml.cli_errors import check_seed, one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
+from secure_ml.empty_runs import check_runs_something
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.log_filter import install_advert_filter
 from secure_ml.module import SecureClassifier
@@ -54,10 +55,7 @@ install_advert_filter()  # Lightning's log, every Trainer start: no advert
 
 # Training aids, also CLI keys (off by default; configs/hardened.yaml turns them on): ``--prior.*`` starts from
 # a net pretrained on procedural digits, ``--ema.*`` evaluates and checkpoints a moving average of the weights.
-TRAINING_CALLBACKS = {
-    "prior": ProceduralPrior,
-    "ema": EMACallback,
-}
+TRAINING_CALLBACKS = {"prior": ProceduralPrior, "ema": EMACallback}
 
 # CLI key → callback class, in the order they run (the Scorecard last: it reads the others' metrics).
 SCORECARD_CALLBACKS = {
@@ -147,6 +145,7 @@ class SecureMLCLI(LightningCLI):
         that came where Lightning does not look stops the run at its stage's start (setup) or exits 143 once the run has
         finished (the scorecard's attacks, ``on_fit_end``): :mod:`secure_ml.sigterm_watch`."""
         test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
+        check_runs_something(self.trainer, subcommand, test_after_fit)
         self._test_skipped, self._sigterm = False, SigtermWatch()
         use_rank_launcher(self.trainer, self._sigterm, subcommand, test_after_fit)  # ddp_spawn & co: secure_ml.spawn_ranks
         relay = next((cb for cb in self.trainer.callbacks if isinstance(cb, SigtermRelay)), None)
