@@ -91,3 +91,37 @@ def test_settings_errors_name_their_flag():
         with pytest.raises(ConfigError) as exc:
             build()
         assert str(exc.value).startswith(flag), str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "make, kwargs",
+    [
+        ("SmallCNN", {}),
+        ("SmallCNN", {"num_classes": 3}),
+        ("TanhCNN", {}),
+        ("TanhCNN", {"conv1_channels": 5, "conv2_channels": 7, "hidden": 11, "num_classes": 4}),
+    ],
+)
+def test_the_size_limit_counts_every_parameter(monkeypatch, make, kwargs):
+    """The limit's count is the net's: at its exact parameter count the net builds, one below it is refused."""
+    import secure_ml.models as models
+    import secure_ml.models.small_cnn as small_cnn
+
+    cls = getattr(models, make)
+    count = sum(p.numel() for p in cls(**kwargs).parameters())
+    monkeypatch.setattr(small_cnn, "MAX_PARAMETERS", count)
+    cls(**kwargs)
+    monkeypatch.setattr(small_cnn, "MAX_PARAMETERS", count - 1)
+    with pytest.raises(ConfigError, match=rf"^--model.net.init_args \({make}\) would have {count:,} parameters"):
+        cls(**kwargs)
+
+
+def test_widths_no_machine_holds_are_refused_before_allocating():
+    """``hidden 1e10`` reached the user as jsonargparse's "Does not validate against any of the Union subtypes" (torch's
+    allocation error inside its Union adaptation)."""
+    from secure_ml.models import SmallCNN, TanhCNN
+
+    with pytest.raises(ConfigError, match=r"^--model.net.init_args \(TanhCNN\) would have 5,230,000,009,274 parameters"):
+        TanhCNN(hidden=10**10)
+    with pytest.raises(ConfigError, match=r"^--model.net.init_args \(SmallCNN\) would have"):
+        SmallCNN(num_classes=10**8)

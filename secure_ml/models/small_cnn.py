@@ -20,6 +20,19 @@ def normalisation(net: str, mean: float, std: float) -> tuple:
     return mean, std
 
 
+MAX_PARAMETERS = 10**9  # 4 GB of float32 weights before gradients and optimizer state: a typo on MNIST-sized digits
+
+
+def check_size(net: str, parameters: int) -> None:
+    """ConfigError naming the flags when widths would give more than MAX_PARAMETERS (else torch's allocation error inside
+    jsonargparse reached the user as "Does not validate against any of the Union subtypes")."""
+    if parameters > MAX_PARAMETERS:
+        raise ConfigError(
+            f"--model.net.init_args ({net}) would have {parameters:,} parameters ({4 * parameters / 2**30:,.0f} GiB of float32 "
+            f"weights), over the limit of {MAX_PARAMETERS:,}: lower its widths or num_classes"
+        )
+
+
 class SmallCNN(nn.Module):
     """conv(1→16, 3x3, pad 1) → ReLU → maxpool → conv(16→32) → ReLU → maxpool → fc(1568→128) → ReLU → fc(128→10).
 
@@ -39,6 +52,7 @@ class SmallCNN(nn.Module):
         self.num_classes = int(num_classes)
         if self.num_classes < 1:  # nn.Linear's own error reached the CLI as "Does not validate against any of the Union subtypes"
             raise ConfigError(f"--model.net.init_args.num_classes (SmallCNN) must be >= 1; got {num_classes}")
+        check_size("SmallCNN", 206_922 + 129 * (self.num_classes - 10))
         self.mean, self.std = normalisation("SmallCNN", mean, std)
         self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
         self.conv2 = nn.Conv2d(16, 32, 3, padding=1)

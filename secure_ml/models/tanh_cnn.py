@@ -5,7 +5,7 @@ from torch import nn
 
 from secure_ml.errors import ConfigError
 from secure_ml.models.pool import MaxPool2d
-from secure_ml.models.small_cnn import MNIST_MEAN, MNIST_STD, normalisation
+from secure_ml.models.small_cnn import MNIST_MEAN, MNIST_STD, check_size, normalisation
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -50,6 +50,8 @@ class TanhCNN(nn.Module):
         ):
             if int(value) < 1:
                 raise ConfigError(f"--model.net.init_args.{name} (TanhCNN) must be >= 1; got {value}")
+        c1, c2, h, k = (int(v) for v in (conv1_channels, conv2_channels, hidden, num_classes))
+        check_size("TanhCNN", 65 * c1 + (16 * c1 + 1) * c2 + (16 * c2 + 1) * h + (h + 1) * k)
         self.num_classes, self.conv1_channels, self.conv2_channels, self.hidden = (
             int(num_classes),
             int(conv1_channels),
