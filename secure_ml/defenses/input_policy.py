@@ -38,14 +38,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from secure_ml.defenses.calibration import (
-    LAYER_CHECKS,
-    activation_scores,
-    budget_k,
-    calibrate_activation_limits,
-    default_checks,
-    violated,
-)
+from secure_ml.defenses import policy_calibration
+from secure_ml.defenses.calibration import LAYER_CHECKS, activation_scores, violated
+from secure_ml.defenses.policy_calibration import CHECK_FIELD, HEADROOM
 from secure_ml.defenses.policy_decision import DETAIL, REASONS, PolicyDecision, layer_limits, pixel_stats, positive_or_none
 from secure_ml.defenses.policy_format import VERSION, stored_fields
 from secure_ml.defenses.reconstruction import ERRORS as RECONSTRUCTION_ERRORS
@@ -54,17 +49,7 @@ from secure_ml.defenses.reconstruction import ReconstructionNet, decode, reconst
 
 __all__ = ["HEADROOM", "REASONS", "VERSION", "InputPolicy", "PolicyDecision"]
 
-HEADROOM = 0.1  # limits sit 10% of the clean spread above their order statistic: 800 digits cannot pin a 0.17% tail
-_CHECK_FIELD = {
-    "energy": "max_energy",
-    "density": "max_density",
-    "layer_density": "max_layer_density",
-    "layer_energy": "max_layer_energy",
-    "layer_positive": "max_layer_positive",
-    "reconstruction": "max_reconstruction",
-}
-_LAYER_FIELDS = tuple(_CHECK_FIELD[c] for c in LAYER_CHECKS)
-_TUPLE_FIELDS = _LAYER_FIELDS + ("max_reconstruction",)  # stored as lists
+_TUPLE_FIELDS = tuple(CHECK_FIELD[c] for c in LAYER_CHECKS) + ("max_reconstruction",)  # stored as lists
 
 
 @dataclass
@@ -134,7 +119,7 @@ class InputPolicy:
         return (self.shape, self.shape[1:]) if len(self.shape) > 1 and self.shape[0] == 1 else (self.shape,)
 
     def _activation_limits(self) -> dict:
-        return {check: getattr(self, name) for check, name in _CHECK_FIELD.items() if getattr(self, name) is not None}
+        return {check: getattr(self, name) for check, name in CHECK_FIELD.items() if getattr(self, name) is not None}
 
     def _needs_model(self) -> bool:
         return bool(self._activation_limits())
@@ -180,17 +165,17 @@ class InputPolicy:
         return [d if d is not None else PolicyDecision(True, "ok") for d in decisions]
 
     def activation_failures(self, model: nn.Module, x: torch.Tensor) -> List[Optional[str]]:
-        """Per image, the first activation check it fails (one of ``_CHECK_FIELD``, in its order) or None; one forward."""
+        """Per image, the first activation check it fails (one of ``CHECK_FIELD``, in its order) or None; one forward."""
         scores = self.scores(model, x, reconstruction=self.max_reconstruction is not None)
         for check in LAYER_CHECKS:
-            limits = getattr(self, _CHECK_FIELD[check])
+            limits = getattr(self, CHECK_FIELD[check])
             if limits is not None and scores[check].shape[1] != len(limits):
                 raise ValueError(
                     f"this policy bounds {len(limits)} hidden layers but the model has {scores[check].shape[1]}; "
                     "recalibrate the policy for this model"
                 )
         flags = violated(scores, self._activation_limits())
-        return [next((check for check in _CHECK_FIELD if check in flags and bool(flags[check][i])), None) for i in range(len(x))]
+        return [next((check for check in CHECK_FIELD if check in flags and bool(flags[check][i])), None) for i in range(len(x))]
 
     def scores(self, model: nn.Module, x: torch.Tensor, reconstruction: bool = True) -> dict:
         """The checks' per-image statistics: :func:`activation_scores`, plus ``reconstruction`` when the policy has an autoencoder (and ``reconstruction``)."""
@@ -220,45 +205,15 @@ class InputPolicy:
         checks: Optional[Sequence[str]] = None,
         **kwargs,
     ) -> "InputPolicy":
-        """Policy whose activation limits are calibrated on ``clean_x`` (clean NON-MEMBER digits), see :mod:`~secure_ml.defenses.calibration`.
-
-        The checks that apply to the net's activations (:func:`~secure_ml.defenses.calibration.default_checks`)
-        are calibrated unless given in ``kwargs`` (``None`` disables one; the others stay None); the budget
-        ``false_positive_rate`` is split evenly over the calibrated ones, and ``headroom`` lifts each limit
-        by that share of its statistic's spread. Other ``kwargs`` go to the constructor (``max_variance``
-        keeps its fixed default). ``checks`` (names from ``POLICY_CHECKS``) overrides which checks are
-        calibrated, e.g. one check alone in a threshold sweep.
-        """
-        if not isinstance(clean_x, torch.Tensor) or clean_x.dim() < 1 or len(clean_x) == 0:
-            raise ValueError("clean_x must be a non-empty batch of clean images")
-        base = cls(**{**kwargs, **{name: None for name in _CHECK_FIELD.values() if name not in kwargs}})
-        rejected = [d for d in base.check_batch(clean_x, model) if not d.allowed]
-        if rejected:
-            raise ValueError(f"{len(rejected)} of {len(clean_x)} calibration images fail the policy; first: {rejected[0].detail}")
-        if all(name in kwargs for name in _CHECK_FIELD.values()):
-            return base
-        scores = base.scores(model, clean_x.detach().reshape(len(clean_x), *base.shape))
-        return cls.from_scores(scores, false_positive_rate, headroom, checks, **kwargs)
+        """Policy whose activation limits are calibrated on ``clean_x`` (clean NON-MEMBER digits): :func:`~secure_ml.defenses.policy_calibration.calibrate`."""
+        return policy_calibration.calibrate(cls, model, clean_x, false_positive_rate, headroom, checks, **kwargs)
 
     @classmethod
     def from_scores(
         cls, scores: dict, false_positive_rate: float = 0.005, headroom: float = HEADROOM, checks: Optional[Sequence[str]] = None, **kwargs
     ) -> "InputPolicy":
-        """:meth:`calibrate` from precomputed clean ``activation_scores`` (the caller vouches the digits pass the other checks)."""
-        if not 0.0 < false_positive_rate < 1.0:
-            raise ValueError(f"false_positive_rate must lie in (0, 1); got {false_positive_rate}")
-        if isinstance(headroom, bool) or not isinstance(headroom, (int, float)) or not 0.0 <= headroom < 10.0:
-            raise ValueError(f"headroom must lie in [0, 10); got {headroom!r}")
-        if checks is not None and (isinstance(checks, str) or not set(checks) <= set(_CHECK_FIELD)):
-            raise ValueError(f"checks must be a list of {tuple(_CHECK_FIELD)}; got {checks!r}")
-        todo = [check for check in (default_checks(scores) if checks is None else checks) if _CHECK_FIELD[check] not in kwargs]
-        if "reconstruction" in todo and "reconstruction" not in scores:
-            raise ValueError("the reconstruction check needs an autoencoder: pass reconstruction_net")
-        n = len(scores["energy"])
-        limits = calibrate_activation_limits(scores, todo, budget_k(n, false_positive_rate, len(todo)), headroom)
-        positive = {c: v for c, v in limits.items() if (min(v) if isinstance(v, tuple) else v) > 0}
-        unset = {name: None for name in _CHECK_FIELD.values() if name not in kwargs}
-        return cls(**{**kwargs, **unset, **{_CHECK_FIELD[c]: positive.get(c) for c in todo}})
+        """:meth:`calibrate` from precomputed clean ``activation_scores``: :func:`~secure_ml.defenses.policy_calibration.from_scores`."""
+        return policy_calibration.from_scores(cls, scores, false_positive_rate, headroom, checks, **kwargs)
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (lists for tuples) with ``version``."""
