@@ -33,7 +33,7 @@ Stored policies are read by :mod:`secure_ml.defenses.policy_format` (versions 1 
 import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -195,25 +195,10 @@ class InputPolicy:
             return PolicyDecision(False, "variance", DETAIL["variance"])
         return None
 
-    @classmethod
-    def calibrate(
-        cls,
-        model: nn.Module,
-        clean_x: torch.Tensor,
-        false_positive_rate: float = 0.005,
-        headroom: float = HEADROOM,
-        checks: Optional[Sequence[str]] = None,
-        **kwargs,
-    ) -> "InputPolicy":
-        """Policy whose activation limits are calibrated on ``clean_x`` (clean NON-MEMBER digits): :func:`~secure_ml.defenses.policy_calibration.calibrate`."""
-        return policy_calibration.calibrate(cls, model, clean_x, false_positive_rate, headroom, checks, **kwargs)
-
-    @classmethod
-    def from_scores(
-        cls, scores: dict, false_positive_rate: float = 0.005, headroom: float = HEADROOM, checks: Optional[Sequence[str]] = None, **kwargs
-    ) -> "InputPolicy":
-        """:meth:`calibrate` from precomputed clean ``activation_scores``: :func:`~secure_ml.defenses.policy_calibration.from_scores`."""
-        return policy_calibration.from_scores(cls, scores, false_positive_rate, headroom, checks, **kwargs)
+    # Policies calibrated on clean non-member digits (:mod:`~secure_ml.defenses.policy_calibration`):
+    # ``InputPolicy.calibrate(model, clean_x, false_positive_rate, headroom, checks, **fields)`` and ``from_scores`` (precomputed scores).
+    calibrate = classmethod(policy_calibration.calibrate)
+    from_scores = classmethod(policy_calibration.from_scores)
 
     def to_dict(self) -> dict:
         """JSON-friendly dict (lists for tuples) with ``version``."""
