@@ -277,3 +277,19 @@ def test_a_ledger_without_numeric_epsilon_fails_its_items_not_preflight(dep, edi
     preflight_main(dep.argv())
     out = capsys.readouterr().out
     assert words in out and "Traceback" not in out
+
+
+def test_the_serve_config_is_read_by_serves_own_reader(dep):
+    """A serve.yaml that ``secure-ml serve`` refuses fails ``serve-config`` with serve's own sentence (preflight had a copy
+    of the reader whose unknown-option message did not list the known options)."""
+    from secure_ml.errors import ConfigError
+    from secure_ml.preflight.deployment import inspect
+    from secure_ml.serving.config_loading import load_serve_config
+
+    dep.serve["rate_limit"] = {"per_secnod": 5}
+    dep.argv()
+    with pytest.raises(ConfigError) as served:
+        load_serve_config(str(dep.tmp / "serve.yaml"))
+    assert "unknown option rate_limit.per_secnod (known: " in str(served.value)
+    assert inspect(str(dep.tmp / "serve.yaml"), str(dep.release)).problems["config"] == str(served.value)
+    assert "serve-config" in dep.failed()

@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import yaml
-
 from secure_ml.errors import ConfigError, SecureMLError
+from secure_ml.serving.config_loading import config_from_dict, read_yaml_mapping
 
 
 @dataclass
@@ -29,29 +28,10 @@ class Deployment:
     problems: Dict[str, str] = field(default_factory=dict)  # what could not be read: config / model
 
 
-def _one_line(exc) -> str:
-    """A pydantic ValidationError as ``serve.yaml: <option>: <what is wrong>`` (a ConfigError from a section's checks as it is)."""
-    err = exc.errors()[0]
-    cause = (err.get("ctx") or {}).get("error")
-    if isinstance(cause, ConfigError):
-        return str(cause)
-    where = ".".join(str(p) for p in err["loc"]) or "top level"
-    return f"serve.yaml: {where}: {err['msg']}"
-
-
 def load_config(path: Path) -> tuple:
-    """``(raw mapping, ServeConfig)`` of serve.yaml; ConfigError in one line when it does not validate."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from secure_ml.serving.config_loading import read_yaml_mapping
-    from secure_ml.serving.settings import ServeConfig
-
+    """``(raw mapping, ServeConfig)`` of serve.yaml, read and validated as ``secure-ml serve`` does; ConfigError in one line."""
     raw = read_yaml_mapping(path, "--serve-config")
-    data = {k: v for k, v in raw.items() if v is not None}
-    try:
-        return raw, TypeAdapter(ServeConfig).validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+    return raw, config_from_dict(raw, require_keys=False)
 
 
 def load_model(path: Path, device: str = "cpu"):
@@ -89,14 +69,9 @@ def gates_from(path: Optional[Path]) -> List[Any]:
 
     if path is None:
         return []
-    if not path.is_file():
-        raise ConfigError(f"--gates: '{path}' does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--gates: '{path}' is not valid YAML ({str(exc).splitlines()[0]})") from None
-    section = data.get("scorecard") if isinstance(data, dict) else None
+    data = read_yaml_mapping(path, "--gates")  # missing, not YAML or not a mapping: one line naming the flag
+    section = data.get("scorecard")
     gates = section.get("gates") if isinstance(section, dict) else None
-    if not isinstance(data, dict) or not isinstance(section or {}, dict) or not isinstance(gates or {}, dict):
+    if not isinstance(section or {}, dict) or not isinstance(gates or {}, dict):
         raise ConfigError(f"--gates: '{path}' must hold scorecard: {{gates: {{metric: condition}}}} (as configs/gates.yaml does)")
     return parse_gates(gates or {})

@@ -36,15 +36,16 @@ def _one_line(exc: ValidationError) -> str:
     return f"serve.yaml: {where}: {msg}, got {err['input']!r}"
 
 
-def config_from_dict(data: Optional[Mapping[str, Any]]) -> ServeConfig:
-    """``ServeConfig`` from parsed YAML (a missing or empty section keeps its defaults), keys required when auth is on."""
+def config_from_dict(data: Optional[Mapping[str, Any]], require_keys: bool = True) -> ServeConfig:
+    """``ServeConfig`` from parsed YAML (a missing or empty section keeps its defaults); with ``require_keys``, client keys
+    required when auth is on (``secure-ml preflight`` reads without it and reports missing keys as an item)."""
     sections = {f.name for f in fields(ServeConfig) if is_dataclass(f.type)}
     data = {k: v for k, v in (data or {}).items() if not (k in sections and v is None)}
     try:
         cfg = TypeAdapter(ServeConfig).validate_python(data)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
-    return cfg.require_keys()
+    return cfg.require_keys() if require_keys else cfg
 
 
 def read_yaml_mapping(path, flag: str) -> Dict[str, Any]:
