@@ -293,3 +293,11 @@ def test_the_serve_config_is_read_by_serves_own_reader(dep):
     assert "unknown option rate_limit.per_secnod (known: " in str(served.value)
     assert inspect(str(dep.tmp / "serve.yaml"), str(dep.release)).problems["config"] == str(served.value)
     assert "serve-config" in dep.failed()
+
+
+def test_a_forever_block_kept_in_a_block_file_passes(dep):
+    """``block_seconds: 0`` under memory:// fails (a restart lifts it) unless ``extraction.block_file`` keeps the blocks."""
+    dep.serve["extraction"] = {"block_seconds": 0.0}
+    assert dep.failed() == {"extraction-detector"}
+    dep.serve["extraction"]["block_file"] = str(dep.tmp / "logs" / "blocks.jsonl")
+    assert dep.failed() == set()

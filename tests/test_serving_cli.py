@@ -167,6 +167,16 @@ def test_shipped_serve_yaml_matches_defaults(monkeypatch):
     from secure_ml.serving.settings import ServeConfig
 
     assert load_serve_config(str(REPO / "configs" / "serve.yaml")) == ServeConfig()
+    # and it lists every option (a missing one would also load as its default)
+    import dataclasses
+
+    import yaml
+
+    shipped = yaml.safe_load((REPO / "configs" / "serve.yaml").read_text())
+    for section in dataclasses.fields(ServeConfig):
+        if dataclasses.is_dataclass(section.type):
+            listed = set(shipped.get(section.name) or {})
+            assert listed == {f.name for f in dataclasses.fields(section.type)}, (section.name, listed)
 
 
 @pytest.mark.slow

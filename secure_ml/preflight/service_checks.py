@@ -192,14 +192,18 @@ def extraction_check(dep: Deployment) -> Check:
     if not dep.config.guard_on("extraction"):
         return fail("extraction-detector", "the model-extraction detector is off", "set extraction.enabled: true")
     local = not dep.config.rate_limit.shared
-    if local and ex.action == "block" and ex.block_seconds == 0:  # "forever" cannot outlive the process that holds it
+    if local and ex.action == "block" and ex.block_seconds == 0 and ex.block_file is None:  # "forever" dies with the process
         return fail(
             "extraction-detector",
             "extraction.block_seconds: 0 blocks 'forever', but under rate_limit.storage memory:// the block list lives in the "
             "process: a restart (a rolling key rotation, a crash) lifts every block and starts PRADA afresh",
-            "set rate_limit.storage: redis://... (blocks shared and kept), or a finite extraction.block_seconds",
+            "set extraction.block_file (blocks kept across restarts), rate_limit.storage: redis://... (shared and kept), "
+            "or a finite extraction.block_seconds",
         )
-    kept = " (blocks and PRADA state live in this process: a restart lifts them)" if local and ex.action == "block" else ""
+    kept = ""
+    if local and ex.action == "block":
+        in_file = f" (blocks kept in {ex.block_file}; PRADA state restarts with the process)"
+        kept = in_file if ex.block_file else " (blocks and PRADA state live in this process: a restart lifts them)"
     return ok("extraction-detector", f"PRADA per key (W < {ex.delta:g} after {ex.min_distances} distances), action {ex.action}{kept}")
 
 

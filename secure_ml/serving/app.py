@@ -35,7 +35,7 @@ from torch import nn
 
 from secure_ml.errors import ConfigError
 from secure_ml.serving.auth import Authenticator
-from secure_ml.serving.blocklist import BlockList, MemoryBlockList, RedisBlockList
+from secure_ml.serving.blocklist import BlockList, FileBlockList, MemoryBlockList, RedisBlockList
 from secure_ml.serving.errors import ServiceError, error_response
 from secure_ml.serving.extraction_detector import ExtractionDetector
 from secure_ml.serving.inference import InferenceEngine
@@ -82,7 +82,9 @@ def _stores(cfg: ServeConfig, clock: Callable[[], float]):
     """``(bucket storage, block list, redis client or None)`` for ``rate_limit.storage``."""
     rl = cfg.rate_limit
     if rl.storage.startswith("memory://"):
-        return MemoryBucketStorage(clock=clock, max_keys=rl.max_clients), MemoryBlockList(clock), None
+        path = cfg.extraction.block_file
+        blocks = FileBlockList(path, clock) if path is not None and cfg.extraction.action == "block" else MemoryBlockList(clock)
+        return MemoryBucketStorage(clock=clock, max_keys=rl.max_clients), blocks, None
     try:
         client = redis_client(rl.storage, rl.redis_timeout_s)
     except (ImportError, ValueError) as exc:

@@ -3,9 +3,8 @@
 Types are checked by pydantic (already loaded by FastAPI): the ``Strict*`` annotations refuse ``"10"``
 or ``true`` where a number belongs, and unknown keys are refused. Ranges, and the combinations that
 would leave a guard switched on but doing nothing (item 10 of issue 9), are checked in each section's
-``__post_init__``. Every failure is one line that names the option: ``serve.yaml: rate_limit.burst:
-must be > 0, got -1``. API keys may also come from ``$SECURE_ML_API_KEYS`` / ``$SECURE_ML_ADMIN_KEYS``.
-Reading a file and turning pydantic's errors into that line: :mod:`secure_ml.serving.config_loading`.
+``__post_init__``. Every failure is one line that names the option: ``serve.yaml: rate_limit.burst: must be > 0, got -1``
+(pydantic's errors: :mod:`secure_ml.serving.config_loading`). Keys may also come from ``$SECURE_ML_API_KEYS`` / ``..._ADMIN_KEYS``.
 """
 
 import os
@@ -85,12 +84,11 @@ class AuthConfig:
 
     def resolved_keys(self) -> Tuple[List[str], List[str]]:
         """Config keys plus the environment's, de-duplicated, order kept."""
+        return _with_env(self.api_keys, API_KEYS_ENV), _with_env(self.admin_keys, ADMIN_KEYS_ENV)
 
-        def merge(keys: List[str], env: str) -> List[str]:
-            extra = [k.strip() for k in os.environ.get(env, "").split(",") if k.strip()]
-            return list(dict.fromkeys([*keys, *extra]))
 
-        return merge(self.api_keys, API_KEYS_ENV), merge(self.admin_keys, ADMIN_KEYS_ENV)
+def _with_env(keys: List[str], env: str) -> List[str]:
+    return list(dict.fromkeys([*keys, *(k.strip() for k in os.environ.get(env, "").split(",") if k.strip())]))
 
 
 @dataclass(config=SECTION)
@@ -179,6 +177,7 @@ class ExtractionConfig:
     max_clients: StrictInt = 256  # clients tracked at once (LRU); memory <= max_clients * max_queries * 784 B
     throttle_factor: StrictFloat = 0.1  # throttle: the client's QPS and burst are multiplied by this
     block_seconds: StrictFloat = 3600.0  # block: how long the client gets 403; 0 = no expiry
+    block_file: Optional[StrictStr] = None  # memory:// storage: blocks kept in this file across restarts (redis:// keeps them)
     rate_window_s: StrictFloat = 60.0
     rate_max_queries: Optional[StrictInt] = None  # rate signal: more queries than this per window; None = off
     low_confidence: StrictFloat = 0.5  # novelty signal: a query whose top probability is below this is "novel"
@@ -215,6 +214,8 @@ class ServeConfig:
                 "serve.yaml: extraction.enabled: the detector tells clients apart by API key, but auth is off, so it would "
                 "see no client; turn auth on or set extraction.enabled: false"
             )
+        if self.extraction.block_file is not None and (self.rate_limit.shared or self.extraction.action != "block"):
+            raise ConfigError("serve.yaml: extraction.block_file keeps blocks of action block under memory:// storage only; remove it")
         if self.guard_on("extraction") and self.extraction.action == "throttle" and not self.guard_on("rate_limit"):
             raise ConfigError(
                 "serve.yaml: extraction.action: throttle shrinks the client's rate limit, but rate_limit is off; "
