@@ -11,6 +11,7 @@ import importlib
 import sys
 from typing import Callable, List, Optional
 
+from secure_ml import startup_gc
 from secure_ml.errors import SecureMLError
 
 # name: (module, function taking argv and returning an exit status)
@@ -56,7 +57,12 @@ def main(args: Optional[List[str]] = None) -> None:
         from secure_ml.prefetch import start
 
         start(argv)  # the sanitizer on the idle core while Lightning imports (a no-op once torch is loaded)
-        run_reporting_errors(lambda: _train(None if args is None else argv))
+        if args is None:  # the command line only: a caller's own process keeps its collector
+            startup_gc.pause()  # until the CLI has built its classes (secure_ml.startup_gc)
+        try:
+            run_reporting_errors(lambda: _train(None if args is None else argv))
+        finally:
+            startup_gc.resume()
 
 
 def console() -> None:

@@ -57,6 +57,9 @@ def digest(images, labels, detector_args: tuple) -> bytes:
 
 
 def _child(settings: dict, out) -> None:
+    import gc
+
+    gc.disable()  # a short life that ends in os._exit: no collection walks the imports' objects (secure_ml.startup_gc)
     import torch
 
     from secure_ml.data.label_noise import detect_label_flips

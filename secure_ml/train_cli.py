@@ -18,6 +18,7 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from secure_ml import startup_gc
 from secure_ml.callbacks import (
     MembershipInferenceCallback,
     OneRunAuditCallback,
@@ -126,8 +127,7 @@ class SecureMLCLI(LightningCLI):
             ours = our_error(exc)  # a class of ours refused inside jsonargparse's Union adaptation ("--model.net" is one)
             if ours is not None:
                 raise ours from None
-            first = first_line(exc)
-            raise ConfigError(f"the configuration was refused: {first}") from None
+            raise ConfigError(f"the configuration was refused: {first_line(exc)}") from None
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's (the checkpoint's hyper-parameters over the configuration), then each ``--model.*`` flag typed on the
@@ -144,6 +144,7 @@ class SecureMLCLI(LightningCLI):
         and a SIGTERM (Lightning stops at the next batch or epoch end) into one line and exit status 143. A SIGTERM
         that came where Lightning does not look stops the run at its stage's start (setup) or exits 143 once the run has
         finished (the scorecard's attacks, ``on_fit_end``): :mod:`secure_ml.sigterm_watch`."""
+        startup_gc.resume()  # imports and parse done: the collector back on, their objects frozen out of its walks
         test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
         check_runs_something(self.trainer, subcommand, test_after_fit)
         self._test_skipped, self._sigterm = False, SigtermWatch()

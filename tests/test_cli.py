@@ -179,8 +179,12 @@ def test_console_run_loses_nothing_it_wrote(tiny_mnist, tmp_path):
     """``python -m secure_ml`` leaves its live objects to the OS at exit (cli.console): the events, the report and the
     checkpoint of a fit and its test are all complete."""
     args = [sys.executable, "-m", "secure_ml", "fit", *smoke_args(tiny_mnist, "--data.batch_size", "32"), "--test_after_fit", "true"]
+    args += ["--trainer.callbacks+=tests.helpers.gc_probe.GcProbe"]
     proc = subprocess.run(args, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the collector, paused for the imports and the parse (secure_ml.startup_gc), is on again for the run, their objects frozen
+    probes = [json.loads(line) for line in (tmp_path / "gc_probe.jsonl").read_text().splitlines()]
+    assert [p["stage"] for p in probes] == ["train", "test"] and all(p["enabled"] and p["frozen"] > 100_000 for p in probes), probes
     run = tmp_path / "lightning_logs" / "version_0"
     assert {"train/loss", "val/acc", "privacy/epsilon", "test/acc", "mia/rmia_auc"} <= _scalars(run)
     assert "test/acc" in json.loads((run / "metrics.json").read_text())["test"] and (run / "dashboard.png").stat().st_size > 0
