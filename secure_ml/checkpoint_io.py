@@ -45,7 +45,10 @@ def safe_load(path: Any, map_location: Any = "cpu", timeout: float = 60.0) -> Di
     try:
         if where.startswith(("http://", "https://")):
             return torch.load(io.BytesIO(_download(where, timeout)), map_location=map_location, weights_only=True)
-        fs, local = url_to_fs(where)
+        try:
+            fs, local = url_to_fs(where)
+        except ImportError as exc:  # s3:// without s3fs, ...
+            raise ConfigError(f"--ckpt_path '{where}': reading it needs a package that is not installed ({first_line(exc)})") from None
         if not fs.isfile(local):
             raise ConfigError(f"--ckpt_path: '{where}' does not exist or is not a file")
         with fs.open(local, "rb") as f:
@@ -62,13 +65,14 @@ def safe_load(path: Any, map_location: Any = "cpu", timeout: float = 60.0) -> Di
         raise ConfigError(f"--ckpt_path: '{where}' is not a readable PyTorch checkpoint ({first})") from None
 
 
-def check_checkpoint_file(path: Any) -> None:
-    """One ConfigError (or UnsafeCheckpointError) unless ``path`` loads safely as a Lightning checkpoint."""
+def check_checkpoint_file(path: Any) -> Dict[str, Any]:
+    """The checkpoint at ``path``; one ConfigError (or UnsafeCheckpointError) unless it loads safely as a Lightning checkpoint."""
     ckpt = safe_load(path)
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) or "pytorch-lightning_version" not in ckpt:
         raise ConfigError(
             f"--ckpt_path: '{path}' is not a Lightning checkpoint (no state_dict and version): is it one `secure-ml fit` wrote?"
         )
+    return ckpt
 
 
 class SafeCheckpointIO(CheckpointIO):

@@ -3,7 +3,7 @@
 import sys
 from typing import Optional
 
-from secure_ml.errors import ConfigError, SecureMLError
+from secure_ml.errors import SEED_MAX, SecureMLError, check_seed  # noqa: F401 (the seed check lives with the errors)
 
 
 def parser_error_line(message: str) -> str:
@@ -40,12 +40,3 @@ def our_error(exc: BaseException):
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
-
-
-SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything passes the seed to
-
-
-def check_seed(value, flag: str) -> None:
-    """ConfigError naming ``flag`` for an integer seed numpy refuses (Lightning's ``seed_everything`` raised ValueError)."""
-    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= SEED_MAX:
-        raise ConfigError(f"{flag} must be in 0..{SEED_MAX} (the seeds numpy accepts); got {value}")

@@ -15,6 +15,11 @@ class DataNotFoundError(SecureMLError, FileNotFoundError):
     """The MNIST files are neither on disk nor downloadable."""
 
 
+class NothingTrained(ConfigError):
+    """A resumed fit found its checkpoint trained to the end: its run folder (config, a dashboard of the restored
+    weights' metrics) records nothing and is removed (:class:`secure_ml.run_folder.FolderOnRefusal`)."""
+
+
 class TrainingDiverged(SecureMLError):
     """A training step left the weights NaN or infinite; the run stops before validating or saving them."""
 
@@ -34,3 +39,13 @@ def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its type's name when it has none): the reason quoted in a one-line error."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything passes the seed to
+
+
+def check_seed(value, flag: str) -> None:
+    """ConfigError naming ``flag`` for an integer seed numpy refuses (Lightning's ``seed_everything`` raised ValueError; a seed
+    above 2**63 ended in torch's "Overflow when unpacking long long")."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= SEED_MAX:
+        raise ConfigError(f"{flag} must be in 0..{SEED_MAX} (the seeds numpy accepts); got {value}")

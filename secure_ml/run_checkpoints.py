@@ -7,6 +7,8 @@ from typing import Optional
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loops.utilities import _is_max_limit_reached
 
+from secure_ml.errors import NothingTrained
+
 
 def checkpointers(trainer) -> list:
     """The fit's ModelCheckpoint callbacks."""
@@ -90,3 +92,16 @@ def finished_message(trainer, subcommand: str, test_skipped: bool) -> str:
         )
     what = "the fit and its --test_after_fit test" if subcommand == "fit" and trainer.state.fn == "test" else subcommand
     return f"{what} received SIGTERM during its last hooks and finished them first; what it writes (report, checkpoints) was written"
+
+
+def check_trained_on(trainer, ckpt_path, ckpt_step) -> None:
+    """ConfigError when a fit resumed from ``ckpt_path`` (whose ``global_step`` was ``ckpt_step``) took no step: it had
+    reached ``max_epochs``/``max_steps`` already, and the fit wrote no checkpoint and exited 0 as if it had resumed."""
+    if ckpt_step is None or trainer.global_step > ckpt_step or trainer.received_sigterm:
+        return
+    done = trainer.fit_loop.epoch_progress.current.completed
+    raise NothingTrained(
+        f"--ckpt_path {ckpt_path} had trained to its end already ({done} epoch{'' if done == 1 else 's'}, step {ckpt_step}; "
+        f"--trainer.max_epochs {trainer.max_epochs}, --trainer.max_steps {trainer.max_steps}): nothing was left to train. "
+        "Raise --trainer.max_epochs (or --trainer.max_steps) to train on, or `secure-ml test` the checkpoint"
+    )

@@ -9,7 +9,7 @@ from typing import Set
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
-from secure_ml.errors import SecureMLError, Stopped, TrainingDiverged
+from secure_ml.errors import ConfigError, NothingTrained, SecureMLError, Stopped, TrainingDiverged
 from secure_ml.run_checkpoints import checkpointers
 
 START_FILES = {"config.yaml", "hparams.yaml"}  # what a run writes before its first batch, besides event files
@@ -34,6 +34,25 @@ def pin_run_folder(trainer) -> None:
             cb.dirpath = cb._ModelCheckpoint__resolve_ckpt_dir(trainer)  # Lightning's own rule, as each rank applies it
 
 
+def check_new_run_folder(trainer, subcommand: str, ckpt_path) -> None:
+    """ConfigError when the run folder this command would write (the logger's ``log_dir``) already holds files of another
+    run: an explicit ``--trainer.logger.init_args.version`` of a finished run made a fit replace its ``last.ckpt`` and
+    ``config.yaml`` (a test, its ``config.yaml``), exit 0. A fit resuming from a checkpoint inside that folder may go on
+    there; a test of it may not (it would replace the fit's ``config.yaml``). Checked before anything is written, in the process that writes the folder (not in the ranks it starts)."""
+    folder = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None  # creates nothing
+    if not isinstance(folder, str) or os.environ.get("LOCAL_RANK", "0") != "0" or not Path(folder).is_dir():
+        return
+    folder_path = Path(folder).absolute()
+    held = sorted(p.name for p in folder_path.iterdir())
+    if not held or (subcommand == "fit" and ckpt_path and folder_path in Path(str(ckpt_path)).absolute().parents):
+        return
+    raise ConfigError(
+        f"the run folder {folder} already holds another run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): this "
+        "command would overwrite its files. Choose another --trainer.logger.init_args.version (or leave it unset: the next "
+        f"free one), or resume that run with --ckpt_path {folder}/checkpoints/last.ckpt"
+    )
+
+
 def _holds_no_metric(events: Path) -> bool:
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
@@ -49,18 +68,19 @@ def _writer_pid(events: Path) -> int:
     return int(pid) if pid.isdigit() else -1
 
 
-def untouched(folder: Path, writers: Set[int]) -> bool:
+def untouched(folder: Path, writers: Set[int], metrics_ok: bool = False) -> bool:
     """True when ``folder`` holds only what a run writes before its first batch, and that run is this one: its
     config.yaml and hparams.yaml, empty folders (``checkpoints/``) and TensorBoard event files without a single metric,
     at least one of them and every one written by a process in ``writers`` (a run that raced this one into the same
-    ``version_N`` has its own pid in its file's name, and its metrics may still sit in the writer's buffer)."""
+    ``version_N`` has its own pid in its file's name, and its metrics may still sit in the writer's buffer). With
+    ``metrics_ok`` (a resume that trained nothing: its dashboard shows the restored weights) the events may hold metrics."""
     events = []
     for path in folder.rglob("*"):
         if path.is_symlink() or (path.is_file() and path.name not in START_FILES and not path.name.startswith("events.out.tfevents.")):
             return False
         if path.is_file() and path.name.startswith("events.out.tfevents."):
             events.append(path)
-    return bool(events) and all(_writer_pid(e) in writers and _holds_no_metric(e) for e in events)
+    return bool(events) and all(_writer_pid(e) in writers and (metrics_ok or _holds_no_metric(e)) for e in events)
 
 
 class FolderOnRefusal:
@@ -96,7 +116,7 @@ class FolderOnRefusal:
         if not refused or issubclass(exc_type, (Stopped, TrainingDiverged)) or not self.created or not self.trainer.is_global_zero:
             return False
         folder = self.created[0]
-        if folder.is_dir() and untouched(folder, self._writers()):
+        if folder.is_dir() and untouched(folder, self._writers(), metrics_ok=issubclass(exc_type, NothingTrained)):
             shutil.rmtree(folder, ignore_errors=True)
             for parent in self.created[1:]:
                 if not parent.is_dir() or any(parent.iterdir()):

@@ -10,7 +10,6 @@ list, in that order, so the Scorecard sees every metric. ``--<key>.enabled false
 import functools
 import sys
 import warnings
-from pathlib import Path
 from typing import Dict, List, Optional, Set
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -29,7 +28,7 @@ from secure_ml.callbacks import (
 )
 from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
-from secure_ml.checkpoint_io import check_checkpoint_file
+from secure_ml.ckpt_arg import check_ckpt_arg
 from secure_ml.ckpt_hparams import reconcile, typed_model_flags
 from secure_ml.cli_errors import check_seed, one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
@@ -37,8 +36,8 @@ from secure_ml.empty_runs import check_runs_something
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.log_filter import install_advert_filter
 from secure_ml.module import SecureClassifier
-from secure_ml.run_checkpoints import checkpoint_to_test, checkpointers, finished_message, stopped_message
-from secure_ml.run_folder import FolderOnRefusal, pin_run_folder
+from secure_ml.run_checkpoints import check_trained_on, checkpoint_to_test, checkpointers, finished_message, stopped_message
+from secure_ml.run_folder import FolderOnRefusal, check_new_run_folder, pin_run_folder
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
 from secure_ml.spawn_ranks import rank_errors, use_rank_launcher
 
@@ -110,11 +109,8 @@ class SecureMLCLI(LightningCLI):
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         check_seed((self.config.get(subcommand) or {}).get("seed_everything") if subcommand else None, "--seed_everything")
-        path = self.config.get(subcommand, {}).get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            check_checkpoint_file(path)
-        elif not path and subcommand in ("validate", "test", "predict"):  # it scored a freshly initialised net, exit 0
-            raise ConfigError(f"secure-ml {subcommand} needs --ckpt_path, the weights to evaluate (a run's checkpoints/last.ckpt)")
+        if subcommand:
+            self._ckpt_step = check_ckpt_arg(subcommand, self.config.get(subcommand, {}).get("ckpt_path"))
 
     def instantiate_classes(self) -> None:
         """Lightning's, with a value the classes refuse (``--trainer.max_epochs -5``, ``--model.optimizer.init_args.lr -1``)
@@ -147,6 +143,7 @@ class SecureMLCLI(LightningCLI):
         startup_gc.resume()  # imports and parse done: the collector back on, their objects frozen out of its walks
         test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
         check_runs_something(self.trainer, subcommand, test_after_fit)
+        check_new_run_folder(self.trainer, subcommand, self.config[subcommand].get("ckpt_path"))
         self._test_skipped, self._sigterm = False, SigtermWatch()
         use_rank_launcher(self.trainer, self._sigterm, subcommand, test_after_fit)  # ddp_spawn & co: secure_ml.spawn_ranks
         relay = next((cb for cb in self.trainer.callbacks if isinstance(cb, SigtermRelay)), None)
@@ -202,6 +199,7 @@ class SecureMLCLI(LightningCLI):
 
     def after_fit(self) -> None:
         """``--test_after_fit``: what ``secure-ml test --ckpt_path <the last checkpoint>`` would do, seeded as a new process is."""
+        check_trained_on(self.trainer, self.config.fit.get("ckpt_path"), getattr(self, "_ckpt_step", None))
         if not self.config.fit.get("test_after_fit"):
             return
         if self._sigterm.came or self.trainer.received_sigterm:  # the test's own run would reset Lightning's flag and test on

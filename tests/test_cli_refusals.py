@@ -38,7 +38,7 @@ def test_check_seed(seed, ok):
 
 
 def test_sanitizer_seed_and_sponge_calibration_size_are_checked():
-    with pytest.raises(ConfigError, match=r"^--data.sanitizer.seed must be in 0..4294967295; got -1$"):
+    with pytest.raises(ConfigError, match=r"^--data.sanitizer.seed must be in 0..4294967295 \(the seeds numpy accepts\); got -1$"):
         SanitizerConfig(method="isolation_forest", seed=-1)
     with pytest.raises(ConfigError, match=r"^--sponge.calibration_samples must be >= 2; got 1$"):
         SpongeCallback(calibration_samples=1)

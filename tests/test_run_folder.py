@@ -33,7 +33,8 @@ def test_untouched_means_nothing_of_the_run_own(tmp_path):
     metric = _started(tmp_path / "c")
     with SummaryWriter(str(metric)) as writer:
         writer.add_scalar("train/loss", 1.0, 0)
-    assert not untouched(metric, me)
+    assert not untouched(metric, me) and untouched(metric, me, metrics_ok=True)  # metrics_ok: a resume that trained nothing
+    assert not untouched(ckpt, me, metrics_ok=True)  # a checkpoint is never a start file
     other = _started(tmp_path / "d")
     (other / "notes.txt").write_text("mine")
     assert not untouched(other, me)
@@ -88,7 +89,7 @@ def test_a_refused_fit_leaves_no_run_folder(tiny_mnist, tmp_path, monkeypatch):
         cli_main(args)
     assert not (tmp_path / "lightning_logs" / "version_0").exists()
     # Negative control: the same refusal with the removal off leaves the started folder behind.
-    monkeypatch.setattr(run_folder, "untouched", lambda folder, writers: False)
+    monkeypatch.setattr(run_folder, "untouched", lambda folder, writers, metrics_ok=False: False)
     with pytest.raises(ConfigError, match="gradient_clip_val"):
         cli_main(args)
     assert (tmp_path / "lightning_logs" / "version_0" / "config.yaml").is_file()

@@ -26,7 +26,7 @@ from typing import Literal, Optional, Tuple
 import torch
 from torch.utils.data import TensorDataset
 
-from secure_ml.errors import ConfigError
+from secure_ml.errors import ConfigError, check_seed
 
 KINDS = ("border", "noise")
 FRAME = 4  # MNIST digits sit in the central 20x20 box of the 28x28 image
@@ -48,6 +48,7 @@ class CanaryConfig:
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "--data.canaries.seed")
         if self.count < 0:
             raise ConfigError(f"--data.canaries.count must be >= 0; got {self.count}")
         if self.kind not in KINDS:

@@ -31,7 +31,7 @@ import torch
 
 from secure_ml import prefetch
 from secure_ml.data.label_noise import detect_label_flips
-from secure_ml.errors import ConfigError
+from secure_ml.errors import ConfigError, check_seed
 
 METHODS = ("none", "isolation_forest", "knn", "confident_knn")
 
@@ -83,8 +83,7 @@ class SanitizerConfig:
             raise ConfigError(f"--data.sanitizer.feature_dims must be >= 1; got {self.feature_dims}")
         if not 0.0 < self.contamination <= 0.5:
             raise ConfigError(f"--data.sanitizer.contamination must be in (0, 0.5]; got {self.contamination}")
-        if not 0 <= self.seed <= 2**32 - 1:  # scikit-learn's random_state range (it raised InvalidParameterError mid-setup)
-            raise ConfigError(f"--data.sanitizer.seed must be in 0..{2**32 - 1}; got {self.seed}")
+        check_seed(self.seed, "--data.sanitizer.seed")  # scikit-learn's random_state range (it raised InvalidParameterError mid-setup)
 
 
 @dataclass

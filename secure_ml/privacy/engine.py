@@ -5,6 +5,7 @@ and keeps the returned :class:`PrivateTraining`; steps are taken by
 :func:`secure_ml.privacy.steps.dp_step`.
 """
 
+import math
 from typing import Any, Dict, Optional, Union
 
 import torch
@@ -18,7 +19,7 @@ from secure_ml.errors import ConfigError
 from secure_ml.privacy.calibration import noise_for_epsilon
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.modes import MODES, DPSetup, StepMode, resolve_mode
-from secure_ml.privacy.private import NoiseSource, PrivateTraining, epsilon_from_state, with_selection_spent
+from secure_ml.privacy.private import NoiseSource, PrivateTraining, epsilon_from_state, epsilon_of, selection_steps, with_selection_spent
 
 __all__ = ["PrivateTraining", "check_model", "epsilon_from_state", "make_private", "poisson_sample_rate"]
 
@@ -88,6 +89,7 @@ def make_private(
             )
         state = with_selection_spent(state)  # resumed from a best checkpoint: its selection's steps are spent already
         sigma = float(state["noise_multiplier"])
+        check_target_on_resume(cfg, state, total_steps)
     elif cfg.target_epsilon is not None:
         if total_steps <= 0:
             raise ConfigError("--model.dp.target_epsilon needs a finite training length: set --trainer.max_epochs or --trainer.max_steps")
@@ -106,3 +108,19 @@ def make_private(
             f"--model.dp.backend {cfg.backend} cannot run the '{spec.name}' mode (it belongs to --model.dp.backend {spec.backend})"
         )
     return spec.build(DPSetup(net, optimizer, loader, cfg, sigma, sample_rate, noise, state, module))
+
+
+def check_target_on_resume(cfg: DPConfig, state: Dict[str, Any], total_steps: int) -> None:
+    """A resumed run keeps its σ, calibrated for ``--model.dp.target_epsilon`` over the first fit's steps: training on to
+    more steps spent past the target without a word (ε 2.75 against a target of 1.5). Refused in one line instead."""
+    if cfg.target_epsilon is None:
+        return
+    steps = max(int(total_steps), selection_steps(state)) if total_steps > 0 else 0
+    eps = epsilon_of(state, cfg.delta, steps) if steps > 0 else math.inf  # unbounded: no ε can be promised
+    if eps is not None and eps > cfg.target_epsilon * (1 + 1e-4):  # the accountant's own numerics, not a budget
+        spent = f"would spend ε = {eps:.3g}" if math.isfinite(eps) else "has no end, so no ε"
+        raise ConfigError(
+            f"--model.dp.target_epsilon {cfg.target_epsilon:g}: the checkpoint's σ = {float(state['noise_multiplier']):.4g} was "
+            f"calibrated for it, and training on to {steps} steps {spent}; keep --trainer.max_epochs/--trainer.max_steps at "
+            "the calibrated length, or raise --model.dp.target_epsilon to accept the larger ε (a resumed run keeps its σ)"
+        )

@@ -1,0 +1,167 @@
+"""Bad input found by the second probe of the commands (2026-12-04), each now one line naming its flag, before anything is
+written. Before: ``--ckpt_path last`` tested (and ``fit`` resumed from) a freshly initialised net with exit 0, ``best`` and
+``hpc`` ended in tracebacks; a fit or test into a finished run's folder replaced its ``last.ckpt``/``config.yaml``; a
+resumed ``target_epsilon`` run spent past its target; seeds above 2**63 crashed in torch; ``s3://`` without s3fs, and a
+resume with nothing left to train (exit 0)."""
+
+from types import SimpleNamespace
+
+import pytest
+
+import secure_ml.train_cli  # noqa: F401 (Lightning binds its log handler at import: now, not to a test's captured stderr)
+from secure_ml.ckpt_arg import check_ckpt_arg
+from secure_ml.cli import main
+from secure_ml.errors import ConfigError
+from secure_ml.privacy.calibration import noise_for_epsilon
+from secure_ml.privacy.config import DPConfig
+from secure_ml.privacy.engine import check_target_on_resume
+from secure_ml.privacy.private import epsilon_of
+from secure_ml.run_folder import check_new_run_folder
+from tests.helpers.data import smoke_args
+from tests.helpers.serving import fit_checkpoint
+
+SIZES = (300, 100, 100)  # fit_checkpoint()'s
+
+
+def _refused(argv, tmp_path, monkeypatch, capsys, data_dir) -> str:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main([argv[0], *smoke_args(data_dir, sizes=SIZES), "--trainer.default_root_dir", str(tmp_path / "runs"), *argv[1:]])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("secure-ml: error:")]
+    assert exc.value.code == 2 and len(err) == 1, err
+    return err[0][len("secure-ml: error: ") :]
+
+
+@pytest.mark.parametrize("word", ["last", "best", "hpc", "registry", "registry:model:latest"])
+@pytest.mark.parametrize("subcommand", ["fit", "test", "predict"])
+def test_lightnings_checkpoint_words_are_refused(subcommand, word):
+    with pytest.raises(ConfigError, match=rf"^--ckpt_path {word}: give the checkpoint file's path"):
+        check_ckpt_arg(subcommand, word)
+
+
+def test_a_folder_and_a_release_are_not_checkpoints(tmp_path):
+    from secure_ml.models import SmallCNN
+    from secure_ml.release.artifact import write_release
+
+    write_release(tmp_path / "release", SmallCNN(), None, {"dp": False})
+    with pytest.raises(ConfigError, match=r"^--ckpt_path '.*release' is a release folder \(secure-ml export"):
+        check_ckpt_arg("test", str(tmp_path / "release"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"^--ckpt_path '.*empty' is a folder; secure-ml fit needs a training checkpoint file"):
+        check_ckpt_arg("fit", str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize(
+    "url, words",
+    [("s3://bucket/x.ckpt", "reading it needs a package that is not installed (Install s3fs"), ("nosuch://b/x.ckpt", "Protocol not known")],
+)
+def test_a_remote_checkpoint_it_cannot_read_is_one_line(url, words):
+    """s3fs is not a dependency: ``s3://`` ended in its ImportError traceback (after the run folder was made)."""
+    pytest.importorskip("fsspec")
+    try:
+        import s3fs  # noqa: F401
+
+        if url.startswith("s3://"):
+            pytest.skip("s3fs is installed here")
+    except ImportError:
+        pass
+    with pytest.raises(ConfigError, match="^--ckpt_path '" + url.replace(".", r"\.") + "': " + words.replace("(", r"\(")):
+        check_ckpt_arg("test", url)
+
+
+def _trainer_in(folder):
+    return SimpleNamespace(logger=SimpleNamespace(log_dir=str(folder)))
+
+
+def test_a_run_folder_that_holds_a_run_is_not_written_again(tmp_path):
+    folder = tmp_path / "lightning_logs" / "version_0"
+    check_new_run_folder(_trainer_in(folder), "fit", None)  # absent: a new run
+    folder.mkdir(parents=True)
+    check_new_run_folder(_trainer_in(folder), "fit", None)  # empty
+    (folder / "config.yaml").write_text("seed_everything: 1\n")
+    (folder / "checkpoints").mkdir()
+    for subcommand in ("fit", "test"):
+        with pytest.raises(ConfigError, match=r"^the run folder .*version_0 already holds another run \(checkpoints, config.yaml\)"):
+            check_new_run_folder(_trainer_in(folder), subcommand, None)
+    inside = folder / "checkpoints" / "last.ckpt"
+    check_new_run_folder(_trainer_in(folder), "fit", str(inside))  # resuming that run in its own folder
+    with pytest.raises(ConfigError):  # a test of it would replace the fit's config.yaml
+        check_new_run_folder(_trainer_in(folder), "test", str(inside))
+    with pytest.raises(ConfigError):  # another run's checkpoint
+        check_new_run_folder(_trainer_in(folder), "fit", str(tmp_path / "other" / "last.ckpt"))
+
+
+def _state(sigma, q, steps):
+    """A PrivateTraining.state_dict after ``steps`` steps at (σ, q), as a checkpoint holds it."""
+    acc = {"history": [(sigma, q, steps)], "mechanism": "prv"}
+    return {"accountant": acc, "mechanism": "prv", "noise_multiplier": sigma, "sample_rate": q, "steps": steps, "selection_steps": steps}
+
+
+def test_a_resumed_target_epsilon_run_cannot_train_past_its_target():
+    q, steps, delta, target = 64 / 6480, 102, 1e-5, 1.5
+    sigma = noise_for_epsilon(target, delta, q, steps, "prv")
+    state = _state(sigma, q, steps // 3)  # one of three epochs trained
+    cfg = DPConfig(enabled=True, target_epsilon=target, delta=delta, accountant="prv")
+    assert epsilon_of(state, delta, 3 * steps) > 2.0  # negative control: the weakness is real (2.7 in the probe)
+    check_target_on_resume(cfg, state, steps)  # the calibrated length: ε <= the target
+    with pytest.raises(
+        ConfigError, match=r"^--model.dp.target_epsilon 1.5: the checkpoint's σ = .* training on to 306 steps would spend ε = 2"
+    ):
+        check_target_on_resume(cfg, state, 3 * steps)
+    with pytest.raises(ConfigError, match=r"has no end, so no ε"):
+        check_target_on_resume(cfg, state, 0)  # unbounded (max_epochs -1)
+    check_target_on_resume(DPConfig(enabled=True, noise_multiplier=1.0, delta=delta, accountant="prv"), state, 3 * steps)  # no target
+
+
+@pytest.mark.parametrize(
+    "build, flag",
+    [
+        (lambda s: __import__("secure_ml.data.poisoning", fromlist=["PoisonConfig"]).PoisonConfig(seed=s), "--data.poison.seed"),
+        (lambda s: __import__("secure_ml.data.canaries", fromlist=["CanaryConfig"]).CanaryConfig(count=1, seed=s), "--data.canaries.seed"),
+        (lambda s: __import__("secure_ml.data", fromlist=["MNISTDataModule"]).MNISTDataModule(seed=s), "--data.seed"),
+        (lambda s: __import__("secure_ml.callbacks", fromlist=["RobustnessCallback"]).RobustnessCallback(seed=s), "--robustness.seed"),
+        (lambda s: __import__("secure_ml.callbacks", fromlist=["MembershipInferenceCallback"]).MembershipInferenceCallback(seed=s), "--membership.seed"),
+        (lambda s: __import__("secure_ml.callbacks", fromlist=["SpongeCallback"]).SpongeCallback(seed=s), "--sponge.seed"),
+        (lambda s: __import__("secure_ml.callbacks", fromlist=["ReferenceMIACallback"]).ReferenceMIACallback(seed=s), "--reference_mia.seed"),
+        (lambda s: __import__("secure_ml.callbacks.prior", fromlist=["ProceduralPrior"]).ProceduralPrior(seed=s), "--prior.seed"),
+        (lambda s: __import__("secure_ml.attacks.autoattack", fromlist=["AutoAttackConfig"]).AutoAttackConfig(seed=s), "--robustness.autoattack.seed"),
+    ],
+)  # fmt: skip
+def test_every_seed_flag_has_one_range(build, flag):
+    """Above 2**63 they ended in torch's "Overflow when unpacking long long" (some after the first epoch); negative ones
+    were taken by some flags and refused by others."""
+    for bad in (2**64 + 5, -1):
+        with pytest.raises(ConfigError, match=rf"^{flag} must be in 0..4294967295"):
+            build(bad)
+    build(2**32 - 1)
+
+
+def test_the_overflow_is_real():
+    import torch
+
+    with pytest.raises(ValueError, match="Overflow"):
+        torch.Generator().manual_seed(2**64 + 5)
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_lightnings_words_and_a_taken_folder_before_writing(real_data_dir, tmp_path, monkeypatch, capsys):
+    ckpt = fit_checkpoint()
+    assert _refused(["test", "--ckpt_path", "last"], tmp_path, monkeypatch, capsys, real_data_dir).startswith("--ckpt_path last: give")
+    assert _refused(["fit", "--ckpt_path", "best"], tmp_path, monkeypatch, capsys, real_data_dir).startswith("--ckpt_path best: give")
+    assert not (tmp_path / "runs").exists()
+    taken = tmp_path / "runs" / "lightning_logs" / "version_0"
+    taken.mkdir(parents=True)
+    (taken / "config.yaml").write_text("kept: true\n")
+    message = _refused(
+        ["test", f"--ckpt_path={ckpt}", "--trainer.logger.init_args.version", "0"], tmp_path, monkeypatch, capsys, real_data_dir
+    )
+    assert message.startswith("the run folder") and "already holds another run (config.yaml)" in message
+    assert (taken / "config.yaml").read_text() == "kept: true\n" and sorted(p.name for p in taken.iterdir()) == ["config.yaml"]
+
+
+@pytest.mark.slow
+def test_a_resume_with_nothing_left_to_train_is_refused(real_data_dir, tmp_path, monkeypatch, capsys):
+    """fit_checkpoint() trained the smoke config's epochs: resuming it with the same ones trained nothing, exit 0."""
+    message = _refused(["fit", f"--ckpt_path={fit_checkpoint()}"], tmp_path, monkeypatch, capsys, real_data_dir)
+    assert message.startswith(f"--ckpt_path {fit_checkpoint()} had trained to its end already") and "nothing was left to train" in message
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()
