@@ -3,7 +3,7 @@
 import sys
 from typing import Optional
 
-from secure_ml.errors import SEED_MAX, SecureMLError, check_seed  # noqa: F401 (the seed check lives with the errors)
+from secure_ml.errors import SEED_MAX, ConfigError, SecureMLError, check_seed  # noqa: F401 (the seed check lives with the errors)
 
 
 def parser_error_line(message: str) -> str:
@@ -40,3 +40,30 @@ def our_error(exc: BaseException):
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def check_config_files(argv) -> None:
+    """ConfigError naming a ``--config`` file that holds no mapping of options: an empty or comment-only delta got
+    jsonargparse's "Unexpected config: # a comment", a list or a scalar "Unexpected config: - a". Files that are not
+    YAML, missing or not regular are left to jsonargparse, which words those."""
+    import os
+
+    import yaml
+
+    args = list(argv or [])
+    for i, arg in enumerate(args):
+        flag, eq, inline = arg.partition("=")
+        if flag not in ("-c", "--config") or (not eq and i + 1 >= len(args)):
+            continue
+        path = inline if eq else args[i + 1]
+        try:
+            if not os.path.isfile(path):
+                continue
+            with open(path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        if data is None:
+            raise ConfigError(f"--config {path} holds no settings (it is empty or only comments); remove it from the command line")
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {path} must hold a mapping of options (key: value lines), not a {type(data).__name__}")

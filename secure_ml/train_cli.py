@@ -30,7 +30,7 @@ from secure_ml.callbacks.ema import EMACallback
 from secure_ml.callbacks.prior import ProceduralPrior
 from secure_ml.ckpt_arg import check_ckpt_arg
 from secure_ml.ckpt_hparams import reconcile, typed_model_flags
-from secure_ml.cli_errors import check_seed, one_line_error, our_error
+from secure_ml.cli_errors import check_config_files, check_seed, one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
 from secure_ml.empty_runs import check_runs_something
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
@@ -106,6 +106,7 @@ class SecureMLCLI(LightningCLI):
         """Lightning's parse, then ``--ckpt_path`` read through the safe loader before Lightning's own ``torch.load`` of it
         (which reads its hyper-parameters while parsing): a text, empty, truncated or code-carrying file is one line."""
         self._argv = list(args) if args is not None else sys.argv[1:]
+        check_config_files(self._argv if isinstance(self._argv, list) else [])
         super().parse_arguments(parser, args)
         subcommand = self.config.get("subcommand")
         check_seed((self.config.get(subcommand) or {}).get("seed_everything") if subcommand else None, "--seed_everything")

@@ -165,3 +165,20 @@ def test_a_resume_with_nothing_left_to_train_is_refused(real_data_dir, tmp_path,
     message = _refused(["fit", f"--ckpt_path={fit_checkpoint()}"], tmp_path, monkeypatch, capsys, real_data_dir)
     assert message.startswith(f"--ckpt_path {fit_checkpoint()} had trained to its end already") and "nothing was left to train" in message
     assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "runs" / "lightning_logs" / "version_0").exists()
+
+
+@pytest.mark.parametrize(
+    "text, words",
+    [("", "holds no settings"), ("# only a comment\n", "holds no settings"), ("- a\n- b\n", "must hold a mapping of options (key: value lines), not a list"), ("42\n", "not a int")],
+)  # fmt: skip
+def test_a_config_file_without_options_is_named(tmp_path, text, words):
+    """jsonargparse said "Unexpected config: # only a comment" (or nothing at all after the colon, for an empty file)."""
+    from secure_ml.cli_errors import check_config_files
+
+    bad = tmp_path / "delta.yaml"
+    bad.write_text(text)
+    for argv in (["fit", "--config", str(bad)], ["fit", f"--config={bad}"], ["-c", str(bad), "fit"]):
+        with pytest.raises(ConfigError, match="^--config " + str(bad) + " " + words.replace("(", r"\(").replace(")", r"\)")):
+            check_config_files(argv)
+    check_config_files(["fit", "--config", "configs/capstone.yaml", "--config", str(tmp_path / "missing.yaml")])  # jsonargparse's
+    check_config_files(["fit", "--config"])  # a flag without its value: jsonargparse's

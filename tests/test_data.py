@@ -61,6 +61,17 @@ def test_unreadable_files_say_so_not_missing(tiny_mnist):
         load_mnist(str(tiny_mnist), train=True, download=False)
 
 
+def test_a_missing_file_of_the_other_split_is_named(tiny_mnist):
+    """torchvision checks all four files: a missing t10k labels file was reported as the *train* files being unreadable."""
+    (tiny_mnist / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    for train in (True, False):
+        with pytest.raises(DataNotFoundError, match=r"^MNIST's raw file t10k-labels-idx1-ubyte is missing from .* put it back"):
+            load_mnist(str(tiny_mnist), train=train, download=False)
+    (tiny_mnist / "MNIST" / "raw" / "train-images-idx3-ubyte").unlink()
+    with pytest.raises(DataNotFoundError, match=r"^MNIST's raw files train-images-idx3-ubyte, t10k-labels-idx1-ubyte are missing"):
+        load_mnist(str(tiny_mnist), train=True, download=False)
+
+
 def test_subsets_are_reproducible_and_disjoint(tiny_mnist):
     a, b, c = _dm(tiny_mnist), _dm(tiny_mnist), _dm(tiny_mnist, seed=7)
     for dm in (a, b, c):

@@ -32,6 +32,12 @@ def load_mnist(data_dir: str, train: bool, download: bool) -> Tuple[torch.Tensor
         ds = MNIST(root=str(root), train=train, download=download)
     except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError...
         reason = first_line(exc)
+        missing = [name for name in RAW_FILES if not (raw / name).is_file()]
+        if raw.is_dir() and missing and len(missing) < len(RAW_FILES) and not download:  # torchvision wants all four
+            raise DataNotFoundError(
+                f"MNIST's raw file{'s' if len(missing) > 1 else ''} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} "
+                f"missing from '{raw}' (torchvision reads all four); put {'them' if len(missing) > 1 else 'it'} back (or pass --data.download true)"
+            ) from None
         if all((raw / name).is_file() for name in names):  # there, but not readable: not a download problem
             raise DataNotFoundError(
                 f"MNIST's files {names[0]} / {names[1]} in '{raw}' could not be read ({reason}); "
