@@ -169,7 +169,7 @@ def test_a_resume_with_nothing_left_to_train_is_refused(real_data_dir, tmp_path,
 
 @pytest.mark.parametrize(
     "text, words",
-    [("", "holds no settings"), ("# only a comment\n", "holds no settings"), ("- a\n- b\n", "must hold a mapping of options (key: value lines), not a list"), ("42\n", "not a int")],
+    [("", "holds no settings"), ("# only a comment\n", "holds no settings"), ("- a\n- b\n", "must hold a mapping of options (key: value lines), not a list"), ("42\n", "must hold a mapping of options (key: value lines), not a int")],
 )  # fmt: skip
 def test_a_config_file_without_options_is_named(tmp_path, text, words):
     """jsonargparse said "Unexpected config: # only a comment" (or nothing at all after the colon, for an empty file)."""
