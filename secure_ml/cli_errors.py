@@ -60,10 +60,40 @@ def check_config_files(argv) -> None:
             if not os.path.isfile(path):
                 continue
             with open(path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                data = yaml.load(f, Loader=_unique_key_loader())  # a SafeLoader subclass: no Python tags
+        except (OSError, UnicodeDecodeError):
+            continue
+        except yaml.constructor.ConstructorError as exc:
+            if "found duplicate key" not in str(exc):
+                continue  # jsonargparse words the others
+            mark = exc.problem_mark
+            raise ConfigError(
+                f"--config {path}: line {mark.line + 1}: key {exc.problem.split('found duplicate key ', 1)[1]} appears twice in one "
+                "mapping; YAML keeps only the last, so the first one's settings would be dropped without a word. Merge them"
+            ) from None
+        except yaml.YAMLError:
             continue
         if data is None:
             raise ConfigError(f"--config {path} holds no settings (it is empty or only comments); remove it from the command line")
         if not isinstance(data, dict):
             raise ConfigError(f"--config {path} must hold a mapping of options (key: value lines), not a {type(data).__name__}")
+
+
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last without a word)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader

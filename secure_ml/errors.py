@@ -44,8 +44,9 @@ def first_line(exc: BaseException) -> str:
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything passes the seed to
 
 
-def check_seed(value, flag: str) -> None:
-    """ConfigError naming ``flag`` for an integer seed numpy refuses (Lightning's ``seed_everything`` raised ValueError; a seed
-    above 2**63 ended in torch's "Overflow when unpacking long long")."""
-    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= SEED_MAX:
-        raise ConfigError(f"{flag} must be in 0..{SEED_MAX} (the seeds numpy accepts); got {value}")
+def check_seed(value, flag: str, high: int = SEED_MAX) -> None:
+    """ConfigError naming ``flag`` for an integer seed outside ``0..high``: by default numpy's range (Lightning's
+    ``seed_everything`` raised ValueError; a seed above 2**63 ended in torch's "Overflow when unpacking long long")."""
+    if isinstance(value, int) and not isinstance(value, bool) and not 0 <= value <= high:
+        why = " (the seeds numpy accepts)" if high == SEED_MAX else ""
+        raise ConfigError(f"{flag} must be in 0..{high}{why}; got {value}")

@@ -29,6 +29,7 @@ from torch.utils.data import TensorDataset
 from secure_ml.errors import ConfigError, check_seed
 
 KINDS = ("border", "noise")
+CANARY_SEED_MAX = 2**63 - 1  # torch generators take it; the secret default is a 62-bit draw
 FRAME = 4  # MNIST digits sit in the central 20x20 box of the 28x28 image
 FRAME_INK = 0.3
 
@@ -48,7 +49,7 @@ class CanaryConfig:
     seed: Optional[int] = None
 
     def __post_init__(self) -> None:
-        check_seed(self.seed, "--data.canaries.seed")
+        check_seed(self.seed, "--data.canaries.seed", CANARY_SEED_MAX)
         if self.count < 0:
             raise ConfigError(f"--data.canaries.count must be >= 0; got {self.count}")
         if self.kind not in KINDS:
@@ -86,7 +87,7 @@ def make_canaries(count: int, kind: str, seed: int, n_classes: int = 10) -> Tupl
 
 def _secret_seed() -> int:
     """A fresh secret seed, the same on every process of an initialised process group (rank 0's)."""
-    seed = [secrets.randbits(62)]
+    seed = [secrets.randbits(62)]  # within CANARY_SEED_MAX
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
         torch.distributed.broadcast_object_list(seed, src=0)
     return int(seed[0])
