@@ -4,6 +4,7 @@ written. Before: ``--ckpt_path last`` tested (and ``fit`` resumed from) a freshl
 resumed ``target_epsilon`` run spent past its target; seeds above 2**63 crashed in torch; ``s3://`` without s3fs, and a
 resume with nothing left to train (exit 0)."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -202,3 +203,52 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
     check_config_files(
         ["fit", *[a for f in ("capstone", "hardened", "full_eval", "gates", "smoke") for a in ("--config", f"configs/{f}.yaml")]]
     )
+
+
+@pytest.mark.parametrize(
+    "gates, off, dp, words",
+    [
+        ({"mia/auc": "<= 0.55"}, "membership", True, "'mia/auc' is measured by the --membership.* callback, which is off"),
+        ({"mia/rmia_auc": "<= 0.6"}, "reference_mia", True, "'mia/rmia_auc' is measured by the --reference_mia.* callback"),
+        ({"adv/fgsm_acc@0.1": ">= 0.5"}, "robustness", True, "'adv/fgsm_acc@0.1' is measured by the --robustness.* callback"),
+        ({"sponge/reject_rate": ">= 0.9"}, "sponge", True, "'sponge/reject_rate' is measured by the --sponge.* callback"),
+        (
+            {"privacy/audit_epsilon_lower_bound": "<= 3"},
+            "audit",
+            True,
+            "'privacy/audit_epsilon_lower_bound' is measured by the --audit.* callback",
+        ),
+        ({"privacy/epsilon": "<= 3"}, None, False, "'privacy/epsilon' exists only for a DP model"),
+    ],
+)
+def test_a_gate_nothing_in_the_test_can_measure_is_refused_before_it_runs(gates, off, dp, words):
+    """It failed after the whole test (an hour with configs/full_eval.yaml) as "'mia/auc' was not measured"."""
+    from secure_ml import callbacks as c
+
+    built = {"membership": c.MembershipInferenceCallback, "reference_mia": c.ReferenceMIACallback, "robustness": c.RobustnessCallback}
+    built.update(sponge=c.SpongeCallback, audit=c.OneRunAuditCallback)
+    scorecard = c.Scorecard(gates=gates)
+    trainer = SimpleNamespace(callbacks=[cls(enabled=key != off) for key, cls in built.items()] + [scorecard])
+    module = SimpleNamespace(dp=SimpleNamespace(enabled=dp))
+    with pytest.raises(ConfigError, match="^--scorecard.gates: " + words.replace(".*", r"\.\*").replace("(", r"\(")):
+        scorecard.setup(trainer, module, "test")
+    scorecard.setup(trainer, module, "fit")  # gates are checked by test only
+    trainer.callbacks = [cls() for cls in built.values()] + [scorecard]
+    scorecard.setup(trainer, SimpleNamespace(dp=SimpleNamespace(enabled=True)), "test")  # all on, DP: every gate measurable
+
+
+def test_gate_syntax_errors_name_the_flag():
+    from secure_ml.report.gates import parse_gates
+
+    with pytest.raises(ConfigError, match=r"^--scorecard.gates: the gate for 'mia/auc' must look like '<= 0.55'"):
+        parse_gates({"mia/auc": "about 0.5"})
+    with pytest.raises(ConfigError, match=r"^--gates: 'mia/acu' is not a scorecard metric"):
+        parse_gates({"mia/acu": "<= 0.5"}, "--gates")
+
+
+@pytest.mark.slow
+def test_the_cli_refuses_a_gate_whose_callback_is_off_before_testing(real_data_dir, tmp_path, monkeypatch, capsys):
+    gates = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "gates.yaml"), "--membership.enabled", "false"]
+    message = _refused(["test", f"--ckpt_path={fit_checkpoint()}", *gates], tmp_path, monkeypatch, capsys, real_data_dir)
+    assert message.startswith("--scorecard.gates: 'mia/auc' is measured by the --membership.* callback, which is off"), message
+    assert not list(tmp_path.rglob("metrics.json"))

@@ -16,6 +16,10 @@ from secure_ml.report.gates import as_floats, check_gates, parse_gates
 from secure_ml.report.table import scorecard_table
 
 SCORE_PREFIXES = ("train/", "val/", "test/", "adv/", "mia/", "privacy/", "sponge/", "poison/")
+# metric-name prefix → the CLI key of the callback that measures it, most specific first; DP_METRICS need a DP model
+OWNERS = (("mia/rmia", "reference_mia"), ("privacy/audit_", "audit"), ("privacy/epsilon_lower_bound", "membership"))
+OWNERS += (("mia/dp_tpr_bound", "membership"), ("mia/", "membership"), ("adv/", "robustness"), ("sponge/", "sponge"))
+DP_METRICS = ("privacy/epsilon", "privacy/noise_multiplier", "mia/dp_tpr_bound@0.1%fpr")
 
 
 class GateFailure(SecureMLError):
@@ -45,13 +49,35 @@ class Scorecard(Callback):
 
     def __init__(self, gates: Optional[Dict[str, str]] = None, log_figure: bool = True, figure_every_n_epochs: int = 0):
         if figure_every_n_epochs < 0:
-            raise ConfigError(f"Scorecard figure_every_n_epochs must be >= 0; got {figure_every_n_epochs}")
+            raise ConfigError(f"--scorecard.figure_every_n_epochs must be >= 0; got {figure_every_n_epochs}")
         self.gates = parse_gates(gates or {})
         self.log_figure = log_figure
         self.figure_every_n_epochs = figure_every_n_epochs
         self._figure_epoch: Optional[int] = None
         self.history: List[Dict[str, float]] = []
         self._epoch_pending: Optional[int] = None
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        """In test, before the (possibly hour-long) evaluation: refuse a gate no enabled callback or model can measure
+        (it failed only after the whole test, as "'mia/auc' was not measured")."""
+        if stage != "test" or not self.gates:
+            return
+        from secure_ml import callbacks as c
+
+        classes = {"reference_mia": c.ReferenceMIACallback, "audit": c.OneRunAuditCallback, "membership": c.MembershipInferenceCallback}
+        classes.update(robustness=c.RobustnessCallback, sponge=c.SpongeCallback)
+        on = [cb for cb in trainer.callbacks if getattr(cb, "enabled", True)]
+        keys = {key for key, cls in classes.items() if any(isinstance(cb, cls) for cb in on)}
+        for gate in self.gates:
+            owner = next((key for prefix, key in OWNERS if gate.metric.startswith(prefix)), None)
+            if owner is not None and owner not in keys:
+                raise ConfigError(
+                    f"--scorecard.gates: '{gate.metric}' is measured by the --{owner}.* callback, which is off in this test; "
+                    f"switch it on (--{owner}.enabled true) or drop the gate"
+                )
+            dp = getattr(pl_module, "dp", None)
+            if gate.metric in DP_METRICS and not getattr(dp, "enabled", False):
+                raise ConfigError(f"--scorecard.gates: '{gate.metric}' exists only for a DP model, and this checkpoint trained without DP")
 
     # Epoch metrics are complete only after the LightningModule's on_train_epoch_end (it logs ε),
     # which runs after callbacks' on_train_epoch_end: snapshot at the next epoch start / fit end.

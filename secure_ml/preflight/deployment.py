@@ -74,4 +74,4 @@ def gates_from(path: Optional[Path]) -> List[Any]:
     gates = section.get("gates") if isinstance(section, dict) else None
     if not isinstance(section or {}, dict) or not isinstance(gates or {}, dict):
         raise ConfigError(f"--gates: '{path}' must hold scorecard: {{gates: {{metric: condition}}}} (as configs/gates.yaml does)")
-    return parse_gates(gates or {})
+    return parse_gates(gates or {}, "--gates")

@@ -28,14 +28,14 @@ class Gate:
         return f"{self.metric} {self.op} {self.threshold:g}"
 
 
-def parse_gates(rules: Mapping[str, str]) -> List[Gate]:
-    """``{metric: "<op> <number>"}`` → gates; a clear error naming the bad rule."""
+def parse_gates(rules: Mapping[str, str], flag: str = "--scorecard.gates") -> List[Gate]:
+    """``{metric: "<op> <number>"}`` → gates; a clear error naming ``flag`` and the bad rule."""
     gates = []
     for metric, rule in rules.items():
-        check_known(metric, "Scorecard gate")
+        check_known(metric, flag)
         m = _RULE.match(str(rule))
         if not m:
-            raise ConfigError(f"Scorecard gate for '{metric}' must look like '<= 0.55' (ops: <=, >=, <, >, ==); got '{rule}'")
+            raise ConfigError(f"{flag}: the gate for '{metric}' must look like '<= 0.55' (ops: <=, >=, <, >, ==); got '{rule}'")
         gates.append(Gate(metric, m.group(1), float(m.group(2))))
     return gates
 
