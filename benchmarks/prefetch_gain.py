@@ -9,7 +9,6 @@ order swapped every round, each in a fresh folder. Prints the medians, the savin
 said it took the child's detection.
 """
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -19,6 +18,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capstone_cli import capstone, parse  # noqa: E402 (this folder)
+
 MARK = "(detected during start-up on the idle core)"
 
 
@@ -30,13 +32,8 @@ def run(cmd, cwd, prefetch: bool):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args(argv)
-    base = [sys.executable, "-m", "secure_ml"]
-    data = ["--config", str(REPO / "configs" / "capstone.yaml"), "--data.data_dir", str(Path(args.data_dir).resolve())]
-    data += ["--data.download", "false"]
+    args = parse(__doc__, argv)
+    base, data = capstone(args.data_dir)
     times = {(cmd, arm): [] for cmd in ("fit --test_after_fit", "test") for arm in (True, False)}
     marked = {True: [], False: []}
     for r in range(args.rounds):

@@ -8,7 +8,6 @@ capstone (imports and the parse, then exit: the start-up alone), ``secure-ml fit
 --ckpt_path`` of that fit's ``last.ckpt``. Prints every run, the medians and each arm's saving.
 """
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -18,6 +17,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capstone_cli import capstone, parse  # noqa: E402 (this folder)
+
 COMMANDS = ("fit --print_config", "fit", "test")
 
 
@@ -29,13 +31,8 @@ def run(cmd, cwd, pause: bool) -> float:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data-dir", default=str(REPO.parent / "shared" / "data"))
-    ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args(argv)
-    base = [sys.executable, "-m", "secure_ml"]
-    data = ["--config", str(REPO / "configs" / "capstone.yaml"), "--data.data_dir", str(Path(args.data_dir).resolve())]
-    data += ["--data.download", "false", "--trainer.enable_progress_bar", "false"]
+    args = parse(__doc__, argv)
+    base, data = capstone(args.data_dir)
     times = {(cmd, arm): [] for cmd in COMMANDS for arm in (True, False)}
     for r in range(args.rounds):
         for arm in (True, False) if r % 2 == 0 else (False, True):
