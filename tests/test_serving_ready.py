@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from secure_ml.serving.readiness import Readiness
-from tests.helpers.serving import FakeClock, base_config, free_port, post, private_redis, running
+from tests.helpers.serving import KEY_A, FakeClock, base_config, free_port, post, private_redis, running
 
 pytestmark = pytest.mark.serving
 
@@ -33,6 +33,11 @@ def test_memory_storage_is_ready_without_a_key(tmp_path):
         r = httpx.get(srv.url + "/ready")
         assert r.status_code == 200 and r.json() == {"status": "ready"}
         assert post(srv, key=None).status_code == 401  # only /ready (and /health) are public
+        # HEAD, as some load balancers probe (it was 405): the status without a body
+        for path in ("/health", "/ready"):
+            head = httpx.head(srv.url + path)
+            assert head.status_code == 200 and head.content == b"", (path, head.status_code)
+        assert httpx.head(srv.url + "/predict", headers={"X-API-Key": KEY_A}).status_code == 405  # only the probes
 
 
 def test_a_store_that_fails_or_hangs_is_not_ready_within_its_timeout():

@@ -191,11 +191,13 @@ def build_service(
         if ext.action == "block":
             raise ServiceError(403, "forbidden", "extraction_suspected", "this client's queries look like model extraction; it is blocked")
 
-    @api.get("/health", summary="Liveness (no key)")
+    @api.api_route("/health", methods=["GET", "HEAD"], summary="Liveness (no key)")
     async def health():
         return {"status": "ok"}
 
-    @api.get("/ready", summary="Readiness (no key): 503 while the rate-limit store is down", responses={503: {"model": ErrorResponse}})
+    probe = {"methods": ["GET", "HEAD"], "responses": {503: {"model": ErrorResponse}}}  # HEAD: some load balancers probe so
+
+    @api.api_route("/ready", summary="Readiness (no key): 503 while the rate-limit store is down", **probe)
     async def ready():
         reason = await readiness.check()
         if reason is not None:
