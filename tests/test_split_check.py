@@ -121,6 +121,16 @@ def test_without_the_key_the_check_is_skipped_with_one_line(tiny_mnist, tmp_path
         _dm(tiny_mnist, "test", split_key=str(_key_dir / "split.key")).load_state_dict(state)
 
 
+def test_a_wrong_key_named_on_purpose_is_refused_not_skipped(tiny_mnist, tmp_path, _key_dir):
+    """``--data.split_key <another 0600 key>`` warned and reported on whatever split the flags gave, exit 0 (probe 2)."""
+    state = _dm(tiny_mnist).state_dict()
+    other = tmp_path / "other" / "split.key"
+    other.parent.mkdir()
+    load_or_create_key(other)
+    with pytest.raises(ConfigError, match=r"^--data.split_key .*other/split.key holds key id \w+, but this checkpoint's split was tagged"):
+        _dm(tiny_mnist, "test", split_key=str(other)).load_state_dict(state)
+
+
 def test_old_checkpoints_warn_and_bad_key_files_are_refused(tiny_mnist, _key_dir):
     with pytest.warns(UserWarning, match="predates keyed split checks"):
         _dm(tiny_mnist).load_state_dict({"fingerprint": "0123456789abcdef"})

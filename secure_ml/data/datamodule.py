@@ -195,6 +195,12 @@ class MNISTDataModule(LightningDataModule):
     def _check_split(self, expected: dict) -> None:
         path = resolve_key_path(self.split_key)
         key = self._key if self._key is not None else read_key(path)
+        if key is not None and self.split_key is not None and key_id(key) != expected.get("key_id"):
+            raise ConfigError(  # a key file named on purpose that is not the one: the check the user asked for cannot run
+                f"--data.split_key {path} holds key id {key_id(key)}, but this checkpoint's split was tagged with key id "
+                f"{expected.get('key_id')}: pass the key file of the machine that ran fit (or leave --data.split_key unset: "
+                "the check is then skipped with a warning)"
+            )
         if key is None or key_id(key) != expected.get("key_id"):
             rank_zero_warn(
                 f"secure-ml: split check skipped: the key this checkpoint was tagged with (id {expected.get('key_id')}) is not in {path}; "
