@@ -74,7 +74,7 @@ class FileBlockList(MemoryBlockList):
     Start-up reads the file, keeps the blocks that have not expired and rewrites it with only those (atomically), so it
     grows with the blocks of one run at most; a file that cannot be read, written or parsed is refused in one line before
     the service listens (skipping a line it cannot read could lift a block). A block whose line cannot be written still
-    holds in this process; the failure is logged.
+    holds in this process; the failure is logged. One file per process: replicas share blocks through Redis.
     """
 
     def __init__(self, path: str, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):
