@@ -80,6 +80,8 @@ def check_config_files(argv) -> None:
 
 
 def _unique_key_loader():
+    from collections.abc import Hashable
+
     import yaml
 
     class UniqueKeyLoader(yaml.SafeLoader):
@@ -88,7 +90,11 @@ def _unique_key_loader():
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *base`: keys written after it override the merged ones, as YAML means
                 key = self.construct_object(key_node, deep=deep)
+                if not isinstance(key, Hashable):
+                    continue  # SafeLoader refuses it; jsonargparse words that
                 if key in seen:
                     raise yaml.constructor.ConstructorError(
                         "while constructing a mapping", node.start_mark, f"found duplicate key {key!r}", key_node.start_mark

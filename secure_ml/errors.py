@@ -44,6 +44,9 @@ def first_line(exc: BaseException) -> str:
 SEED_MAX = 2**32 - 1  # numpy's seed range, which Lightning's seed_everything passes the seed to
 
 
+TORCH_SEED_MAX = 2**62  # seeds that only seed torch generators (which take < 2**64), with room for the offsets added to them
+
+
 def check_seed(value, flag: str, high: int = SEED_MAX) -> None:
     """ConfigError naming ``flag`` for an integer seed outside ``0..high``: by default numpy's range (Lightning's
     ``seed_everything`` raised ValueError; a seed above 2**63 ended in torch's "Overflow when unpacking long long")."""

@@ -6,6 +6,7 @@ from typing import Optional
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loops.utilities import _is_max_limit_reached
+from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from secure_ml.errors import NothingTrained
 
@@ -99,6 +100,8 @@ def check_trained_on(trainer, ckpt_path, ckpt_step) -> None:
     reached ``max_epochs``/``max_steps`` already, and the fit wrote no checkpoint and exited 0 as if it had resumed."""
     if ckpt_step is None or trainer.global_step > ckpt_step or trainer.received_sigterm:
         return
+    if isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher):
+        return  # ddp_spawn & co: the ranks trained in other processes; this one's global_step stayed at 0
     done = trainer.fit_loop.epoch_progress.current.completed
     raise NothingTrained(
         f"--ckpt_path {ckpt_path} had trained to its end already ({done} epoch{'' if done == 1 else 's'}, step {ckpt_step}; "

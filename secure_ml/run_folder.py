@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Set
 
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 from secure_ml.errors import ConfigError, NothingTrained, SecureMLError, Stopped, TrainingDiverged
@@ -34,23 +35,54 @@ def pin_run_folder(trainer) -> None:
             cb.dirpath = cb._ModelCheckpoint__resolve_ckpt_dir(trainer)  # Lightning's own rule, as each rank applies it
 
 
-def check_new_run_folder(trainer, subcommand: str, ckpt_path) -> None:
-    """ConfigError when the run folder this command would write (the logger's ``log_dir``) already holds files of another
-    run: an explicit ``--trainer.logger.init_args.version`` of a finished run made a fit replace its ``last.ckpt`` and
-    ``config.yaml`` (a test, its ``config.yaml``), exit 0. A fit resuming from a checkpoint inside that folder may go on
-    there; a test of it may not (it would replace the fit's ``config.yaml``). Checked before anything is written, in the process that writes the folder (not in the ranks it starts)."""
-    folder = getattr(trainer.logger, "log_dir", None) if trainer.logger is not None else None  # creates nothing
-    if not isinstance(folder, str) or os.environ.get("LOCAL_RANK", "0") != "0" or not Path(folder).is_dir():
+def _this_process_writes() -> bool:
+    """Global rank 0 as the launchers tell it before Lightning has set the ranks up (torchrun, SLURM, Lightning's own)."""
+    return all(os.environ.get(v, "0") == "0" for v in ("LOCAL_RANK", "RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
+def _local(path) -> Path:
+    text = str(path)
+    return Path(text[len("file://") :] if text.startswith("file://") else text).expanduser().resolve()
+
+
+def check_new_run_folder(trainer, ckpt_path) -> None:
+    """ConfigError when a fit would write into a run folder that already holds files of another run: an explicit
+    ``--trainer.logger.init_args.version`` of a finished run (or, without a logger, a ``default_root_dir`` whose
+    ``checkpoints/`` holds checkpoints) made a fit replace its ``last.ckpt`` and ``config.yaml``, exit 0. A fit resuming
+    from a checkpoint inside that folder may go on there. Evaluations write their report into a fit's folder and keep its
+    ``config.yaml`` (:class:`KeepRunConfig`). Checked before anything is written, in the process that writes the folder."""
+    if not _this_process_writes():
         return
-    folder_path = Path(folder).absolute()
-    held = sorted(p.name for p in folder_path.iterdir())
-    if not held or (subcommand == "fit" and ckpt_path and folder_path in Path(str(ckpt_path)).absolute().parents):
-        return
-    raise ConfigError(
-        f"the run folder {folder} already holds another run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): this "
-        "command would overwrite its files. Choose another --trainer.logger.init_args.version (or leave it unset: the next "
-        f"free one), or resume that run with --ckpt_path {folder}/checkpoints/last.ckpt"
-    )
+    if trainer.logger is not None:
+        folder = getattr(trainer.logger, "log_dir", None)  # resolves the version; creates nothing
+        folders = [folder] if isinstance(folder, str) else []
+    else:
+        folders = [cb.dirpath or os.path.join(trainer.default_root_dir, "checkpoints") for cb in checkpointers(trainer)]
+    resumed_from = _local(ckpt_path).parents if ckpt_path else []
+    for folder in dict.fromkeys(folders):
+        path = _local(folder)
+        held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        if trainer.logger is None:
+            held = [name for name in held if name.endswith(".ckpt")]
+        if not held or path in resumed_from:
+            continue
+        raise ConfigError(
+            f"the run folder {folder} already holds another run ({', '.join(held[:4])}{', ...' if len(held) > 4 else ''}): this "
+            "fit would overwrite its files. Choose another --trainer.logger.init_args.version (or leave it unset: the next "
+            f"free one), or resume that run with --ckpt_path <its checkpoints/last.ckpt>"
+        )
+
+
+class KeepRunConfig(SaveConfigCallback):
+    """Lightning's config saver, except that validate/test/predict never replace a ``config.yaml`` already in their run
+    folder: ``secure-ml test --config $RUN/config.yaml`` of a run whose config names its logger version writes its report
+    into that run's folder, and used to replace the fit's config (with ``ckpt_path`` and test-only options) there."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        log_dir = trainer.log_dir
+        if stage != "fit" and log_dir is not None and os.path.isfile(os.path.join(log_dir, self.config_filename)):
+            return
+        super().setup(trainer, pl_module, stage)
 
 
 def _holds_no_metric(events: Path) -> bool:

@@ -18,6 +18,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from secure_ml import startup_gc
+from secure_ml.before_run import check_before_run
 from secure_ml.callbacks import (
     MembershipInferenceCallback,
     OneRunAuditCallback,
@@ -32,12 +33,11 @@ from secure_ml.ckpt_arg import check_ckpt_arg
 from secure_ml.ckpt_hparams import reconcile, typed_model_flags
 from secure_ml.cli_errors import check_config_files, check_seed, one_line_error, our_error
 from secure_ml.data.datamodule import MNISTDataModule
-from secure_ml.empty_runs import check_runs_something
 from secure_ml.errors import ConfigError, SecureMLError, Stopped, first_line
 from secure_ml.log_filter import install_advert_filter
 from secure_ml.module import SecureClassifier
 from secure_ml.run_checkpoints import check_trained_on, checkpoint_to_test, checkpointers, finished_message, stopped_message
-from secure_ml.run_folder import FolderOnRefusal, check_new_run_folder, pin_run_folder
+from secure_ml.run_folder import FolderOnRefusal, KeepRunConfig, pin_run_folder
 from secure_ml.sigterm_watch import SigtermRelay, SigtermWatch
 from secure_ml.spawn_ranks import rank_errors, use_rank_launcher
 
@@ -143,8 +143,7 @@ class SecureMLCLI(LightningCLI):
         finished (the scorecard's attacks, ``on_fit_end``): :mod:`secure_ml.sigterm_watch`."""
         startup_gc.resume()  # imports and parse done: the collector back on, their objects frozen out of its walks
         test_after_fit = subcommand == "fit" and bool(self.config.fit.get("test_after_fit"))
-        check_runs_something(self.trainer, subcommand, test_after_fit)
-        check_new_run_folder(self.trainer, subcommand, self.config[subcommand].get("ckpt_path"))
+        check_before_run(self.trainer, self.model, subcommand, test_after_fit, self.config[subcommand].get("ckpt_path"))
         self._test_skipped, self._sigterm = False, SigtermWatch()
         use_rank_launcher(self.trainer, self._sigterm, subcommand, test_after_fit)  # ddp_spawn & co: secure_ml.spawn_ranks
         relay = next((cb for cb in self.trainer.callbacks if isinstance(cb, SigtermRelay)), None)
@@ -242,6 +241,7 @@ def cli_main(
             MNISTDataModule,
             auto_configure_optimizers=False,
             trainer_defaults=TRAINER_DEFAULTS,
+            save_config_callback=KeepRunConfig,
             save_config_kwargs={"overwrite": True},
             args=args,
             run=run,

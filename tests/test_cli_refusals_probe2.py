@@ -70,26 +70,56 @@ def test_a_remote_checkpoint_it_cannot_read_is_one_line(url, words):
         check_ckpt_arg("test", url)
 
 
-def _trainer_in(folder):
-    return SimpleNamespace(logger=SimpleNamespace(log_dir=str(folder)))
+def _trainer_in(folder, logger=True, root=None):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    logged = SimpleNamespace(log_dir=str(folder)) if logger else None
+    return SimpleNamespace(logger=logged, default_root_dir=str(root), checkpoint_callbacks=[ModelCheckpoint(filename="last")])
 
 
-def test_a_run_folder_that_holds_a_run_is_not_written_again(tmp_path):
+def test_a_run_folder_that_holds_a_run_is_not_written_again_by_a_fit(tmp_path, monkeypatch):
     folder = tmp_path / "lightning_logs" / "version_0"
-    check_new_run_folder(_trainer_in(folder), "fit", None)  # absent: a new run
+    check_new_run_folder(_trainer_in(folder), None)  # absent: a new run
     folder.mkdir(parents=True)
-    check_new_run_folder(_trainer_in(folder), "fit", None)  # empty
+    check_new_run_folder(_trainer_in(folder), None)  # empty
     (folder / "config.yaml").write_text("seed_everything: 1\n")
     (folder / "checkpoints").mkdir()
-    for subcommand in ("fit", "test"):
-        with pytest.raises(ConfigError, match=r"^the run folder .*version_0 already holds another run \(checkpoints, config.yaml\)"):
-            check_new_run_folder(_trainer_in(folder), subcommand, None)
+    with pytest.raises(ConfigError, match=r"^the run folder .*version_0 already holds another run \(checkpoints, config.yaml\)"):
+        check_new_run_folder(_trainer_in(folder), None)
     inside = folder / "checkpoints" / "last.ckpt"
-    check_new_run_folder(_trainer_in(folder), "fit", str(inside))  # resuming that run in its own folder
-    with pytest.raises(ConfigError):  # a test of it would replace the fit's config.yaml
-        check_new_run_folder(_trainer_in(folder), "test", str(inside))
+    check_new_run_folder(_trainer_in(folder), str(inside))  # resuming that run in its own folder
+    check_new_run_folder(_trainer_in(folder), f"file://{inside}")  # as an fsspec URL
+    (tmp_path / "link").symlink_to(tmp_path / "lightning_logs")
+    check_new_run_folder(_trainer_in(folder), str(tmp_path / "link" / "version_0" / "checkpoints" / "last.ckpt"))  # by a symlink
     with pytest.raises(ConfigError):  # another run's checkpoint
-        check_new_run_folder(_trainer_in(folder), "fit", str(tmp_path / "other" / "last.ckpt"))
+        check_new_run_folder(_trainer_in(folder), str(tmp_path / "other" / "last.ckpt"))
+    monkeypatch.setenv("LOCAL_RANK", "1")  # a rank the launcher started: rank 0 wrote the folder
+    check_new_run_folder(_trainer_in(folder), None)
+    monkeypatch.delenv("LOCAL_RANK")
+    # without a logger the run folder is default_root_dir, and a second fit there replaced its checkpoints/last.ckpt
+    root = tmp_path / "nolog"
+    check_new_run_folder(_trainer_in(None, logger=False, root=root), None)
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    with pytest.raises(ConfigError, match=r"already holds another run \(last.ckpt\)"):
+        check_new_run_folder(_trainer_in(None, logger=False, root=root), None)
+
+
+def test_a_resume_under_a_multiprocessing_launcher_is_not_taken_for_one_that_trained_nothing():
+    """ddp_spawn: the ranks train in other processes, and this one's global_step stays 0 (every resume was refused)."""
+    from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    from secure_ml.errors import NothingTrained
+    from secure_ml.run_checkpoints import check_trained_on
+
+    def trainer(launcher):
+        loop = SimpleNamespace(epoch_progress=SimpleNamespace(current=SimpleNamespace(completed=1)))
+        return SimpleNamespace(global_step=0, received_sigterm=False, strategy=SimpleNamespace(launcher=launcher), fit_loop=loop,
+                               max_epochs=1, max_steps=-1)  # fmt: skip
+
+    with pytest.raises(NothingTrained):
+        check_trained_on(trainer(None), "last.ckpt", 7)
+    check_trained_on(trainer(object.__new__(_MultiProcessingLauncher)), "last.ckpt", 7)
 
 
 def _state(sigma, q, steps):
@@ -112,6 +142,10 @@ def test_a_resumed_target_epsilon_run_cannot_train_past_its_target():
     with pytest.raises(ConfigError, match=r"has no end, so no ε"):
         check_target_on_resume(cfg, state, 0)  # unbounded (max_epochs -1)
     check_target_on_resume(DPConfig(enabled=True, noise_multiplier=1.0, delta=delta, accountant="prv"), state, 3 * steps)  # no target
+    # a best checkpoint of step 34 whose selection compared models up to step 68: resuming to 102 steps spends 68 + 68
+    best = {**state, "selection_steps": 2 * steps // 3}
+    with pytest.raises(ConfigError, match=r"training on to 136 steps would spend"):
+        check_target_on_resume(cfg, best, steps)
 
 
 @pytest.mark.parametrize(
@@ -131,7 +165,7 @@ def test_a_resumed_target_epsilon_run_cannot_train_past_its_target():
 def test_every_seed_flag_has_one_range(build, flag):
     """Above 2**63 they ended in torch's "Overflow when unpacking long long" (some after the first epoch); negative ones
     were taken by some flags and refused by others. The canaries' seed is secret by default, a 62-bit draw: 0..2**63-1."""
-    high = 2**63 - 1 if flag == "--data.canaries.seed" else 2**32 - 1
+    high = 2**63 - 1 if flag == "--data.canaries.seed" else 2**62  # torch generators' range, with room for derived seeds
     for bad in (2**64 + 5, -1):
         with pytest.raises(ConfigError, match=rf"^{flag} must be in 0..{high}"):
             build(bad)
@@ -152,13 +186,18 @@ def test_the_cli_refuses_lightnings_words_and_a_taken_folder_before_writing(real
     assert _refused(["fit", "--ckpt_path", "best"], tmp_path, monkeypatch, capsys, real_data_dir).startswith("--ckpt_path best: give")
     assert not (tmp_path / "runs").exists()
     taken = tmp_path / "runs" / "lightning_logs" / "version_0"
-    taken.mkdir(parents=True)
+    (taken / "checkpoints").mkdir(parents=True)
     (taken / "config.yaml").write_text("kept: true\n")
-    message = _refused(
-        ["test", f"--ckpt_path={ckpt}", "--trainer.logger.init_args.version", "0"], tmp_path, monkeypatch, capsys, real_data_dir
-    )
-    assert message.startswith("the run folder") and "already holds another run (config.yaml)" in message
-    assert (taken / "config.yaml").read_text() == "kept: true\n" and sorted(p.name for p in taken.iterdir()) == ["config.yaml"]
+    (taken / "checkpoints" / "last.ckpt").write_bytes(b"the run's weights")
+    message = _refused(["fit", "--trainer.logger.init_args.version", "0"], tmp_path, monkeypatch, capsys, real_data_dir)
+    assert message.startswith("the run folder") and "already holds another run (checkpoints, config.yaml)" in message
+    assert (taken / "checkpoints" / "last.ckpt").read_bytes() == b"the run's weights"
+    # A test may report into a fit's folder (`secure-ml test --config $RUN/config.yaml` of a run whose config names its
+    # version), but keeps the fit's config.yaml: it replaced it with its own.
+    main(["test", *smoke_args(real_data_dir, sizes=SIZES), "--trainer.default_root_dir", str(tmp_path / "runs"), f"--ckpt_path={ckpt}",
+          "--trainer.logger.init_args.version", "0"])  # fmt: skip
+    assert (taken / "config.yaml").read_text() == "kept: true\n" and (taken / "metrics.json").is_file()
+    assert (taken / "checkpoints" / "last.ckpt").read_bytes() == b"the run's weights"
 
 
 @pytest.mark.slow
@@ -203,6 +242,13 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
     check_config_files(
         ["fit", *[a for f in ("capstone", "hardened", "full_eval", "gates", "smoke") for a in ("--config", f"configs/{f}.yaml")]]
     )
+    (tmp_path / "merge.yaml").write_text("base: &b\n  train_size: 500\ndata:\n  <<: *b\n  train_size: 600\n")  # an override, as YAML means
+    check_config_files(["fit", "--config", str(tmp_path / "merge.yaml")])
+    (tmp_path / "merge_dup.yaml").write_text("base: &b\n  a: 1\ndata:\n  <<: *b\n  train_size: 600\n  train_size: 700\n")
+    with pytest.raises(ConfigError, match=r"line 6: key 'train_size' appears twice"):
+        check_config_files(["fit", "--config", str(tmp_path / "merge_dup.yaml")])
+    (tmp_path / "listkey.yaml").write_text("? [1, 2]\n: x\n")  # unhashable: left to jsonargparse (it was a TypeError traceback)
+    check_config_files(["fit", "--config", str(tmp_path / "listkey.yaml")])
 
 
 @pytest.mark.parametrize(
@@ -224,6 +270,7 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
 def test_a_gate_nothing_in_the_test_can_measure_is_refused_before_it_runs(gates, off, dp, words):
     """It failed after the whole test (an hour with configs/full_eval.yaml) as "'mia/auc' was not measured"."""
     from secure_ml import callbacks as c
+    from secure_ml.callbacks.scorecard import check_gates_measurable
 
     built = {"membership": c.MembershipInferenceCallback, "reference_mia": c.ReferenceMIACallback, "robustness": c.RobustnessCallback}
     built.update(sponge=c.SpongeCallback, audit=c.OneRunAuditCallback)
@@ -231,10 +278,9 @@ def test_a_gate_nothing_in_the_test_can_measure_is_refused_before_it_runs(gates,
     trainer = SimpleNamespace(callbacks=[cls(enabled=key != off) for key, cls in built.items()] + [scorecard])
     module = SimpleNamespace(dp=SimpleNamespace(enabled=dp))
     with pytest.raises(ConfigError, match="^--scorecard.gates: " + words.replace(".*", r"\.\*").replace("(", r"\(")):
-        scorecard.setup(trainer, module, "test")
-    scorecard.setup(trainer, module, "fit")  # gates are checked by test only
+        check_gates_measurable(trainer, module)
     trainer.callbacks = [cls() for cls in built.values()] + [scorecard]
-    scorecard.setup(trainer, SimpleNamespace(dp=SimpleNamespace(enabled=True)), "test")  # all on, DP: every gate measurable
+    check_gates_measurable(trainer, SimpleNamespace(dp=SimpleNamespace(enabled=True)))  # all on, DP: every gate measurable
 
 
 def test_gate_syntax_errors_name_the_flag():

@@ -29,7 +29,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from secure_ml.errors import ConfigError, check_seed
+from secure_ml.errors import TORCH_SEED_MAX, ConfigError, check_seed
 
 
 @dataclass
@@ -59,7 +59,7 @@ class AutoAttackConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_seed(self.seed, "--robustness.autoattack.seed")
+        check_seed(self.seed, "--robustness.autoattack.seed", TORCH_SEED_MAX)
         if self.epsilon is not None and not 0 < self.epsilon <= 1:
             raise ConfigError(f"--robustness.autoattack.epsilon must be in (0, 1] (pixel units) or null; got {self.epsilon}")
         if self.dlr not in ("targeted", "untargeted"):

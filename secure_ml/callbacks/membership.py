@@ -8,7 +8,7 @@ from secure_ml.attacks.low_fpr import dp_tpr_bound, tpr_at_fpr
 from secure_ml.attacks.membership import membership_inference
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, members
 from secure_ml.data.canaries import without_canaries
-from secure_ml.errors import ConfigError, check_seed
+from secure_ml.errors import TORCH_SEED_MAX, ConfigError, check_seed
 from secure_ml.privacy.engine import epsilon_from_state
 from secure_ml.privacy.threshold_audit import threshold_epsilon_lower_bound
 
@@ -70,7 +70,7 @@ class MembershipInferenceCallback(EpochMetricCallback):
             raise ConfigError(f"--membership.delta must be in (0, 1); got {delta}")
         if not 0 < confidence < 1:
             raise ConfigError(f"--membership.confidence must be in (0, 1); got {confidence}")
-        check_seed(seed, "--membership.seed")
+        check_seed(seed, "--membership.seed", TORCH_SEED_MAX)
         self.max_samples, self.delta, self.confidence, self.every_n_epochs, self.seed = max_samples, delta, confidence, every_n_epochs, seed
         self.enabled = enabled
 

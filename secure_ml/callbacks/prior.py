@@ -6,7 +6,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from secure_ml.errors import check_seed
+from secure_ml.errors import TORCH_SEED_MAX, check_seed
 from secure_ml.models.prior import PriorConfig, load_or_pretrain
 
 
@@ -44,7 +44,7 @@ class ProceduralPrior(Callback):
         cache_dir: Optional[str] = "~/.cache/secure-ml/priors",
     ):
         self.enabled = enabled
-        check_seed(seed, "--prior.seed")
+        check_seed(seed, "--prior.seed", TORCH_SEED_MAX)
         self.config = PriorConfig(digits, epochs, batch_size, lr, adv_epsilon, adv_steps, max_shift, seed)
         self.cache_dir = cache_dir
         self.outcome: Optional[dict] = None

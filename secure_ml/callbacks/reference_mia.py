@@ -13,7 +13,7 @@ from secure_ml.attacks.reference_mia import RMIASettings, rmia
 from secure_ml.attacks.reference_models import ReferenceRecipe, train_reference_models
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, members, subsample
 from secure_ml.data.canaries import without_canaries
-from secure_ml.errors import ConfigError, check_seed
+from secure_ml.errors import TORCH_SEED_MAX, ConfigError, check_seed
 from secure_ml.models.registry import build_net, device_and_dtype, net_spec
 from secure_ml.optim_build import default_optimizer
 
@@ -79,7 +79,7 @@ class ReferenceMIACallback(EpochMetricCallback):
         except ValueError as exc:
             raise ConfigError(f"--reference_mia: {exc}") from None
         self.reference_models, self.max_samples, self.steps = reference_models, max_samples, steps
-        check_seed(seed, "--reference_mia.seed")
+        check_seed(seed, "--reference_mia.seed", TORCH_SEED_MAX)
         self.confidence, self.seed, self.enabled = confidence, seed, enabled and reference_models > 0
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

@@ -10,7 +10,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from secure_ml.attacks import pgd
 from secure_ml.attacks.autoattack import AutoAttackConfig, autoattack
 from secure_ml.callbacks._common import EpochMetricCallback, check_min, held_out, on_device, subsample
-from secure_ml.errors import ConfigError, check_seed
+from secure_ml.errors import TORCH_SEED_MAX, ConfigError, check_seed
 from secure_ml.models.batching import EVAL_BATCH
 from secure_ml.report.metric_names import AUTOATTACK_ACC, FGSM_ACC, PGD_ACC, at
 
@@ -82,7 +82,7 @@ class RobustnessCallback(EpochMetricCallback):
             raise ConfigError(f"--robustness.pgd_step_size must be a finite number > 0 (null: 2.5·ε/steps); got {pgd_step_size}")
         self.epsilons, self.pgd_epsilon, self.pgd_steps, self.pgd_step_size = list(epsilons), pgd_epsilon, pgd_steps, pgd_step_size
         self.max_samples, self.pgd_max_samples, self.batch_size = max_samples, pgd_max_samples, batch_size
-        check_seed(seed, "--robustness.seed")
+        check_seed(seed, "--robustness.seed", TORCH_SEED_MAX)
         self.every_n_epochs, self.seed = every_n_epochs, seed
         self.enabled = enabled
         self.autoattack = AutoAttackConfig(**autoattack) if isinstance(autoattack, dict) else autoattack  # a mapping from Python or YAML

@@ -57,28 +57,6 @@ class Scorecard(Callback):
         self.history: List[Dict[str, float]] = []
         self._epoch_pending: Optional[int] = None
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        """In test, before the (possibly hour-long) evaluation: refuse a gate no enabled callback or model can measure
-        (it failed only after the whole test, as "'mia/auc' was not measured")."""
-        if stage != "test" or not self.gates:
-            return
-        from secure_ml import callbacks as c
-
-        classes = {"reference_mia": c.ReferenceMIACallback, "audit": c.OneRunAuditCallback, "membership": c.MembershipInferenceCallback}
-        classes.update(robustness=c.RobustnessCallback, sponge=c.SpongeCallback)
-        on = [cb for cb in trainer.callbacks if getattr(cb, "enabled", True)]
-        keys = {key for key, cls in classes.items() if any(isinstance(cb, cls) for cb in on)}
-        for gate in self.gates:
-            owner = next((key for prefix, key in OWNERS if gate.metric.startswith(prefix)), None)
-            if owner is not None and owner not in keys:
-                raise ConfigError(
-                    f"--scorecard.gates: '{gate.metric}' is measured by the --{owner}.* callback, which is off in this test; "
-                    f"switch it on (--{owner}.enabled true) or drop the gate"
-                )
-            dp = getattr(pl_module, "dp", None)
-            if gate.metric in DP_METRICS and not getattr(dp, "enabled", False):
-                raise ConfigError(f"--scorecard.gates: '{gate.metric}' exists only for a DP model, and this checkpoint trained without DP")
-
     # Epoch metrics are complete only after the LightningModule's on_train_epoch_end (it logs ε),
     # which runs after callbacks' on_train_epoch_end: snapshot at the next epoch start / fit end.
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -169,3 +147,25 @@ class Scorecard(Callback):
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.history = list(state_dict.get("history", []))
+
+
+def check_gates_measurable(trainer, pl_module) -> None:
+    """Before a test (the CLI's ``test``, and ``fit --test_after_fit`` before it fits): refuse a gate of the Scorecard
+    that no enabled callback, or no DP, can measure; it failed only after the whole (possibly hour-long) test, as
+    "'mia/auc' was not measured". Sweeps do not call it: there a point's unmeasurable gate is a failed gate of that row."""
+    from secure_ml import callbacks as c
+
+    classes = {"reference_mia": c.ReferenceMIACallback, "audit": c.OneRunAuditCallback, "membership": c.MembershipInferenceCallback}
+    classes.update(robustness=c.RobustnessCallback, sponge=c.SpongeCallback)
+    on = [cb for cb in trainer.callbacks if getattr(cb, "enabled", True)]
+    keys = {key for key, cls in classes.items() if any(isinstance(cb, cls) for cb in on)}
+    for gate in (g for cb in trainer.callbacks if isinstance(cb, Scorecard) for g in cb.gates):
+        owner = next((key for prefix, key in OWNERS if gate.metric.startswith(prefix)), None)
+        if owner is not None and owner not in keys:
+            raise ConfigError(
+                f"--scorecard.gates: '{gate.metric}' is measured by the --{owner}.* callback, which is off in this test; "
+                f"switch it on (--{owner}.enabled true) or drop the gate"
+            )
+        dp = getattr(pl_module, "dp", None)
+        if gate.metric in DP_METRICS and not getattr(dp, "enabled", False):
+            raise ConfigError(f"--scorecard.gates: '{gate.metric}' exists only for a DP model, and this checkpoint trained without DP")

@@ -11,7 +11,7 @@ from secure_ml.defenses.calibration import activation_scores, budget_k, default_
 from secure_ml.defenses.energy import EnergyUndefined, activation_energy, energy_from_calls
 from secure_ml.defenses.input_policy import HEADROOM, InputPolicy
 from secure_ml.defenses.reconstruction import SHAPE, ReconstructionConfig, encode, load_or_train, reconstruction_error
-from secure_ml.errors import ConfigError, check_seed
+from secure_ml.errors import TORCH_SEED_MAX, ConfigError, check_seed
 
 # (optimizer, objective) of the crafted sponges, taken in turn from noise and from digits.
 VARIANTS = (("sign", "l2"), ("adam", "l2"), ("sign", "l0"), ("adam", "l0"))
@@ -97,7 +97,7 @@ class SpongeCallback(EpochMetricCallback):
             raise ConfigError(f"--sponge.gaussian_scales must be positive; got {gaussian_scales}")
         self.n_sponges, self.gaussian_scales, self.craft_steps, self.craft_lr = n_sponges, list(gaussian_scales), craft_steps, craft_lr
         self.calibration_samples, self.false_positive_rate, self.max_samples = calibration_samples, false_positive_rate, max_samples
-        check_seed(seed, "--sponge.seed")
+        check_seed(seed, "--sponge.seed", TORCH_SEED_MAX)
         self.headroom, self.every_n_epochs, self.seed, self.latency_repeats = headroom, every_n_epochs, seed, latency_repeats
         self.enabled, self.reconstruction, self.reconstruction_cache_dir = enabled, reconstruction, reconstruction_cache_dir
         self.reconstruction_config = ReconstructionConfig(digits=reconstruction_digits, epochs=reconstruction_epochs)

@@ -15,7 +15,7 @@ from secure_ml.data.sampling import MaskSeeds, train_loader
 from secure_ml.data.sanitization import SanitizationReport, SanitizerConfig, sanitize
 from secure_ml.data.split_key import key_id, load_or_create_key, read_key, resolve_key_path, split_tag, tags_equal
 from secure_ml.data.training_part import draw, training_part
-from secure_ml.errors import ConfigError, check_seed
+from secure_ml.errors import TORCH_SEED_MAX, ConfigError, check_seed
 from secure_ml.models.batching import EVAL_BATCH
 
 
@@ -74,7 +74,7 @@ class MNISTDataModule(LightningDataModule):
         ):
             if value < low:
                 raise ConfigError(f"--data.{name} must be >= {low}; got {value}")
-        check_seed(seed, "--data.seed")
+        check_seed(seed, "--data.seed", TORCH_SEED_MAX)
         if val_size >= train_size:
             raise ConfigError(f"--data.val_size ({val_size}) must be smaller than --data.train_size ({train_size})")
         self.data_dir, self.download = data_dir, download

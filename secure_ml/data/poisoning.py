@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from secure_ml.errors import ConfigError, check_seed
+from secure_ml.errors import TORCH_SEED_MAX, ConfigError, check_seed
 
 
 @dataclass
@@ -23,7 +23,7 @@ class PoisonConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_seed(self.seed, "--data.poison.seed")
+        check_seed(self.seed, "--data.poison.seed", TORCH_SEED_MAX)
         if not 0.0 <= self.rate <= 1.0:
             raise ConfigError(f"--data.poison.rate must be in [0, 1]; got {self.rate}")
         if self.target_label is not None and self.target_label < 0:

@@ -19,7 +19,15 @@ from secure_ml.errors import ConfigError
 from secure_ml.privacy.calibration import noise_for_epsilon
 from secure_ml.privacy.config import DPConfig
 from secure_ml.privacy.modes import MODES, DPSetup, StepMode, resolve_mode
-from secure_ml.privacy.private import NoiseSource, PrivateTraining, epsilon_from_state, epsilon_of, selection_steps, with_selection_spent
+from secure_ml.privacy.private import (
+    NoiseSource,
+    PrivateTraining,
+    epsilon_from_state,
+    epsilon_of,
+    selection_steps,
+    trained_steps,
+    with_selection_spent,
+)
 
 __all__ = ["PrivateTraining", "check_model", "epsilon_from_state", "make_private", "poisson_sample_rate"]
 
@@ -87,9 +95,9 @@ def make_private(
                 f"the checkpoint trained with sample rate {state['sample_rate']:.6g} but this run has {sample_rate:.6g}; "
                 "resume with the same --data.batch_size and training set, or the accountant's ε would be wrong"
             )
+        check_target_on_resume(cfg, state, total_steps)
         state = with_selection_spent(state)  # resumed from a best checkpoint: its selection's steps are spent already
         sigma = float(state["noise_multiplier"])
-        check_target_on_resume(cfg, state, total_steps)
     elif cfg.target_epsilon is not None:
         if total_steps <= 0:
             raise ConfigError("--model.dp.target_epsilon needs a finite training length: set --trainer.max_epochs or --trainer.max_steps")
@@ -115,7 +123,8 @@ def check_target_on_resume(cfg: DPConfig, state: Dict[str, Any], total_steps: in
     more steps spent past the target without a word (ε 2.75 against a target of 1.5). Refused in one line instead."""
     if cfg.target_epsilon is None:
         return
-    steps = max(int(total_steps), selection_steps(state)) if total_steps > 0 else 0
+    # the run goes on from the checkpoint's own step to total_steps, on top of what its selection spent (a best checkpoint)
+    steps = selection_steps(state) + max(int(total_steps) - trained_steps(state), 0) if total_steps > 0 else 0
     eps = epsilon_of(state, cfg.delta, steps) if steps > 0 else math.inf  # unbounded: no ε can be promised
     if eps is not None and eps > cfg.target_epsilon * (1 + 1e-4):  # the accountant's own numerics, not a budget
         spent = f"would spend ε = {eps:.3g}" if math.isfinite(eps) else "has no end, so no ε"
