@@ -301,3 +301,12 @@ def test_a_forever_block_kept_in_a_block_file_passes(dep):
     assert dep.failed() == {"extraction-detector"}
     dep.serve["extraction"]["block_file"] = str(dep.tmp / "logs" / "blocks.jsonl")
     assert dep.failed() == set()
+
+
+def test_a_block_file_serve_would_refuse_fails_the_item(dep):
+    """preflight passed a block file in a missing folder, and serve then refused to start on it."""
+    dep.serve["extraction"] = {"block_file": str(dep.tmp / "missing" / "blocks.jsonl")}
+    assert dep.failed() == {"extraction-detector"}
+    (dep.tmp / "dir.jsonl").mkdir()
+    dep.serve["extraction"] = {"block_file": str(dep.tmp / "dir.jsonl")}
+    assert dep.failed() == {"extraction-detector"}

@@ -200,11 +200,28 @@ def extraction_check(dep: Deployment) -> Check:
             "set extraction.block_file (blocks kept across restarts), rate_limit.storage: redis://... (shared and kept), "
             "or a finite extraction.block_seconds",
         )
+    unusable = _block_file_problem(ex.block_file) if ex.block_file else None
+    if unusable:  # serve refuses to start on it
+        return fail("extraction-detector", f"extraction.block_file {ex.block_file}: {unusable}", "point it at a writable file")
     kept = ""
     if local and ex.action == "block":
         in_file = f" (blocks kept in {ex.block_file}; PRADA state restarts with the process)"
         kept = in_file if ex.block_file else " (blocks and PRADA state live in this process: a restart lifts them)"
     return ok("extraction-detector", f"PRADA per key (W < {ex.delta:g} after {ex.min_distances} distances), action {ex.action}{kept}")
+
+
+def _block_file_problem(path: str):
+    """Why ``secure-ml serve`` would refuse this block file at start-up (it reads it and rewrites it beside itself), or None.
+    Read-only: the file is not parsed or written here."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_file():
+        return "is not a regular file"
+    if p.exists() and not os.access(p, os.R_OK):
+        return "cannot be read"
+    folder = p.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {folder} does not exist or cannot be written"
+    return None
 
 
 def output_check(dep: Deployment) -> Check:
