@@ -125,3 +125,13 @@ def test_widths_no_machine_holds_are_refused_before_allocating():
         TanhCNN(hidden=10**10)
     with pytest.raises(ConfigError, match=r"^--model.net.init_args \(SmallCNN\) would have"):
         SmallCNN(num_classes=10**8)
+
+
+def test_a_sweep_seed_whose_repeats_leave_the_range_is_refused_before_it_starts(tmp_path):
+    """Repeat r runs with ``--seed`` + r: ``--seed 4294967295`` and two repeats failed in the second repeat's every point."""
+    from secure_ml.sweep.plan import SweepOptions, make_plan
+
+    config = "configs/sweeps/ablation-cpu.yaml"
+    make_plan(SweepOptions(config=config, repeats=1, seed=SEED_MAX, out=str(tmp_path)))  # one repeat: the seed itself
+    with pytest.raises(ConfigError, match=r"^--seed plus the 2 repeats \(seed \+ repeat\) must be in 0..4294967295 .*got 4294967296$"):
+        make_plan(SweepOptions(config=config, repeats=2, seed=SEED_MAX, out=str(tmp_path)))

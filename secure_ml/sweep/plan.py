@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
+from secure_ml.errors import check_seed
 from secure_ml.sweep.scheduler import Job
 from secure_ml.sweep.spec import Sweep, load_sweep
 from secure_ml.sweep.storage import default_storage
@@ -103,6 +104,8 @@ def base_seed(texts: List[str]) -> int:
 def make_plan(options: SweepOptions) -> Plan:
     """Load the sweep file and derive everything a coordinator or worker needs (no Lightning import)."""
     sweep = load_sweep(options.config, options.repeats)
+    if options.seed is not None:  # repeat r runs with seed + r: the last one must still be a seed (it failed mid-sweep)
+        check_seed(options.seed + sweep.repeats - 1, f"--seed plus the {sweep.repeats} repeats (seed + repeat)")
     out_dir = Path(options.out) / sweep.name
     storage = options.storage or default_storage(out_dir)
     bases = [Path(b).read_text() for b in sweep.bases]
