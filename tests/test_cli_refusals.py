@@ -131,7 +131,9 @@ def test_a_sweep_seed_whose_repeats_leave_the_range_is_refused_before_it_starts(
     """Repeat r runs with ``--seed`` + r: ``--seed 4294967295`` and two repeats failed in the second repeat's every point."""
     from secure_ml.sweep.plan import SweepOptions, make_plan
 
-    config = "configs/sweeps/ablation-cpu.yaml"
+    from pathlib import Path
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "ablation-cpu.yaml")
     make_plan(SweepOptions(config=config, repeats=1, seed=SEED_MAX, out=str(tmp_path)))  # one repeat: the seed itself
     with pytest.raises(ConfigError, match=r"^--seed plus the 2 repeats \(seed \+ repeat\) must be in 0..4294967295 .*got 4294967296$"):
         make_plan(SweepOptions(config=config, repeats=2, seed=SEED_MAX, out=str(tmp_path)))
