@@ -129,9 +129,9 @@ def test_widths_no_machine_holds_are_refused_before_allocating():
 
 def test_a_sweep_seed_whose_repeats_leave_the_range_is_refused_before_it_starts(tmp_path):
     """Repeat r runs with ``--seed`` + r: ``--seed 4294967295`` and two repeats failed in the second repeat's every point."""
-    from secure_ml.sweep.plan import SweepOptions, make_plan
-
     from pathlib import Path
+
+    from secure_ml.sweep.plan import SweepOptions, make_plan
 
     config = str(Path(__file__).resolve().parents[1] / "configs" / "sweeps" / "ablation-cpu.yaml")
     make_plan(SweepOptions(config=config, repeats=1, seed=SEED_MAX, out=str(tmp_path)))  # one repeat: the seed itself
