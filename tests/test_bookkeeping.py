@@ -132,6 +132,7 @@ def test_equals_reference_and_opacus(net_cls, dtype, kwargs, ratio):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("im2col", [True, False], ids=["im2col", "grouped-conv"])
 @pytest.mark.parametrize("ghost", [True, False, None], ids=["all-ghost", "all-materialised", "cheaper"])
 @pytest.mark.parametrize(
     "net_cls, kwargs",
@@ -143,10 +144,12 @@ def test_equals_reference_and_opacus(net_cls, dtype, kwargs, ratio):
     ],
     ids=["SmallCNN", "reflect", "replicate", "circular"],
 )
-def test_both_norm_paths_of_every_layer(monkeypatch, ghost, net_cls, kwargs):
-    """Force the ghost norm (or materialised per-sample grads) on every layer: both paths equal the reference."""
+def test_both_norm_paths_of_every_layer(monkeypatch, ghost, im2col, net_cls, kwargs):
+    """Force the ghost norm (or materialised per-sample grads, by im2col + bmm or by a grouped convolution) on every layer:
+    every path equals the reference."""
     if ghost is not None:
         monkeypatch.setattr(bookkeeping_layers, "_ghost_cheaper", lambda *_: ghost)
+    monkeypatch.setattr(bookkeeping_layers, "_im2col_cheaper", lambda *_: im2col)
     x, y = _data(3, dtype=torch.float64)
     net = _net(net_cls, torch.float64, **kwargs)
     x_adv = adversarial_examples(net, x, y, AdversarialConfig(epsilon=0.05))
@@ -352,3 +355,29 @@ def test_frozen_parameters_and_reused_modules_are_fine():
     _close(norms, ref_norms)
     for ours, ref in zip(grads, ref_sum):
         _close(ours, ref)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "offset-slice"])
+def test_im2col_reads_any_input_layout(monkeypatch, layout):
+    """The im2col path reads its input through a strided view: channels-last and offset slices give the true per-sample norms."""
+    torch.manual_seed(0)
+    m = nn.Conv2d(3, 8, 3, stride=2, padding=1, dilation=2).double()
+    big = torch.randn(10, 3, 20, 21, dtype=torch.float64)
+    x = {
+        "contiguous": big[2:7].contiguous(),
+        "channels_last": big[2:7].contiguous(memory_format=torch.channels_last),
+        "offset-slice": big[2:7, :, 1:, 2:],
+    }[layout]
+    g = torch.randn_like(m(x))
+    truth = []
+    for i in range(len(x)):
+        m.zero_grad()
+        (m(x[i : i + 1]) * g[i : i + 1]).sum().backward()
+        truth.append(torch.cat([m.weight.grad.flatten(), m.bias.grad]))
+    truth = torch.stack(truth)
+    monkeypatch.setattr(bookkeeping_layers, "_ghost_cheaper", lambda *_: False)
+    monkeypatch.setattr(bookkeeping_layers, "_im2col_cheaper", lambda *_: True)
+    sq, clip = bookkeeping_layers.conv2d(m, [(x, g)])
+    _close(sq, truth.square().sum(1), atol=1e-9)
+    c = torch.linspace(0.2, 1.0, len(x), dtype=torch.float64)
+    _close(clip(c)["weight"].flatten(), c @ truth[:, : m.weight.numel()], atol=1e-9)
