@@ -9,6 +9,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from secure_ml.callbacks.eval_record import EvalRecord
 from secure_ml.errors import ConfigError
+from secure_ml.models.layout import channels_last
 from secure_ml.report.gates import SAME_ON_EVERY_RANK, as_metric
 from secure_ml.report.metric_names import METRICS
 
@@ -63,6 +64,12 @@ def attack_context(pl_module: LightningModule) -> Iterator[None]:
         yield
 
 
+def fast_layout_allowed(pl_module: LightningModule) -> bool:
+    """The attacks may run in channels-last memory (:mod:`secure_ml.models.layout`) unless an Opacus mode's guard forbids it."""
+    private = getattr(pl_module, "private", None)
+    return private is None or not private.guards
+
+
 def log_all(pl_module: LightningModule, metrics: dict) -> None:
     """Log scalars once per epoch in float64. Under DDP most are identical on every rank (same data, same seed) and are
     synced with ``max``, not Lightning's mean: a float64 mean of 3, 6 or 7 equal values is not always the value (0.1
@@ -105,7 +112,7 @@ class EpochMetricCallback(Callback):
 
     def evaluate(self, pl_module: LightningModule, stage: str) -> dict:
         """The metrics on ``stage``'s held-out data, with gradients available (also under inference mode) and Opacus hooks off."""
-        with attack_context(pl_module):
+        with attack_context(pl_module), channels_last(pl_module.net, enabled=fast_layout_allowed(pl_module)):
             return self._evaluate(pl_module, stage)
 
     def _start_record(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -237,7 +237,7 @@ class BookKeepingDPOptimizer(ReferenceDPOptimizer):
         slot = {id(p): k for k, p in enumerate(self.clipper.params)}
         for p in self.params:
             if id(p) in slot:
-                p.grad = summed[slot[id(p)]].to(p.dtype)
+                p.grad = summed[slot[id(p)]].to(p.dtype).contiguous()  # default format, also for a channels-last weight
         for hook in self.step_hooks:
             hook(self)
 

@@ -48,7 +48,9 @@ class DPSetup:
 @dataclass(frozen=True)
 class StepMode:
     """One DP step mode. ``mixes``: handles two forwards per person (adversarial ratio in (0, 1)); ``distributed``: runs under DDP;
-    ``refuses(net)``: why this mode cannot train ``net`` (one line), or None."""
+    ``refuses(net)``: why this mode cannot train ``net`` (one line), or None; ``channels_last``: trains a net whose
+    convolution weights are channels-last (:mod:`secure_ml.models.layout`) correctly, handing the optimizer default-format
+    gradients (RMIA's reference models then train in that faster format)."""
 
     name: str
     backend: str
@@ -58,6 +60,7 @@ class StepMode:
     mixes: bool
     distributed: bool
     refuses: Callable[[nn.Module], Optional[str]] = lambda net: None
+    channels_last: bool = False
 
 
 MODES: Dict[str, StepMode] = {}
@@ -155,7 +158,7 @@ def _bk(s: DPSetup) -> PrivateTraining:
     return PrivateTraining(MODES["bk"], opt, accountant, s.sigma, s.sample_rate, expected, s.noise, hooks=clipper)
 
 
-register(StepMode("bk", "bk", _bk, steps.bk_step, steps.zero_bk_sum, mixes=True, distributed=True, refuses=_bk_refuses))
+register(StepMode("bk", "bk", _bk, steps.bk_step, steps.zero_bk_sum, mixes=True, distributed=True, refuses=_bk_refuses, channels_last=True))
 register(
     StepMode(
         "ghost",
