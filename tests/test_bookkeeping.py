@@ -381,3 +381,11 @@ def test_im2col_reads_any_input_layout(monkeypatch, layout):
     _close(sq, truth.square().sum(1), atol=1e-9)
     c = torch.linspace(0.2, 1.0, len(x), dtype=torch.float64)
     _close(clip(c)["weight"].flatten(), c @ truth[:, : m.weight.numel()], atol=1e-9)
+
+
+def test_im2col_only_for_small_patches_and_bounded_memory():
+    """im2col holds kh·kw copies of a layer's input: small patches only, and never above IM2COL_MAX_ELEMENTS."""
+    cheaper = bookkeeping_layers._im2col_cheaper
+    assert cheaper(9, 64 * 9 * 784)  # SmallCNN's conv1
+    assert not cheaper(144, 64 * 144 * 196)  # its conv2: the grouped kernel
+    assert not cheaper(9, bookkeeping_layers.IM2COL_MAX_ELEMENTS + 1)  # e.g. large images

@@ -136,3 +136,45 @@ def test_a_bk_step_on_channels_last_weights_is_the_same_step(batch, monkeypatch,
         nets.append(net)
     for a, b in zip(*(n.parameters() for n in nets)):
         assert torch.allclose(a, b, atol=1e-5, rtol=0), float((a - b).abs().max())
+
+
+def test_nested_blocks_keep_the_outer_conversion(batch):
+    """A one-channel weight is contiguous in both formats: an inner block must not convert it again and restore it early."""
+    torch.manual_seed(0)
+    net = SmallCNN()
+    with channels_last(net):
+        inner = _strides(net)
+        with channels_last(net):
+            pass
+        assert _strides(net) == inner
+        assert net.conv1(batch[0]).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_failing_or_lazy_weight_leaves_nothing_converted():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 3, 3), nn.LazyConv2d(4, 3))  # an uninitialised lazy branch is skipped, not an error
+    before = net[0].weight.stride()
+    with channels_last(net):
+        assert net[0].weight.stride() != before
+    assert net[0].weight.stride() == before
+
+
+def test_parametrized_weights_are_left_alone():
+    """Reading a parametrized weight runs the parametrization (spectral_norm's power iteration in train mode)."""
+    from torch.nn.utils import parametrizations
+
+    torch.manual_seed(0)
+    net = nn.Sequential(parametrizations.spectral_norm(nn.Conv2d(3, 4, 3))).train()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    with channels_last(net):
+        pass
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+def test_entered_under_inference_mode_the_weights_still_train(batch):
+    torch.manual_seed(0)
+    net = SmallCNN()
+    with torch.inference_mode(), channels_last(net):
+        net(batch[0])
+    F.cross_entropy(net(batch[0]), batch[1]).backward()  # inference tensors would refuse this
+    assert net.conv1.weight.grad is not None

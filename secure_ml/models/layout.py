@@ -14,10 +14,12 @@ values. Not for the Opacus modes: their guard (:mod:`secure_ml.privacy.layout`) 
 """
 
 from contextlib import contextmanager
-from typing import Iterator, List
+from typing import Iterator, List, Optional, Set
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
 
 
 def _restrided(w: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
@@ -26,20 +28,40 @@ def _restrided(w: torch.Tensor, memory_format: torch.memory_format) -> torch.Ten
     return torch.empty_like(w, memory_format=memory_format).copy_(w)
 
 
+_ACTIVE: Set[int] = set()  # ids of the weights an enclosing block converted (alive until it restores them): nested blocks leave them
+
+
+def _convertible(m: nn.Module) -> Optional[nn.Parameter]:
+    """The Conv2d's own weight Parameter when converting it is meaningful: not lazy, not computed by a parametrization."""
+    if not isinstance(m, nn.Conv2d) or parametrize.is_parametrized(m, "weight"):
+        return None
+    w = m._parameters.get("weight")
+    if not isinstance(w, nn.Parameter) or is_lazy(w) or id(w) in _ACTIVE or w.dim() != 4 or not w.is_contiguous():
+        return None
+    return w
+
+
 @contextmanager
 def channels_last(net: nn.Module, enabled: bool = True) -> Iterator[None]:
-    """Within the block, every ``nn.Conv2d`` weight of ``net`` in the default format is channels-last; restored on exit."""
+    """Within the block, every ``nn.Conv2d`` weight of ``net`` in the default format is channels-last; restored on exit.
+
+    Skipped: lazy (uninitialised) weights, weights computed by ``torch.nn.utils.parametrize`` (reading them would run the
+    parametrization), and weights an enclosing block already converted. The new tensors are made outside inference mode,
+    so a block entered under ``torch.inference_mode`` does not leave inference tensors behind.
+    """
     converted: List[nn.Parameter] = []
-    if enabled:
-        for m in net.modules():
-            w = getattr(m, "weight", None) if isinstance(m, nn.Conv2d) else None
-            if isinstance(w, torch.Tensor) and w.dim() == 4 and w.is_contiguous():
-                with torch.no_grad():
-                    w.data = _restrided(w.data, torch.channels_last)
-                converted.append(w)
     try:
+        if enabled:
+            with torch.inference_mode(False), torch.no_grad():
+                for m in net.modules():
+                    w = _convertible(m)
+                    if w is not None:
+                        w.data = _restrided(w.data, torch.channels_last)
+                        converted.append(w)
+                        _ACTIVE.add(id(w))
         yield
     finally:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             for w in converted:
                 w.data = _restrided(w.data, torch.contiguous_format)
+                _ACTIVE.discard(id(w))

@@ -45,10 +45,12 @@ def _ghost_cheaper(t: int, d: int, p: int) -> bool:
 # 3×3 kernels, 28/14/7-pixel maps): im2col is 4.6× faster at C_in = 1 (SmallCNN's conv1: 0.22 against 1.00 ms),
 # still ahead or level up to C_in = 4 (d = 36), and 2–15× slower from C_in = 8, where the grouped kernel wins.
 IM2COL_MAX_PATCH = 36
+# im2col holds kh·kw copies of the layer's input: above this many elements (512 MiB of float32) the grouped kernel is used.
+IM2COL_MAX_ELEMENTS = 2**27
 
 
-def _im2col_cheaper(d: int) -> bool:
-    return d <= IM2COL_MAX_PATCH
+def _im2col_cheaper(d: int, elements: int) -> bool:
+    return d <= IM2COL_MAX_PATCH and elements <= IM2COL_MAX_ELEMENTS
 
 
 def _pair_norms(a: Tensor, g: Tensor) -> Tensor:
@@ -133,7 +135,7 @@ def conv2d(m: nn.Conv2d, calls: Calls) -> Tuple[Tensor, Clip]:
             per_sample = None  # (B, Cout·d)
             shape = (b * cout, *m.weight.shape[1:])
             for (x, pad), (_, y), gy in zip(xs, calls, gs):
-                if _im2col_cheaper(d):
+                if _im2col_cheaper(d, b * groups * d * y.shape[2] * y.shape[3]):
                     one = torch.bmm(gy.flatten(0, 1), _patches(m, x, pad, y.shape[2:]).transpose(1, 2)).view(b, -1)
                     per_sample = one if per_sample is None else per_sample + one
                     continue
