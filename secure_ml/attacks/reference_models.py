@@ -47,7 +47,6 @@ def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: 
     dataset = TensorDataset(x, y)
     dp = recipe.noise_multiplier is not None
     loader = train_loader(dataset, recipe.batch_size, seed, dp, masks=MaskSeeds(seed + 1))
-    steps_per_epoch = len(loader)
     private = None
     if dp:
         cfg = DPConfig(
@@ -59,25 +58,28 @@ def _train_one(recipe: ReferenceRecipe, x: torch.Tensor, y: torch.Tensor, seed: 
         )
         opt = private.optimizer
     net.train()
-    step = 0
     # Channels-last weights: faster steps on the CPU (secure_ml.models.layout), in a DP mode that trains them correctly. Not
     # without DP: the recipe's optimizer would see channels-last gradients (LBFGS's flat view of them fails).
     with channels_last(net, enabled=private is not None and private.spec.channels_last):
-        for _ in range(math.ceil(recipe.steps / steps_per_epoch)):
-            for xb, yb in loader:
-                if step == recipe.steps:
-                    break
-                step += 1
-                if private is not None:  # empty Poisson batches included: a noise-only step, as in the target's run
-                    dp_step(private, net, opt, xb, yb, recipe.adversarial)
-                    continue
-                if len(yb) == 0:
-                    continue
-                opt.step(functools.partial(_closure, net, opt, xb, yb, recipe.adversarial))
+        _run_steps(recipe, net, opt, loader, private)
     if private is not None:
         private.close()
     opt.zero_grad(set_to_none=True)
     return net.eval()
+
+
+def _run_steps(recipe: ReferenceRecipe, net: nn.Module, opt, loader, private) -> None:
+    """``recipe.steps`` steps over ``loader``, epoch after epoch: DP steps through ``dp_step``, else the optimizer's own."""
+    step, steps_per_epoch = 0, len(loader)
+    for _ in range(math.ceil(recipe.steps / steps_per_epoch)):
+        for xb, yb in loader:
+            if step == recipe.steps:
+                return
+            step += 1
+            if private is not None:  # empty Poisson batches included: a noise-only step, as in the target's run
+                dp_step(private, net, opt, xb, yb, recipe.adversarial)
+            elif len(yb):
+                opt.step(functools.partial(_closure, net, opt, xb, yb, recipe.adversarial))
 
 
 def _closure(net: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, adv: AdversarialConfig) -> torch.Tensor:

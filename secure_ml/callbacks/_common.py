@@ -65,9 +65,10 @@ def attack_context(pl_module: LightningModule) -> Iterator[None]:
 
 
 def fast_layout_allowed(pl_module: LightningModule) -> bool:
-    """The attacks may run in channels-last memory (:mod:`secure_ml.models.layout`) unless an Opacus mode's guard forbids it."""
+    """The attacks may run in channels-last memory (:mod:`secure_ml.models.layout`) without DP or under a step mode whose
+    ``StepMode.channels_last`` says so (not Opacus's: its guard refuses channels-last activations)."""
     private = getattr(pl_module, "private", None)
-    return private is None or not private.guards
+    return private is None or private.spec.channels_last
 
 
 def log_all(pl_module: LightningModule, metrics: dict) -> None:

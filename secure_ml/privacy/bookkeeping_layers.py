@@ -20,6 +20,8 @@ small (``IM2COL_MAX_PATCH``), else from one grouped convolution backward. Writte
 second backward pass and fastDP is not packaged for current torch.
 """
 
+import operator
+from functools import reduce
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -105,6 +107,28 @@ def _patches(m: nn.Conv2d, x: Tensor, pad: Tuple[int, int], out_hw: Tuple[int, i
     return view.reshape(b * m.groups, -1, out_hw[0] * out_hw[1])
 
 
+def _per_sample_weight(m: nn.Conv2d, x: Tensor, pad: Tuple[int, int], y: Tensor, gy: Tensor) -> Tensor:
+    """One call's per-sample weight gradients ``(B, C_out·d)``: im2col + one bmm for small patches, else a grouped convolution."""
+    b, cout, d = y.shape[0], m.out_channels, m.weight[0].numel()
+    if _im2col_cheaper(d, b * m.groups * d * y.shape[2] * y.shape[3]):
+        return torch.bmm(gy.flatten(0, 1), _patches(m, x, pad, y.shape[2:]).transpose(1, 2)).view(b, -1)
+    # The weight gradient of the same convolution with the batch folded into the channels and B·G groups (only the
+    # weight's shape is read, hence the stride-0 stand-in).
+    return torch.ops.aten.convolution_backward(
+        y.reshape(1, b * cout, *y.shape[2:]),
+        x.reshape(1, -1, *x.shape[2:]),
+        y.new_empty(1).expand(b * cout, *m.weight.shape[1:]),
+        None,
+        m.stride,
+        pad,
+        m.dilation,
+        False,
+        (0, 0),
+        b * m.groups,
+        (False, True, False),
+    )[1].view(b, -1)
+
+
 def conv2d(m: nn.Conv2d, calls: Calls) -> Tuple[Tensor, Clip]:
     groups, cout = m.groups, m.out_channels
     b = calls[0][0].shape[0]
@@ -132,30 +156,7 @@ def conv2d(m: nn.Conv2d, calls: Calls) -> Tuple[Tensor, Clip]:
 
             parts["weight"] = weight
         else:
-            per_sample = None  # (B, Cout·d)
-            shape = (b * cout, *m.weight.shape[1:])
-            for (x, pad), (_, y), gy in zip(xs, calls, gs):
-                if _im2col_cheaper(d, b * groups * d * y.shape[2] * y.shape[3]):
-                    one = torch.bmm(gy.flatten(0, 1), _patches(m, x, pad, y.shape[2:]).transpose(1, 2)).view(b, -1)
-                    per_sample = one if per_sample is None else per_sample + one
-                    continue
-                # Per-sample weight gradients without unfold: the weight gradient of the same convolution with the batch
-                # folded into the channels and B·G groups (only the weight's shape is read, hence the stride-0 stand-in).
-                one = torch.ops.aten.convolution_backward(
-                    y.reshape(1, b * cout, *y.shape[2:]),
-                    x.reshape(1, -1, *x.shape[2:]),
-                    y.new_empty(1).expand(shape),
-                    None,
-                    m.stride,
-                    pad,
-                    m.dilation,
-                    False,
-                    (0, 0),
-                    b * groups,
-                    (False, True, False),
-                )[1]
-                per_sample = one if per_sample is None else per_sample + one
-            per_sample = per_sample.view(b, -1)
+            per_sample = reduce(operator.add, (_per_sample_weight(m, x, pad, y, gy) for (x, pad), (_, y), gy in zip(xs, calls, gs)))
             sq = sq + per_sample.square().sum(1)
             parts["weight"] = lambda c: (c @ per_sample).view_as(m.weight)
     if _trainable(m, "bias"):
